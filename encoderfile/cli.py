@@ -1,0 +1,193 @@
+"""The builder's command line: build, inspect, pin, schema."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from encoderfile import __version__, recipe, resolve
+from encoderfile.errors import EncoderfileError, RecipeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Compile an embedding-model recipe into a verified bundle and one offline executable.",
+)
+
+RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file", dir_okay=False)]
+AllowUnpinned = Annotated[
+    bool, typer.Option("--allow-unpinned", help="accept a Hub branch or tag instead of a commit")
+]
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"encoderfile {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    """Compile an embedding-model recipe into a verified bundle and one offline executable."""
+
+
+@app.command()
+def build(
+    recipe_path: RecipeArg,
+    out: Annotated[Path, typer.Option(help="where bundle directories go")] = Path("build"),
+    dist: Annotated[Path, typer.Option(help="where executables go")] = Path("dist"),
+    bundle_only: Annotated[
+        bool, typer.Option("--bundle-only", help="stop after the bundle directory")
+    ] = False,
+    allow_unpinned: AllowUnpinned = False,
+) -> None:
+    """Resolve, splice, verify and bundle a recipe, then freeze it into dist/<name>."""
+    from encoderfile.compiler import compile_bundle
+
+    bundle_dir = compile_bundle(recipe_path, out, allow_unpinned=allow_unpinned)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    _say(f"bundle {bundle_dir} (dimension {manifest['dimension']}, verified)")
+    if bundle_only:
+        return
+    from encoderfile import freeze
+
+    artifact = freeze.build(bundle_dir, dist)
+    _say(f"executable {artifact}")
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="a recipe YAML file or a bundle directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    allow_unpinned: AllowUnpinned = False,
+) -> None:
+    """Show what a recipe resolves to, or what a bundle contains."""
+    info = _inspect_bundle(path) if path.is_dir() else _inspect_recipe(path, allow_unpinned)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        shown = json.dumps(value) if isinstance(value, dict | list) else value
+        typer.echo(f"{key:<14} {shown}")
+
+
+def _graph_summary(graph_path: Path) -> dict[str, Any]:
+    from encoderfile.compiler import load_graph
+    from encoderfile.splice import opset
+
+    model = load_graph(graph_path, graph_path.name)
+
+    def describe(values: Any) -> dict[str, list[str | int]]:
+        return {
+            v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in values
+        }
+
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    return {
+        "inputs": describe(inputs),
+        "outputs": describe(model.graph.output),
+        "opset": opset(model),
+    }
+
+
+def _inspect_bundle(path: Path) -> dict[str, Any]:
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise EncoderfileError(
+            f"{path} is not a bundle (no manifest.json). Pass a bundle directory or a recipe."
+        )
+    manifest = json.loads(manifest_path.read_text())
+    return {
+        "name": manifest["name"],
+        "version": manifest["version"],
+        "model": {k: v for k, v in manifest["model"].items() if k != "files"},
+        **_graph_summary(path / "model.onnx"),
+        "dimension": manifest["dimension"],
+        "dimensions": manifest["dimensions"],
+        "steps": manifest["steps"],
+        "token_states": manifest["graph"]["token_states"],
+        "added_nodes": manifest["graph"]["added_nodes"],
+        "files": manifest["files"],
+        "source_files": manifest["model"]["files"],
+    }
+
+
+def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
+    spec = recipe.load(path)
+    resolved = resolve.resolve(spec, path, allow_unpinned=allow_unpinned)
+    return {
+        "name": spec.name,
+        "version": spec.version,
+        "model": resolved.source,
+        "files": {key: str(file) for key, file in resolved.files.items()},
+        "sha256": resolved.sha256,
+        **_graph_summary(resolved.graph),
+        "dimension": spec.dimension,
+        "dimensions": spec.allowed_dimensions,
+        "steps": [s.model_dump() for s in spec.steps],
+    }
+
+
+@app.command()
+def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
+    """Write the sha256 of every model file into the recipe."""
+    spec = recipe.load(recipe_path)
+    resolved = resolve.resolve(
+        spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False
+    )
+    text = recipe_path.read_text(encoding="utf-8")
+    for key, digest in resolved.sha256.items():
+        line = re.compile(rf"^(\s+['\"]?{re.escape(key)}['\"]?\s*:)[^\n#]*", re.MULTILINE)
+        text, found = line.subn(rf"\g<1> {digest}", text, count=1)
+        if not found:
+            raise RecipeError(
+                f"{recipe_path}: cannot find the line for {key!r} under files. "
+                "Write it as '<path>: <sha256>' on its own line."
+            )
+    recipe_path.write_text(text, encoding="utf-8")
+    recipe.load(recipe_path)
+    for key, digest in resolved.sha256.items():
+        _say(f"pinned {key} {digest}")
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option(help="where to write it")] = Path("recipes/recipe.schema.json"),
+) -> None:
+    """Write the recipe's JSON schema (generated from the code)."""
+    out.write_text(recipe.json_schema(), encoding="utf-8")
+    _say(f"wrote {out}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EncoderfileError as e:
+        _say(f"encoderfile: {e}")
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,178 @@
+"""The recipe: a YAML file that pins a model and the post-processing compiled into its graph."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from encoderfile.errors import RecipeError
+
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSource(_Strict):
+    """A Hugging Face repository at a pinned revision."""
+
+    repo: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$", description="owner/name")]
+    revision: str = Field(description="40-hex commit; a branch or tag needs --allow-unpinned")
+    files: dict[str, SHA256 | None] = Field(
+        min_length=1, description="repo path -> sha256 ('encoderfile pin' fills these in)"
+    )
+
+    @property
+    def pinned(self) -> bool:
+        return bool(COMMIT.match(self.revision))
+
+
+class LocalSource(_Strict):
+    """A directory on disk; a relative path is relative to the recipe file."""
+
+    path: str
+    files: dict[str, SHA256 | None] = Field(
+        min_length=1, description="path inside the directory -> sha256 (optional pin)"
+    )
+
+
+class ModelSpec(_Strict):
+    hub: HubSource | None = None
+    local: LocalSource | None = None
+    graph: str = Field(description="the ONNX file among `files`")
+    tokenizer: str = Field("tokenizer.json", description="the tokenizer.json among `files`")
+    output: str | None = Field(
+        None, description="graph output holding token states; auto-detected when unambiguous"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.hub is None) == (self.local is None):
+            raise ValueError("set exactly one of 'hub' or 'local'")
+        files = self.source.files
+        for key in ("graph", "tokenizer"):
+            if getattr(self, key) not in files:
+                raise ValueError(f"{key} {getattr(self, key)!r} is not listed in files")
+        return self
+
+    @property
+    def source(self) -> HubSource | LocalSource:
+        return self.hub or self.local  # type: ignore[return-value]
+
+
+class Pooling(_Strict):
+    op: Literal["pooling"]
+    mode: Literal["mean", "cls", "last_token"]
+
+
+class LayerNorm(_Strict):
+    op: Literal["layer_norm"]
+    eps: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+
+
+class Truncate(_Strict):
+    """Keep the first `dimension` values (Matryoshka)."""
+
+    op: Literal["truncate"]
+
+
+class Normalize(_Strict):
+    op: Literal["normalize"]
+    norm: Literal["l2"] = "l2"
+
+
+Step = Annotated[Pooling | LayerNorm | Truncate | Normalize, Field(discriminator="op")]
+
+
+class TokenizerSpec(_Strict):
+    max_length: Annotated[int, Field(ge=1, le=131072)] = 512
+    truncation_side: Literal["right", "left"] = "right"
+    padding_side: Literal["right", "left"] = "right"
+    add_special_tokens: bool = True
+    pad_token: str | None = Field(None, description="defaults to the tokenizer's own pad token")
+
+
+class Recipe(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
+    version: Annotated[str, Field(min_length=1, max_length=50)]
+    model: ModelSpec
+    steps: list[Step] = Field(min_length=1)
+    dimension: Annotated[int, Field(ge=1, description="width of the output vectors")]
+    dimensions: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="request-time dimensions allowed (each <= dimension); default [dimension]"
+    )
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    prompts: dict[str, str] = Field(default_factory=dict, description="task name -> prefix")
+    default_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        ops = [s.op for s in self.steps]
+        if ops[0] != "pooling" or ops.count("pooling") != 1:
+            raise ValueError("steps must start with exactly one pooling step")
+        for op in ("layer_norm", "truncate", "normalize"):
+            if ops.count(op) > 1:
+                raise ValueError(f"step {op!r} appears more than once")
+        if "normalize" in ops and ops[-1] != "normalize":
+            raise ValueError("normalize must be the last step")
+        for d in self.allowed_dimensions:
+            if d > self.dimension:
+                raise ValueError(f"dimensions value {d} exceeds dimension {self.dimension}")
+        if self.default_prompt is not None and self.default_prompt not in self.prompts:
+            raise ValueError(f"default_prompt {self.default_prompt!r} is not a key of prompts")
+        return self
+
+    @property
+    def allowed_dimensions(self) -> list[int]:
+        return sorted(set(self.dimensions or [self.dimension]), reverse=True)
+
+
+def load(path: Path) -> Recipe:
+    """Read and validate a recipe; every problem names the file, the key and the fix."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: cannot read the recipe ({e}). Check the path.") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise RecipeError(
+            f"{path}: malformed YAML{line}: {getattr(e, 'problem', e)}. Fix the YAML syntax."
+        ) from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: the recipe must be a YAML mapping. See recipes/*.yaml.")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(f"{path}: {_describe(e)}") from e
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    kind, msg = first["type"], first["msg"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'. Remove it or check its spelling against recipes/recipe.schema.json."
+    if kind == "missing":
+        return f"missing key '{key}'. Add it (see recipes/recipe.schema.json)."
+    where = f"key '{key}'" if key else "recipe"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+    return f"{where}: {msg.removeprefix('Value error, ')}{shown}. Fix the value."
+
+
+def json_schema() -> str:
+    """The recipe's JSON schema, as checked in at recipes/recipe.schema.json."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "encoderfile recipe"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,116 @@
+"""Fetch a recipe's model files (Hub at a pinned revision, or a local directory) and check sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from encoderfile.errors import ResolveError
+from encoderfile.recipe import COMMIT, HubSource, Recipe
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    files: dict[str, Path]  # recipe key -> file on disk
+    sha256: dict[str, str]  # recipe key -> actual sha256
+    source: dict[str, str]  # what the manifest records: hub repo + commit, or local path
+    graph: Path
+    tokenizer: Path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve(
+    recipe: Recipe,
+    recipe_path: Path,
+    *,
+    allow_unpinned: bool = False,
+    check_hashes: bool = True,
+) -> ResolvedModel:
+    """Locate every file the recipe lists and check it against its pin."""
+    spec = recipe.model
+    if spec.hub is not None:
+        files, source = _from_hub(spec.hub, recipe_path, allow_unpinned)
+    else:
+        assert spec.local is not None
+        files, source = _from_local(spec.local.path, spec.local.files, recipe_path)
+    actual = {key: sha256_file(path) for key, path in files.items()}
+    if check_hashes:
+        pins = spec.source.files
+        for key, pin in pins.items():
+            if pin is None and spec.hub is not None:
+                raise ResolveError(
+                    f"{recipe_path}: {key} has no sha256 pin. "
+                    f"Run 'encoderfile pin {recipe_path}' to record it."
+                )
+            if pin is not None and pin != actual[key]:
+                raise ResolveError(
+                    f"{key} sha256 is {actual[key][:12]}…, the recipe pins {pin[:12]}…. "
+                    f"If the new file is intended, run 'encoderfile pin {recipe_path}'."
+                )
+    return ResolvedModel(
+        files=files,
+        sha256=actual,
+        source=source,
+        graph=files[spec.graph],
+        tokenizer=files[spec.tokenizer],
+    )
+
+
+def _from_local(
+    path: str, wanted: dict[str, str | None], recipe_path: Path
+) -> tuple[dict[str, Path], dict[str, str]]:
+    root = Path(path) if Path(path).is_absolute() else recipe_path.parent / path
+    if not root.is_dir():
+        raise ResolveError(
+            f"{recipe_path}: model.local.path {path!r} is not a directory ({root}). "
+            "Fix the path (relative paths are relative to the recipe file)."
+        )
+    files = {}
+    for key in wanted:
+        file = root / key
+        if not file.is_file():
+            raise ResolveError(
+                f"{recipe_path}: file {key!r} is missing from {root}. "
+                "Add it there or fix model.local.files."
+            )
+        files[key] = file
+    return files, {"source": "local", "path": path}
+
+
+def _from_hub(
+    hub: HubSource, recipe_path: Path, allow_unpinned: bool
+) -> tuple[dict[str, Path], dict[str, str]]:
+    if not hub.pinned and not allow_unpinned:
+        raise ResolveError(
+            f"{recipe_path}: model.hub.revision {hub.revision!r} is not a 40-hex commit. "
+            "Pin a commit for a reproducible build, or pass --allow-unpinned."
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    files = {}
+    for key in hub.files:
+        try:
+            files[key] = Path(hf_hub_download(hub.repo, key, revision=hub.revision))
+        except LocalEntryNotFoundError as e:
+            raise ResolveError(
+                f"{hub.repo}@{hub.revision}: {key} is not in the local cache and the Hub is "
+                "unreachable or offline mode is on. Connect once, or use a 'local' source."
+            ) from e
+        except (HfHubHTTPError, OSError) as e:
+            raise ResolveError(
+                f"{hub.repo}@{hub.revision}: downloading {key} failed ({e}). "
+                "Check the repo id, revision and file path, and your network."
+            ) from e
+    # Hub cache paths are .../snapshots/<commit>/<file>: the commit actually used.
+    commit = next(iter(files.values())).parents[len(Path(next(iter(files))).parts) - 1].name
+    revision = commit if COMMIT.match(commit) else hub.revision
+    return files, {"source": "hub", "repo": hub.repo, "revision": revision}

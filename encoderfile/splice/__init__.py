@@ -1,0 +1,71 @@
+"""Splice the recipe's post-processing steps into the graph after the token-state output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from encoderfile.errors import SpliceError
+from encoderfile.recipe import Recipe
+from encoderfile.splice import contract, layer_norm, normalize, pooling, truncate
+from encoderfile.splice.editor import MIN_OPSET, GraphEditor
+
+
+@dataclass(frozen=True)
+class Spliced:
+    model: onnx.ModelProto
+    inputs: list[str]
+    token_states: str
+    hidden_size: int
+    added_nodes: list[str]
+
+
+def opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def apply(model: onnx.ModelProto, recipe: Recipe, hidden: int | None, where: str) -> Spliced:
+    """Return a copy of `model` whose only output is the recipe's sentence_embedding.
+
+    `hidden` is the token-state width measured by running the graph, used when the graph's
+    declared output shape leaves it symbolic.
+    """
+    version = opset(model)
+    if version < MIN_OPSET:
+        raise SpliceError(
+            f"{where} uses ONNX opset {version}; splicing needs opset {MIN_OPSET} or newer. "
+            "Re-export the model with a newer opset (e.g. opset_version=17)."
+        )
+    contract.check_inputs(model, where)
+    states = contract.token_states(model, recipe.model.output, where)
+    hidden = contract.hidden_size(model, states) or hidden
+    if hidden is None:
+        raise SpliceError(f"{where}: the width of {states!r} is unknown. Set a static hidden size.")
+    if not 1 <= recipe.dimension <= hidden:
+        raise SpliceError(
+            f"dimension={recipe.dimension} is outside the model's hidden size {hidden}. "
+            f"Use a value from 1 to {hidden}."
+        )
+    if "truncate" not in [s.op for s in recipe.steps] and recipe.dimension != hidden:
+        raise SpliceError(
+            f"dimension={recipe.dimension} differs from the hidden size {hidden} but the recipe "
+            "has no truncate step. Add '- op: truncate' or set dimension to the hidden size."
+        )
+
+    spliced = onnx.ModelProto()
+    spliced.CopyFrom(model)
+    g = GraphEditor(spliced.graph, version)
+    x = states
+    for step in recipe.steps:
+        match step.op:
+            case "pooling":
+                x = pooling.add(g, x, "attention_mask", step.mode)
+            case "layer_norm":
+                x = layer_norm.add(g, x, step.eps)
+            case "truncate":
+                x = truncate.add(g, x, recipe.dimension)
+            case "normalize":
+                x = normalize.add(g, x)
+    inputs = contract.finish(spliced, x, recipe.dimension)
+    return Spliced(spliced, inputs, states, hidden, g.added)

