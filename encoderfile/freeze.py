@@ -1,0 +1,274 @@
+"""Freeze a bundle into one executable: sh stub + runtime.tar.gz + bundle files + index + trailer.
+
+The runtime (PyInstaller onedir of encoderfile.runtime) does not depend on the bundle, so it is
+built once per encoderfile source + installed packages and cached in the work dir. Every step is
+deterministic (PYTHONHASHSEED=0, sorted tar members, zero mtimes/owners): the same bundle and
+environment give a byte-identical artifact. See docs/artifact.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import string
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import encoderfile
+from encoderfile.errors import ArtifactError, BuildError
+from encoderfile.runtime.payload import MAGIC, TRAILER, open_bundle
+
+PACKAGE = Path(encoderfile.__file__).resolve().parent
+TEMPLATES = PACKAGE.parent / "templates"
+RUNTIME_FORMAT = 1  # bump to invalidate cached runtimes when this module's output changes
+STUB_ALIGN = 4096
+KEEP_RUNTIMES = 3  # cached runtime archives kept per work dir
+# Pulled in by the runtime's dependencies' optional paths but never used by the artifact.
+EXCLUDES = sorted(
+    [
+        # builder side of encoderfile and its libraries
+        "encoderfile.cli",
+        "encoderfile.recipe",
+        "encoderfile.resolve",
+        "encoderfile.splice",
+        "encoderfile.verify",
+        "encoderfile.bundle",
+        "encoderfile.freeze",
+        "onnx",
+        "yaml",
+        "huggingface_hub",
+        "typer",
+        "pydantic",
+        "torch",
+        "transformers",
+        "sentence_transformers",
+        "PyInstaller",
+        # onnxruntime's python tooling (needs onnx/torch), not its inference API
+        "onnxruntime.transformers",
+        "onnxruntime.quantization",
+        "onnxruntime.tools",
+        "onnxruntime.backend",
+        "onnxruntime.datasets",
+        # heavy optional imports of numpy / the standard library
+        "scipy",
+        "pandas",
+        "matplotlib",
+        "IPython",
+        "PIL",
+        "pytest",
+        "setuptools",
+        "pip",
+        "distutils",
+        "tkinter",
+        "_tkinter",
+        "turtle",
+        "idlelib",
+        "lib2to3",
+        "pydoc",  # drops pkgutil too: see HIDDEN_IMPORTS
+        "pydoc_data",
+        "ensurepip",
+        "venv",
+        "sqlite3",
+        "test",
+    ]
+)
+# grpc's C extension imports pkgutil, which only pydoc pulled in (FINDINGS.md).
+HIDDEN_IMPORTS = ["pkgutil"]
+
+
+def build(bundle_dir: Path, dist_dir: Path, work_dir: Path | None = None) -> Path:
+    """Freeze `bundle_dir` into `dist_dir/<name>` (chmod 755, written atomically); return it."""
+    bundle_dir, dist_dir = Path(bundle_dir), Path(dist_dir)
+    if not bundle_dir.is_dir():
+        raise BuildError(f"{bundle_dir} is not a bundle directory. Pass build/<name>.")
+    try:
+        bundle = open_bundle(bundle_dir)  # refuse to freeze a bundle that fails its own hashes
+    except ArtifactError as e:
+        raise BuildError(f"cannot freeze {bundle_dir}: {e}") from None
+    work_dir = Path(work_dir) if work_dir is not None else default_work_dir()
+    runtime = runtime_archive(work_dir)
+    return write_artifact(bundle_dir, bundle.manifest.name, runtime, dist_dir)
+
+
+def default_work_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "encoderfile" / "freeze"
+
+
+def runtime_archive(work_dir: Path) -> Path:
+    """runtime-<key>.tar.gz in `work_dir`, built with PyInstaller unless already there."""
+    stem = work_dir / f"runtime-{runtime_key()[:16]}"
+    archive, log, build_root = (stem.with_suffix(s) for s in (".tar.gz", ".log", ".build"))
+    if archive.is_file():
+        return archive
+    shutil.rmtree(build_root, ignore_errors=True)
+    build_root.mkdir(parents=True)
+    onedir = _pyinstaller(build_root, log)
+    _strip(onedir, log)
+    tmp = stem.with_suffix(".tmp")
+    pack(onedir, tmp)
+    os.replace(tmp, archive)
+    shutil.rmtree(build_root, ignore_errors=True)
+    _prune(work_dir)
+    return archive
+
+
+def runtime_key() -> str:
+    """sha256 over everything that shapes the runtime: sources, templates, packages, python."""
+    h = hashlib.sha256(f"{RUNTIME_FORMAT}\0{sys.version}\0{platform.machine()}\0".encode())
+    h.update(f"{shutil.which('strip')}\0{EXCLUDES}\0{HIDDEN_IMPORTS}\0".encode())
+    for path in _frozen_sources():
+        h.update(f"{path.relative_to(PACKAGE.parent)}\0".encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    dists = sorted(
+        f"{d.metadata['Name']}=={d.version}".lower() for d in importlib.metadata.distributions()
+    )
+    h.update("\n".join(dists).encode())
+    return h.hexdigest()
+
+
+def _frozen_sources() -> list[Path]:
+    """The files that can end up in the runtime (the builder's modules are excluded)."""
+    roots = [PACKAGE / "runtime", PACKAGE / "proto", TEMPLATES]
+    files = [PACKAGE / "__init__.py", PACKAGE / "errors.py", Path(__file__).resolve()]
+    for root in roots:
+        files += [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return sorted(files)
+
+
+def _pyinstaller(build_root: Path, log: Path) -> Path:
+    entry = build_root / "entry.py"
+    shutil.copyfile(TEMPLATES / "entry.py", entry)
+    spec = build_root / "runtime.spec"
+    template = string.Template((TEMPLATES / "runtime.spec").read_text(encoding="utf-8"))
+    spec.write_text(
+        template.substitute(
+            entry=repr(str(entry)),
+            pathex=repr(str(PACKAGE.parent)),
+            hiddenimports=repr(HIDDEN_IMPORTS),
+            excludes=repr(EXCLUDES),
+        ),
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "0", "ORT_DISABLE_TELEMETRY": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "PyInstaller",
+        "--noconfirm",
+        "--clean",
+        "--log-level=WARN",
+        f"--distpath={build_root / 'dist'}",
+        f"--workpath={build_root / 'build'}",
+        str(spec),
+    ]
+    with open(log, "wb") as out:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    onedir = build_root / "dist" / "encoderfile"
+    if result.returncode != 0 or not (onedir / "encoderfile").is_file():
+        raise BuildError(
+            f"PyInstaller failed (exit {result.returncode}). See the log {log}; fix the "
+            "missing module or package it names and build again."
+        )
+    return onedir
+
+
+def _strip(onedir: Path, log: Path) -> None:
+    """Strip shared libraries except vendored ones in *.libs/ (stripping numpy's breaks it)."""
+    strip = shutil.which("strip")
+    if strip is None:
+        return
+    libs = [
+        p
+        for p in sorted(onedir.rglob("*.so*"))
+        if p.is_file()
+        and not p.is_symlink()
+        and not any(part.endswith(".libs") for part in p.relative_to(onedir).parts)
+    ]
+    with open(log, "ab") as out:
+        for lib in libs:
+            subprocess.run(
+                [strip, "--strip-unneeded", str(lib)], stdout=out, stderr=subprocess.STDOUT
+            )
+
+
+def pack(onedir: Path, target: Path) -> None:
+    """A deterministic tar.gz of `onedir`: sorted members, mtime 0, owner 0, gzip mtime 0."""
+    with (
+        open(target, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in sorted(onedir.rglob("*"), key=lambda p: p.relative_to(onedir).as_posix()):
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(onedir).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            executable = info.isdir() or info.mode & 0o111
+            info.mode = 0o755 if executable else 0o644
+            if info.isfile():
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+
+
+def render_stub(name: str, runtime_sha256: str, runtime_length: int) -> bytes:
+    """The sh stub, padded to a multiple of STUB_ALIGN; the runtime starts right after it."""
+    template = (TEMPLATES / "stub.sh").read_text(encoding="utf-8")
+    offset = STUB_ALIGN
+    while True:
+        text = (
+            template.replace("@NAME@", name)
+            .replace("@RUNTIME_SHA256@", runtime_sha256)
+            .replace("@RUNTIME_LENGTH@", str(runtime_length))
+            .replace("@RUNTIME_OFFSET@", str(offset))
+            .encode()
+        )
+        needed = -(-(len(text) + 1) // STUB_ALIGN) * STUB_ALIGN
+        if needed == offset:
+            return text + b"#" * (offset - len(text) - 1) + b"\n"
+        offset = needed
+
+
+def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -> Path:
+    runtime_bytes = runtime.read_bytes()
+    stub = render_stub(name, hashlib.sha256(runtime_bytes).hexdigest(), len(runtime_bytes))
+    dist_dir.mkdir(parents=True, exist_ok=True)
+    target = dist_dir / name
+    fd, tmp = tempfile.mkstemp(dir=dist_dir, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(stub)
+            index: dict[str, object] = {"runtime": [out.tell(), len(runtime_bytes)]}
+            out.write(runtime_bytes)
+            files: dict[str, list[int]] = {}
+            for file in ("model.onnx", "tokenizer.json", "manifest.json"):
+                start = out.tell()
+                with open(bundle_dir / file, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                files[file] = [start, out.tell() - start]
+            index["files"] = files
+            index_bytes = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+            index_offset = out.tell()
+            out.write(index_bytes)
+            out.write(TRAILER.pack(MAGIC, index_offset, len(index_bytes)))
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _prune(work_dir: Path) -> None:
+    archives = sorted(work_dir.glob("runtime-*.tar.gz"), key=lambda p: p.stat().st_mtime)
+    for old in archives[:-KEEP_RUNTIMES]:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name.removesuffix(".tar.gz") + ".log").unlink(missing_ok=True)
