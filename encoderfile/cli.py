@@ -147,9 +147,7 @@ def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
 def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
     """Write the sha256 of every model file into the recipe."""
     spec = recipe.load(recipe_path)
-    resolved = resolve.resolve(
-        spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False
-    )
+    resolved = resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False)
     text = recipe_path.read_text(encoding="utf-8")
     for key, digest in resolved.sha256.items():
         line = re.compile(rf"^(\s+['\"]?{re.escape(key)}['\"]?\s*:)[^\n#]*", re.MULTILINE)
@@ -167,7 +165,9 @@ def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
 
 @app.command()
 def schema(
-    out: Annotated[Path, typer.Option(help="where to write it")] = Path("recipes/recipe.schema.json"),
+    out: Annotated[Path, typer.Option(help="where to write it")] = Path(
+        "recipes/recipe.schema.json"
+    ),
 ) -> None:
     """Write the recipe's JSON schema (generated from the code)."""
     out.write_text(recipe.json_schema(), encoding="utf-8")

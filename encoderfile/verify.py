@@ -23,7 +23,7 @@ SAMPLE_TEXTS = [
     "truncating a Matryoshka embedding keeps most of its quality at a fraction of the size.",
     "naïve café – 東京 – 😀",
     "a",
-    " ".join(["A long passage that is repeated to exceed the model's maximum length."] * 80),
+    " ".join(["A long passage that is repeated to exceed the model's maximum length."] * 24),
 ]
 
 
@@ -56,7 +56,9 @@ def session(model: bytes | Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(
-        model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"]
+        model if isinstance(model, bytes) else str(model),
+        options,
+        providers=["CPUExecutionProvider"],
     )
 
 

@@ -17,7 +17,9 @@ from tests.fixtures.models import recipe_dict, write_recipe, write_tiny_model
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
-def cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(
+    *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "encoderfile.cli", *map(str, args)],
         capture_output=True,
@@ -52,7 +54,11 @@ def build(tmp_path: Path, data: dict) -> tuple[subprocess.CompletedProcess, Path
 def test_build_writes_a_bundle(tmp_path, model_dir) -> None:
     result, out = build(tmp_path, recipe_dict(model_dir))
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (out / "tiny").iterdir()) == ["manifest.json", "model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in (out / "tiny").iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+        "tokenizer.json",
+    ]
 
 
 def test_malformed_yaml(tmp_path) -> None:
@@ -68,11 +74,20 @@ def test_malformed_yaml(tmp_path) -> None:
         (lambda r: r.update(dimension="eight"), ("key 'dimension'",)),
         (lambda r: r.update(dimension=0), ("key 'dimension'",)),
         (lambda r: r.update(dimension=-1), ("key 'dimension'",)),
-        (lambda r: r.update(dimension=9, steps=[{"op": "pooling", "mode": "mean"}, {"op": "truncate"}]),
-         ("dimension=9", "hidden size 8", "from 1 to 8")),
-        (lambda r: r["model"]["local"]["files"].update({"config.json": None}), ("'config.json' is missing",)),
-        (lambda r: r["model"]["local"]["files"].update({"model.onnx": "0" * 64}),
-         ("model.onnx sha256 is", "encoderfile pin")),
+        (
+            lambda r: r.update(
+                dimension=9, steps=[{"op": "pooling", "mode": "mean"}, {"op": "truncate"}]
+            ),
+            ("dimension=9", "hidden size 8", "from 1 to 8"),
+        ),
+        (
+            lambda r: r["model"]["local"]["files"].update({"config.json": None}),
+            ("'config.json' is missing",),
+        ),
+        (
+            lambda r: r["model"]["local"]["files"].update({"model.onnx": "0" * 64}),
+            ("model.onnx sha256 is", "encoderfile pin"),
+        ),
         (lambda r: r["model"].update(output="nope"), ("no output 'nope'", "last_hidden_state")),
     ],
 )
@@ -85,8 +100,14 @@ def test_recipe_and_model_errors(tmp_path, model_dir, change, expected) -> None:
 
 def test_revision_not_a_commit(tmp_path) -> None:
     data = recipe_dict(tmp_path)
-    data["model"] = {"hub": {"repo": "o/m", "revision": "main", "files": {"model.onnx": None, "tokenizer.json": None}},
-                     "graph": "model.onnx"}
+    data["model"] = {
+        "hub": {
+            "repo": "o/m",
+            "revision": "main",
+            "files": {"model.onnx": None, "tokenizer.json": None},
+        },
+        "graph": "model.onnx",
+    }
     result, out = build(tmp_path, data)
     fails_cleanly(result, out, "'main' is not a 40-hex commit", "--allow-unpinned")
 
@@ -121,8 +142,12 @@ def test_pin_fills_hashes_then_detects_tampering(tmp_path, model_dir) -> None:
     assert all(len(v) == 64 for v in files.values())
     with (model_dir / "tokenizer.json").open("a") as f:
         f.write(" ")
-    fails_cleanly(cli("build", recipe, "--bundle-only", "--out", tmp_path / "b"), tmp_path / "b",
-                  "tokenizer.json sha256 is", "the recipe pins")
+    fails_cleanly(
+        cli("build", recipe, "--bundle-only", "--out", tmp_path / "b"),
+        tmp_path / "b",
+        "tokenizer.json sha256 is",
+        "the recipe pins",
+    )
 
 
 def fake_hub_cache(cache: Path, repo: str, source: Path, files: list[str]) -> None:
@@ -141,18 +166,28 @@ def test_hub_mode_from_the_cache_offline(tmp_path, model_dir) -> None:
     fake_hub_cache(cache, "org/tiny", model_dir, ["onnx/model.onnx", "tokenizer.json"])
     data = recipe_dict(model_dir)
     data["model"] = {
-        "hub": {"repo": "org/tiny", "revision": REVISION, "files": {"onnx/model.onnx": None, "tokenizer.json": None}},
+        "hub": {
+            "repo": "org/tiny",
+            "revision": REVISION,
+            "files": {"onnx/model.onnx": None, "tokenizer.json": None},
+        },
         "graph": "onnx/model.onnx",
     }
     recipe = write_recipe(tmp_path / "r.yaml", data)
     env = {"HF_HUB_CACHE": str(cache)}
-    fails_cleanly(cli("build", recipe, "--bundle-only", "--out", tmp_path / "b", env=env), tmp_path / "b",
-                  "onnx/model.onnx has no sha256 pin", "encoderfile pin")
+    fails_cleanly(
+        cli("build", recipe, "--bundle-only", "--out", tmp_path / "b", env=env),
+        tmp_path / "b",
+        "onnx/model.onnx has no sha256 pin",
+        "encoderfile pin",
+    )
     assert cli("pin", recipe, env=env).returncode == 0
     result = cli("build", recipe, "--bundle-only", "--out", tmp_path / "b", env=env)
     assert result.returncode == 0, result.stderr
     model = json.loads((tmp_path / "b" / "tiny" / "manifest.json").read_text())["model"]
-    assert model["source"] == "hub" and model["repo"] == "org/tiny" and model["revision"] == REVISION
+    assert (
+        model["source"] == "hub" and model["repo"] == "org/tiny" and model["revision"] == REVISION
+    )
     assert set(model["files"]) == {"onnx/model.onnx", "tokenizer.json"}
 
 
@@ -160,20 +195,37 @@ def test_hub_unpinned_branch_with_allow_unpinned(tmp_path, model_dir) -> None:
     cache = tmp_path / "hub"
     fake_hub_cache(cache, "org/tiny", model_dir, ["model.onnx", "tokenizer.json"])
     data = recipe_dict(model_dir)
-    data["model"] = {"hub": {"repo": "org/tiny", "revision": "main", "files": {"model.onnx": None, "tokenizer.json": None}},
-                     "graph": "model.onnx"}
+    data["model"] = {
+        "hub": {
+            "repo": "org/tiny",
+            "revision": "main",
+            "files": {"model.onnx": None, "tokenizer.json": None},
+        },
+        "graph": "model.onnx",
+    }
     recipe = write_recipe(tmp_path / "r.yaml", data)
     env = {"HF_HUB_CACHE": str(cache)}
     assert cli("pin", recipe, "--allow-unpinned", env=env).returncode == 0
-    result = cli("build", recipe, "--bundle-only", "--allow-unpinned", "--out", tmp_path / "b", env=env)
+    result = cli(
+        "build", recipe, "--bundle-only", "--allow-unpinned", "--out", tmp_path / "b", env=env
+    )
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "b" / "tiny" / "manifest.json").read_text())["model"]["revision"] == REVISION
+    assert (
+        json.loads((tmp_path / "b" / "tiny" / "manifest.json").read_text())["model"]["revision"]
+        == REVISION
+    )
 
 
 def test_hub_file_not_cached_offline(tmp_path) -> None:
     data = recipe_dict(tmp_path)
-    data["model"] = {"hub": {"repo": "org/absent", "revision": REVISION, "files": {"model.onnx": "a" * 64, "tokenizer.json": "b" * 64}},
-                     "graph": "model.onnx"}
+    data["model"] = {
+        "hub": {
+            "repo": "org/absent",
+            "revision": REVISION,
+            "files": {"model.onnx": "a" * 64, "tokenizer.json": "b" * 64},
+        },
+        "graph": "model.onnx",
+    }
     result, out = build(tmp_path, data)
     fails_cleanly(result, out, "not in the local cache")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,13 +38,19 @@ def test_minilm_equals_sentence_transformers(minilm_bundle, sentence_transformer
     reference = sentence_transformer.encode(TEXTS, normalize_embeddings=True)
     assert ours.shape == reference.shape == (len(TEXTS), 384)
     assert cosine(ours, reference).min() >= 0.99999
-    print(f"MiniLM-384 vs sentence-transformers: min cos {cosine(ours, reference).min():.7f}, "
-          f"max abs diff {np.abs(ours - reference).max():.2e}")
+    print(
+        f"MiniLM-384 vs sentence-transformers: min cos {cosine(ours, reference).min():.7f}, "
+        f"max abs diff {np.abs(ours - reference).max():.2e}"
+    )
 
 
 def test_minilm_truncated_to_128(tmp_path, minilm_dir, sentence_transformer) -> None:
     recipe = real_recipe(
-        tmp_path, "all-minilm-l6-v2.yaml", minilm_dir, name="minilm-128", dimension=128,
+        tmp_path,
+        "all-minilm-l6-v2.yaml",
+        minilm_dir,
+        name="minilm-128",
+        dimension=128,
         dimensions=[128, 64],
         steps=[{"op": "pooling", "mode": "mean"}, {"op": "truncate"}, {"op": "normalize"}],
     )
@@ -54,7 +59,9 @@ def test_minilm_truncated_to_128(tmp_path, minilm_dir, sentence_transformer) -> 
     reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     assert ours.shape == (len(TEXTS), 128)
     assert cosine(ours, reference).min() >= 0.99999
-    print(f"MiniLM-128 vs sentence-transformers truncate_dim=128: min cos {cosine(ours, reference).min():.7f}")
+    print(
+        f"MiniLM-128 vs sentence-transformers truncate_dim=128: min cos {cosine(ours, reference).min():.7f}"
+    )
 
 
 def test_minilm_padding_invariance(minilm_bundle) -> None:
@@ -68,7 +75,10 @@ def test_wordllama_64_equals_the_library(tmp_path) -> None:
 
     package = models.package_dir("wordllama")
     (tmp_path / "cache" / "tokenizers").mkdir(parents=True)
-    shutil.copy(package / "tokenizers" / "l2_supercat_tokenizer_config.json", tmp_path / "cache" / "tokenizers")
+    shutil.copy(
+        package / "tokenizers" / "l2_supercat_tokenizer_config.json",
+        tmp_path / "cache" / "tokenizers",
+    )
     library = WordLlama.load(trunc_dim=64, cache_dir=tmp_path / "cache", disable_download=True)
 
     recipe = real_recipe(tmp_path, "wordllama-64.yaml", models.wordllama())
@@ -84,7 +94,13 @@ def test_nomic_recipe_equals_torch(tmp_path) -> None:
     import torch.nn.functional as F
     from tokenizers import Tokenizer
 
-    recipe = real_recipe(tmp_path, "nomic-embed-text-v1.5.yaml", models.nomic_random(), dimension=64, dimensions=[64, 32])
+    recipe = real_recipe(
+        tmp_path,
+        "nomic-embed-text-v1.5.yaml",
+        models.nomic_random(),
+        dimension=64,
+        dimensions=[64, 32],
+    )
     bundle = compile_bundle(recipe, tmp_path / "build")
     info = manifest(bundle)
     assert [s["op"] for s in info["steps"]] == ["pooling", "layer_norm", "truncate", "normalize"]
@@ -95,12 +111,16 @@ def test_nomic_recipe_equals_torch(tmp_path) -> None:
     ids = torch.tensor([e.ids for e in encoded])
     mask = torch.tensor([e.attention_mask for e in encoded])
     with torch.no_grad():
-        states = model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        states = model(
+            input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)
+        ).last_hidden_state
     pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     normed = F.layer_norm(pooled, (pooled.shape[1],), eps=1e-5)
     reference = F.normalize(normed[:, :64], p=2, dim=1).numpy()
     assert np.abs(ours - reference).max() <= 1e-5
-    print(f"NomicBERT(random) nomic recipe vs torch: max abs diff {np.abs(ours - reference).max():.2e}")
+    print(
+        f"NomicBERT(random) nomic recipe vs torch: max abs diff {np.abs(ours - reference).max():.2e}"
+    )
 
 
 def test_paraphrase_minilm_needs_its_token_output_named(tmp_path) -> None:
@@ -113,8 +133,21 @@ def test_paraphrase_minilm_needs_its_token_output_named(tmp_path) -> None:
     assert not (tmp_path / "build" / "paraphrase").exists()
 
     named = real_recipe(tmp_path, "all-minilm-l6-v2.yaml", directory, name="paraphrase")
-    text = named.read_text().replace("graph: model.onnx", "graph: model.onnx\n  output: onnx::Shape_422")
+    text = named.read_text().replace(
+        "graph: model.onnx", "graph: model.onnx\n  output: onnx::Shape_422"
+    )
     named.write_text(text)
     bundle = compile_bundle(named, tmp_path / "build")
     assert manifest(bundle)["graph"]["token_states"] == "onnx::Shape_422"
     assert embed(bundle, TEXTS).shape == (len(TEXTS), 384)
+
+
+@pytest.mark.slow
+def test_shipped_nomic_recipe_builds_from_a_full_size_export(nomic_full_bundle) -> None:
+    info = manifest(nomic_full_bundle)
+    assert info["name"] == "nomic-embed-text-v1.5-512"
+    assert info["graph"]["hidden_size"] == 768 and info["dimension"] == 512
+    assert info["dimensions"] == [512, 256, 128, 64]
+    vectors = embed(nomic_full_bundle, ["search_query: what is nomic?", "search_document: a text"])
+    assert vectors.shape == (2, 512)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6)

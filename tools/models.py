@@ -95,9 +95,16 @@ def nomic_random_torch(full: bool = False):  # type: ignore[no-untyped-def]
     from transformers import NomicBertConfig, NomicBertModel
 
     torch.manual_seed(0)
-    config = NomicBertConfig() if full else NomicBertConfig(
-        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-        head_dim=32,
+    config = (
+        NomicBertConfig()
+        if full
+        else NomicBertConfig(
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            head_dim=32,
+        )
     )
     return NomicBertModel(config).eval()
 
@@ -136,7 +143,11 @@ def wordllama() -> Path:
                 helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
                 for n in ("input_ids", "attention_mask")
             ],
-            [helper.make_tensor_value_info("token_embeddings", TensorProto.FLOAT, ["batch", "sequence", 256])],
+            [
+                helper.make_tensor_value_info(
+                    "token_embeddings", TensorProto.FLOAT, ["batch", "sequence", 256]
+                )
+            ],
             [numpy_helper.from_array(table, "embedding")],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -99,4 +99,8 @@ def _rank(value: onnx.ValueInfoProto) -> int | None:
 def _shape(value: onnx.ValueInfoProto) -> str:
     if _rank(value) is None:
         return "[?]"
-    return "[" + ", ".join(d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim) + "]"
+    return (
+        "["
+        + ", ".join(d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim)
+        + "]"
+    )

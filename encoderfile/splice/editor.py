@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -27,13 +29,13 @@ class GraphEditor:
         self._count += 1
         return f"{self._prefix}/{op}_{self._count}"
 
-    def op(self, op_type: str, *inputs: str, **attrs: object) -> str:
+    def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
         name = self._name(op_type)
         self.graph.node.append(helper.make_node(op_type, list(inputs), [name], name=name, **attrs))
         self.added.append(name)
         return name
 
-    def const(self, value: object, dtype: type = np.int64) -> str:
+    def const(self, value: Any, dtype: type = np.int64) -> str:
         name = self._name("const")
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name

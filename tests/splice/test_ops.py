@@ -14,13 +14,17 @@ from encoderfile.splice.editor import GraphEditor
 RNG = np.random.default_rng(0)
 
 
-def run_op(add, inputs: dict[str, np.ndarray], opset: int = 17, **kwargs) -> tuple[np.ndarray, list[str]]:
+def run_op(
+    add, inputs: dict[str, np.ndarray], opset: int = 17, **kwargs
+) -> tuple[np.ndarray, list[str]]:
     graph = helper.make_graph(
         [],
         "op",
         [
             helper.make_tensor_value_info(
-                name, TensorProto.INT64 if v.dtype == np.int64 else TensorProto.FLOAT, [None] * v.ndim
+                name,
+                TensorProto.INT64 if v.dtype == np.int64 else TensorProto.FLOAT,
+                [None] * v.ndim,
             )
             for name, v in inputs.items()
         ],
