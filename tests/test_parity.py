@@ -64,10 +64,14 @@ def test_minilm_truncated_to_128(tmp_path, minilm_dir, sentence_transformer) -> 
     )
 
 
-def test_minilm_padding_invariance(minilm_bundle) -> None:
-    batched = embed(minilm_bundle, TEXTS)
-    alone = np.stack([embed(minilm_bundle, [t])[0] for t in TEXTS])
-    assert np.abs(batched - alone).max() <= 1e-5
+@pytest.mark.parametrize("bundle_fixture", ["minilm_bundle", "nomic_full_bundle"])
+def test_vectors_do_not_depend_on_batch_neighbours(request, bundle_fixture) -> None:
+    """Bitwise: alone, in a padded batch, and among other neighbours (nomic-serve's bug)."""
+    bundle = request.getfixturevalue(bundle_fixture)
+    batched = embed(bundle, TEXTS)
+    alone = np.stack([embed(bundle, [t])[0] for t in TEXTS])
+    reversed_batch = embed(bundle, TEXTS[::-1])[::-1]
+    assert np.array_equal(batched, alone) and np.array_equal(batched, reversed_batch)
 
 
 def test_wordllama_64_equals_the_library(tmp_path) -> None:

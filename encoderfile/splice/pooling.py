@@ -1,6 +1,9 @@
 """Pooling: token states [b, s, h] + attention mask [b, s] -> one vector per text [b, h].
 
 mean:       sum_t(m_t * x_t) / max(sum_t m_t, 1e-9)         (padding ignored)
+            The sum runs in sequence order (CumSum, last position), so a text's vector is
+            bitwise the same whatever its padding or batch neighbours; ReduceSum's blocking
+            depends on the padded length and changes the last bit.
 cls:        x_0
 last_token: x_k with k = the last t where m_t = 1           (left or right padding)
 """
@@ -20,7 +23,7 @@ def add(g: GraphEditor, states: str, mask: str, mode: str) -> str:
     m = g.op("Cast", mask, to=TensorProto.FLOAT)
     if mode == "mean":
         weighted = g.op("Mul", states, g.op("Unsqueeze", m, g.const([-1])))
-        summed = g.reduce("ReduceSum", weighted, [1], False)
+        summed = g.op("Gather", g.op("CumSum", weighted, g.const(1)), g.const(-1), axis=1)
         count = g.op("Max", g.reduce("ReduceSum", m, [1], True), g.const(1e-9, np.float32))
         return g.op("Div", summed, count)
     # last_token: weight position t by (t + 1) * m_t; the argmax is the last real token.
