@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Project tasks. Run `python3 build.py` for the list; stdlib only, so it works before setup.
 
-    python3 build.py demo    set up, build the default recipe (all-MiniLM-L6-v2), embed a line
-    python3 build.py test    set up, then run the whole test suite (what CI runs)
+python3 build.py demo    set up, build the default recipe (all-MiniLM-L6-v2), embed a line
+python3 build.py test    set up, then run the whole test suite (what CI runs)
 """
 
 from __future__ import annotations

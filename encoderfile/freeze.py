@@ -57,7 +57,11 @@ EXCLUDES = sorted(
         "onnxruntime.tools",
         "onnxruntime.backend",
         "onnxruntime.datasets",
-        # heavy optional imports of numpy / the standard library
+        # optional imports of dependencies: grpc's runtime proto compiler, numpy's f2py
+        "grpc_tools",
+        "numpy.f2py",
+        "charset_normalizer",
+        "readline",
         "scipy",
         "pandas",
         "matplotlib",
@@ -93,7 +97,7 @@ def build(bundle_dir: Path, dist_dir: Path, work_dir: Path | None = None) -> Pat
         bundle = open_bundle(bundle_dir)  # refuse to freeze a bundle that fails its own hashes
     except ArtifactError as e:
         raise BuildError(f"cannot freeze {bundle_dir}: {e}") from None
-    work_dir = Path(work_dir) if work_dir is not None else default_work_dir()
+    work_dir = Path(work_dir).resolve() if work_dir is not None else default_work_dir()
     runtime = runtime_archive(work_dir)
     return write_artifact(bundle_dir, bundle.manifest.name, runtime, dist_dir)
 
@@ -104,18 +108,24 @@ def default_work_dir() -> Path:
 
 
 def runtime_archive(work_dir: Path) -> Path:
-    """runtime-<key>.tar.gz in `work_dir`, built with PyInstaller unless already there."""
-    stem = work_dir / f"runtime-{runtime_key()[:16]}"
-    archive, log, build_root = (stem.with_suffix(s) for s in (".tar.gz", ".log", ".build"))
+    """runtime-<key>.tar.gz in `work_dir`, built with PyInstaller unless already there.
+
+    Concurrent builders each use their own build dir and publish by atomic rename; being
+    reproducible, they publish identical archives.
+    """
+    stem = f"runtime-{runtime_key()[:16]}"
+    archive, log = work_dir / f"{stem}.tar.gz", work_dir / f"{stem}.log"
     if archive.is_file():
         return archive
-    shutil.rmtree(build_root, ignore_errors=True)
-    build_root.mkdir(parents=True)
-    onedir = _pyinstaller(build_root, log)
-    _strip(onedir, log)
-    tmp = stem.with_suffix(".tmp")
-    pack(onedir, tmp)
-    os.replace(tmp, archive)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    build_root = Path(tempfile.mkdtemp(dir=work_dir, prefix=f"{stem}.build-"))
+    build_log = build_root / "pyinstaller.log"  # named by BuildError; kept on failure
+    onedir = _pyinstaller(build_root, build_log)
+    _strip(onedir, build_log)
+    packed = build_root / "runtime.tar.gz"
+    pack(onedir, packed)
+    os.replace(build_log, log)
+    os.replace(packed, archive)
     shutil.rmtree(build_root, ignore_errors=True)
     _prune(work_dir)
     return archive
@@ -174,9 +184,11 @@ def _pyinstaller(build_root: Path, log: Path) -> Path:
         result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     onedir = build_root / "dist" / "encoderfile"
     if result.returncode != 0 or not (onedir / "encoderfile").is_file():
+        errors = [ln for ln in log.read_text(errors="replace").splitlines() if "ERROR" in ln]
+        detail = f": {errors[-1].strip()}" if errors else ""
         raise BuildError(
-            f"PyInstaller failed (exit {result.returncode}). See the log {log}; fix the "
-            "missing module or package it names and build again."
+            f"PyInstaller failed (exit {result.returncode}){detail}. See the log {log}; fix "
+            "what it names and build again."
         )
     return onedir
 
@@ -268,7 +280,13 @@ def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -
 
 
 def _prune(work_dir: Path) -> None:
-    archives = sorted(work_dir.glob("runtime-*.tar.gz"), key=lambda p: p.stat().st_mtime)
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # pruned by a concurrent build
+            return 0.0
+
+    archives = sorted(work_dir.glob("runtime-*.tar.gz"), key=mtime)
     for old in archives[:-KEEP_RUNTIMES]:
         old.unlink(missing_ok=True)
         old.with_name(old.name.removesuffix(".tar.gz") + ".log").unlink(missing_ok=True)

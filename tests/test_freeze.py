@@ -257,6 +257,7 @@ def test_build_is_reproducible(tiny_artifact: Path, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------- MiniLM, frozen
 
+ENV = shutil.which("env") or "/usr/bin/env"  # absolute: tracers run it with an empty PATH
 TEXTS = b"hello\nThe quick brown fox jumps over the lazy dog.\nna\xc3\xafve caf\xc3\xa9\n"
 
 
@@ -309,7 +310,7 @@ def test_minilm_artifact_runs_air_gapped(
         pytest.skip("the kernel forbids network namespaces (unshare -n and unshare -r -n fail)")
     home = tmp_path / "home"
     home.mkdir()
-    bare = ["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin"]
+    bare = [ENV, "-i", f"HOME={home}", "PATH=/usr/bin:/bin"]
     expected = run_artifact(minilm_artifact, "embed", env=artifact_env, input=TEXTS).stdout
     offline = run_artifact(minilm_artifact, "embed", env={}, input=TEXTS, prefix=[*prefix, *bare])
     assert offline.returncode == 0, offline.stderr
@@ -331,7 +332,7 @@ def test_minilm_artifact_makes_no_network_connections(
     home = tmp_path / "home"
     home.mkdir()
     log = tmp_path / "connect.log"
-    bare = ["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin"]
+    bare = [ENV, "-i", f"HOME={home}", "PATH=/usr/bin:/bin"]
     tracer = [strace, "-f", "-qq", "-e", "trace=connect", "-o", str(log), *bare]
     for args in (["embed"], ["verify"]):
         result = run_artifact(minilm_artifact, *args, env={}, input=TEXTS, prefix=tracer)

@@ -1,0 +1,170 @@
+"""One queue thread that merges concurrent requests into model calls, with admission control."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from encoderfile.errors import OverloadedError
+from encoderfile.runtime.metrics import Metrics
+from encoderfile.runtime.serve_errors import NotReadyError
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
+    from encoderfile.runtime.embedder import Embedder, Embeddings
+
+
+@dataclasses.dataclass
+class _Job:
+    encodings: Sequence[Encoding]
+    dimensions: int | None
+    future: Future[Embeddings]
+    enqueued: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e.ids) for e in self.encodings)
+
+
+class Batcher:
+    """Merges requests queued within `max_wait_ms` into model calls of at most `max_batch_size`
+    inputs and `max_batch_tokens` tokens; a request is never split across calls.
+
+    Callers tokenize (Embedder.tokenize), so a bad input fails its own request before queueing and
+    the token budget is exact. Admission control: over `max_inflight` inputs, submit raises
+    OverloadedError at once instead of queueing.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        max_inflight: int = 1024,
+        max_batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+        max_wait_ms: float = 2.0,
+        metrics: Metrics | None = None,
+    ):
+        self._embedder = embedder
+        self._max_inflight = max_inflight
+        self._max_batch_size = max_batch_size
+        self._max_batch_tokens = max_batch_tokens
+        self._max_wait = max_wait_ms / 1000
+        self._metrics = metrics or Metrics()
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="encoderfile-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def inflight(self) -> int:
+        """Inputs accepted and not yet answered."""
+        return self._inflight
+
+    def submit(
+        self, encodings: Sequence[Encoding], *, dimensions: int | None = None
+    ) -> Future[Embeddings]:
+        """Queue tokenized inputs; the future resolves to their Embeddings, rows in order."""
+        n = len(encodings)
+        job = _Job(encodings, dimensions, Future(), time.monotonic())
+        with self._cond:
+            if self._closed:
+                raise NotReadyError("The server is shutting down. Retry on another replica.")
+            if self._inflight + n > self._max_inflight:
+                raise OverloadedError(
+                    f"{self._inflight} inputs are in flight and this request adds {n}, over the "
+                    f"limit of {self._max_inflight}. Retry later, or raise --max-inflight."
+                )
+            self._inflight += n
+            self._queue.append(job)
+            self._cond.notify()
+        return job.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish what is queued, and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _full(self) -> bool:
+        size = tokens = 0
+        for job in self._queue:
+            size += len(job.encodings)
+            tokens += job.tokens
+            if size >= self._max_batch_size or tokens >= self._max_batch_tokens:
+                return True
+        return False
+
+    def _take(self) -> list[_Job]:
+        batch = [self._queue.popleft()]
+        size, tokens = len(batch[0].encodings), batch[0].tokens
+        while self._queue:
+            job = self._queue[0]
+            size += len(job.encodings)
+            tokens += job.tokens
+            if size > self._max_batch_size or tokens > self._max_batch_tokens:
+                break
+            batch.append(self._queue.popleft())
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                deadline = time.monotonic() + self._max_wait
+                while not self._closed and not self._full():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch = self._take()
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        started = time.monotonic()
+        groups: dict[int | None, list[_Job]] = {}
+        for job in batch:
+            # Skip requests whose client went away; once running, a future can't be cancelled.
+            if job.future.set_running_or_notify_cancel():
+                self._metrics.queue_seconds.observe(started - job.enqueued)
+                groups.setdefault(job.dimensions, []).append(job)
+        for dimensions, jobs in groups.items():
+            self._run_group(jobs, dimensions)
+        with self._cond:
+            self._inflight -= sum(len(job.encodings) for job in batch)
+
+    def _run_group(self, jobs: list[_Job], dimensions: int | None) -> None:
+        encodings = [e for job in jobs for e in job.encodings]
+        started = time.monotonic()
+        try:
+            result = self._embedder.embed_encodings(encodings, dimensions=dimensions)
+        except Exception as exc:  # callers validate first, so this is a bug; they re-raise it
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        self._metrics.inference_seconds.observe(time.monotonic() - started)
+        self._metrics.batch_inputs.observe(len(encodings))
+        start = 0
+        for job in jobs:
+            end = start + len(job.encodings)
+            job.future.set_result(
+                dataclasses.replace(
+                    result,
+                    vectors=result.vectors[start:end],
+                    tokens=result.tokens[start:end],
+                    truncated=result.truncated[start:end],
+                )
+            )
+            start = end

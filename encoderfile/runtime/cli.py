@@ -1,0 +1,635 @@
+"""The artifact's command line: embed / info / verify / serve.
+
+argparse, not typer, and heavy imports inside the commands: cold start is part of the product.
+User errors print one line `encoderfile: <message>` on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
+
+from encoderfile import __version__
+from encoderfile.errors import ArtifactError, EncoderfileError, RequestError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from encoderfile.runtime.embedder import Embedder
+
+CHUNK = 1024  # inputs read, embedded and written at a time: memory stays bounded
+EXIT_USER = 2
+COMMANDS = ("embed", "info", "verify", "serve")
+VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
+
+
+class UsageError(EncoderfileError):
+    """Bad command line."""
+
+
+class Record(NamedTuple):
+    where: str  # "stdin line 3", "data.jsonl line 3", "argument 2": for error messages
+    id: Any
+    text: str
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line instead of usage + message
+        raise UsageError(f"{message}. Run '{self.prog} --help' for usage.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(with_serve=_command(argv) == "serve")
+        args = parser.parse_args(argv)
+        if not hasattr(args, "run"):
+            parser.print_help(sys.stderr)
+            return EXIT_USER
+        return int(args.run(args))
+    except EncoderfileError as e:
+        print(f"encoderfile: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("encoderfile: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `| head`: stop quietly, like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
+    prog = _prog()
+    parser = _Parser(
+        prog=prog,
+        description="Embed text with the model compiled into this artifact; runs offline.",
+    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print versions and exit")
+    _add_common(parser, None)
+    common = _Parser(add_help=False)
+    _add_common(common, argparse.SUPPRESS)  # also accepted after the command
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "embed",
+        parents=[common],
+        help="embed texts (arguments, stdin lines or JSONL) to JSONL / JSON / NPY",
+        description="Embed TEXT arguments, else stdin (one text per line), else --input JSONL. "
+        "Output order follows input order.",
+    )
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
+    p.add_argument("--input", metavar="FILE", help="JSONL file, one object per line ('-': stdin)")
+    p.add_argument("--text-field", default="text", metavar="KEY", help="JSONL text key (text)")
+    p.add_argument("--id-field", metavar="KEY", help="JSONL key copied to the output as 'id'")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "json", "npy"),
+        default="jsonl",
+        help="jsonl (default): {id?, embedding, tokens} per line; json: one array; "
+        "npy: float32 [n, dimensions]",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write here (atomically: nothing partial on failure) instead of stdout",
+    )
+    p.add_argument("--prompt", metavar="NAME", help="prompt prefix from the manifest (see info)")
+    p.add_argument(
+        "--dimensions",
+        type=_positive,
+        metavar="N",
+        help="Matryoshka width: a prefix of the vector, re-normalised (see info)",
+    )
+    p.add_argument("--skip-empty", action="store_true", help="skip blank lines / empty texts")
+    p.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="invalid UTF-8: fail naming the line (strict), or replace with U+FFFD",
+    )
+    p.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="fail on texts longer than max_length instead of truncating them",
+    )
+    p.set_defaults(run=_embed)
+
+    p = sub.add_parser(
+        "info",
+        parents=[common],
+        help="describe the model, files and tools",
+        description="Describe the embedded model, its files and build tools.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_info)
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="recompute the golden vectors",
+        description="Recompute the golden vectors stored at build time; exit 0 "
+        "only if they match within the stored tolerance.",
+    )
+    p.set_defaults(run=_verify)
+
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the HTTP and gRPC server",
+        description="Serve embeddings over HTTP and gRPC.",
+    )
+    p.set_defaults(run=_serve)
+    if with_serve and (server := _server()) is not None:
+        server.add_arguments(p)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        default=default,
+        metavar="N",
+        help="onnxruntime intra-op threads (default: one per core)",
+    )
+    # Development: run a bundle directory (or another artifact) instead of this artifact.
+    parser.add_argument("--bundle", default=default, help=argparse.SUPPRESS)
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        from encoderfile.runtime.payload import read_manifest
+
+        try:
+            m = read_manifest(namespace.bundle)
+            fmt = m.raw["format_version"]
+            print(f"{m.name} {m.version} (encoderfile {__version__}, format {fmt})")
+        except ArtifactError:
+            print(f"encoderfile runtime {__version__}")
+        parser.exit()
+
+
+def _prog() -> str:
+    artifact = os.environ.get("ENCODERFILE_ARTIFACT")
+    return os.path.basename(artifact) if artifact else "encoderfile-runtime"
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in argv, found without importing anything."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in VALUE_OPTIONS:
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+# ---------------------------------------------------------------------------------------- embed
+
+
+def _embed(args: argparse.Namespace) -> int:
+    if args.texts and args.input:
+        raise UsageError("pass texts as arguments or with --input, not both")
+    if args.id_field and not args.input:
+        raise UsageError("--id-field needs --input FILE.jsonl")
+    if args.format == "npy" and not args.output and sys.stdout.isatty():
+        raise UsageError("refusing to write binary .npy to a terminal; pass --output FILE.npy")
+    if args.input not in (None, "-") and not os.path.isfile(args.input):
+        raise UsageError(f"--input {args.input} does not exist or is not a file")
+
+    from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.payload import open_bundle
+
+    with _output(args.output) as out:
+        embedder = Embedder(open_bundle(args.bundle), args.threads)
+        embedder.prefix(args.prompt)  # unknown prompt / dimensions fail before reading input
+        width = embedder.check_dimensions(args.dimensions)
+        writer = _WRITERS[args.format](out, width)
+        progress = _Progress(enabled=not args.texts and sys.stderr.isatty())
+        truncated = _Truncations()
+        try:
+            for chunk in _chunks(_records(args), CHUNK):
+                vectors, tokens = _embed_chunk(embedder, chunk, args, width, truncated)
+                writer.write(chunk, vectors, tokens)
+                progress.update(len(chunk))
+            writer.close()
+        finally:
+            progress.close()
+    if truncated.count:
+        shown = ", ".join(truncated.first) + (", …" if truncated.count > 3 else "")
+        print(
+            f"encoderfile: truncated {truncated.count} input(s) longer than "
+            f"{embedder.manifest.max_length} tokens ({shown}). Pass --no-truncate to reject them.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+class _Truncations:
+    """How many inputs were truncated, and where the first three were (memory stays bounded)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: list[str] = []
+
+    def add(self, where: str) -> None:
+        self.count += 1
+        if len(self.first) < 3:
+            self.first.append(where)
+
+
+def _embed_chunk(
+    embedder: Embedder,
+    chunk: list[Record],
+    args: argparse.Namespace,
+    width: int,
+    truncated: _Truncations,
+) -> tuple[np.ndarray, list[int]]:
+    encodings = embedder.tokenize([r.text for r in chunk], prompt=args.prompt)
+    for record, encoding in zip(chunk, encodings, strict=True):
+        if encoding.overflowing:
+            if args.no_truncate:
+                raise RequestError(
+                    f"{record.where} is longer than max_length="
+                    f"{embedder.manifest.max_length} tokens. Shorten it, or drop --no-truncate "
+                    "to truncate it."
+                )
+            truncated.add(record.where)
+    result = embedder.embed_encodings(encodings, dimensions=width)
+    return result.vectors, result.tokens
+
+
+def _records(args: argparse.Namespace) -> Iterator[Record]:
+    """Validated inputs in order, from arguments, stdin lines or a JSONL file."""
+    if args.texts:
+        for i, text in enumerate(args.texts, 1):
+            raw = text.encode("utf-8", "surrogateescape")  # argv keeps invalid bytes as escapes
+            text = _decode(raw, args.errors, f"argument {i}")
+            if _keep(text, f"argument {i}", args.skip_empty):
+                yield Record(f"argument {i}", None, text)
+    elif args.input is None:
+        if sys.stdin.isatty():
+            print(
+                "encoderfile: reading texts from stdin, one per line; end with Ctrl-D",
+                file=sys.stderr,
+            )
+        for n, line in enumerate(sys.stdin.buffer, 1):
+            where = f"stdin line {n}"
+            text = _decode(line.rstrip(b"\n").rstrip(b"\r"), args.errors, where)
+            if _keep(text, where, args.skip_empty):
+                yield Record(where, None, text)
+    else:
+        yield from _jsonl(args)
+
+
+def _jsonl(args: argparse.Namespace) -> Iterator[Record]:
+    name = "stdin" if args.input == "-" else args.input
+    with _open_input(args.input) as fh:
+        for n, line in enumerate(fh, 1):
+            where = f"{name} line {n}"
+            raw = _decode(line, args.errors, where)
+            if not raw.strip():
+                if args.skip_empty:
+                    continue
+                raise RequestError(f"{where} is blank. Remove it or pass --skip-empty.")
+            try:
+                obj = json.loads(raw)
+            except ValueError as e:
+                raise RequestError(f"{where} is not valid JSON ({e}). Fix the line.") from None
+            if not isinstance(obj, dict):
+                raise RequestError(
+                    f"{where} is a JSON {type(obj).__name__}, not an object. Write one object "
+                    f'per line, e.g. {{"{args.text_field}": "…"}}.'
+                )
+            text = obj.get(args.text_field)
+            if not isinstance(text, str):
+                keys = ", ".join(obj) or "none"
+                problem = "has no" if text is None else "has a non-string"
+                raise RequestError(
+                    f"{where} {problem} field {args.text_field!r} (keys: {keys}). "
+                    "Pick the field with --text-field."
+                )
+            record_id = None
+            if args.id_field:
+                if args.id_field not in obj:
+                    raise RequestError(
+                        f"{where} has no id field {args.id_field!r}. Add it or drop --id-field."
+                    )
+                record_id = obj[args.id_field]
+            if _valid_unicode(text, where) and _keep(text, where, args.skip_empty):
+                yield Record(where, record_id, text)
+
+
+@contextmanager
+def _open_input(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise RequestError(f"cannot read --input {path}: {e.strerror}. Check the path.") from None
+    with fh:
+        yield fh
+
+
+def _decode(raw: bytes, errors: str, where: str) -> str:
+    try:
+        return raw.decode("utf-8", errors)
+    except UnicodeDecodeError as e:
+        raise RequestError(
+            f"{where} is not valid UTF-8 (byte {e.start + 1}). Fix the encoding or pass "
+            "--errors replace."
+        ) from None
+
+
+def _valid_unicode(text: str, where: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{where} contains a lone surrogate escape. Fix the text.") from None
+    return True
+
+
+def _keep(text: str, where: str, skip_empty: bool) -> bool:
+    if text.strip():
+        return True
+    if skip_empty:
+        return False
+    raise RequestError(f"{where} is empty. Remove it or pass --skip-empty.")
+
+
+def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@contextmanager
+def _output(path: str | None) -> Iterator[IO[bytes]]:
+    """stdout, or a temp file beside `path` renamed over it only when everything succeeded."""
+    if path is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise RequestError(f"--output {path} is a directory. Name a file.")
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as e:
+        raise RequestError(
+            f"cannot write --output {path}: {e.strerror}. Choose a writable location."
+        ) from None
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
+            yield fh
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, target)
+    except OSError as e:
+        os.unlink(tmp)
+        raise RequestError(f"cannot write --output {path}: {e.strerror}. Check the disk.") from None
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class _JsonlWriter:
+    def __init__(self, out: IO[bytes], width: int):
+        self.out = out
+
+    def line(self, record: Record, vector: np.ndarray, tokens: int) -> str:
+        # %.9g round-trips float32 exactly and is ~3x shorter than float64 repr
+        values = ",".join([f"{x:.9g}" for x in vector.tolist()])
+        prefix = "" if record.id is None else f'"id":{json.dumps(record.id)},'
+        return f'{{{prefix}"embedding":[{values}],"tokens":{tokens}}}'
+
+    def write(self, chunk: list[Record], vectors: np.ndarray, tokens: list[int]) -> None:
+        lines = [self.line(r, v, t) for r, v, t in zip(chunk, vectors, tokens, strict=True)]
+        self.out.write(("\n".join(lines) + "\n").encode())
+
+    def close(self) -> None:
+        pass
+
+
+class _JsonWriter(_JsonlWriter):
+    def __init__(self, out: IO[bytes], width: int):
+        super().__init__(out, width)
+        self.first = True
+
+    def write(self, chunk: list[Record], vectors: np.ndarray, tokens: list[int]) -> None:
+        lines = [self.line(r, v, t) for r, v, t in zip(chunk, vectors, tokens, strict=True)]
+        self.out.write(("[\n" if self.first else ",\n").encode() + ",\n".join(lines).encode())
+        self.first = False
+
+    def close(self) -> None:
+        self.out.write(b"[]\n" if self.first else b"\n]\n")
+
+
+class _NpyWriter:
+    """Rows are spooled to a temp file: the .npy header needs the row count up front."""
+
+    def __init__(self, out: IO[bytes], width: int):
+        import tempfile
+
+        self.out, self.width, self.rows = out, width, 0
+        self.spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+
+    def write(self, chunk: list[Record], vectors: np.ndarray, tokens: list[int]) -> None:
+        self.spool.write(vectors.astype("<f4", copy=False).tobytes())
+        self.rows += len(vectors)
+
+    def close(self) -> None:
+        from numpy.lib import format as npy
+
+        header = {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.width)}
+        npy.write_array_header_1_0(self.out, header)
+        self.spool.seek(0)
+        while block := self.spool.read(1 << 20):
+            self.out.write(block)
+        self.spool.close()
+
+
+_WRITERS: dict[str, Any] = {"jsonl": _JsonlWriter, "json": _JsonWriter, "npy": _NpyWriter}
+
+
+class _Progress:
+    """`\\r<n> texts <rate>/s` on stderr, only when it is a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.done = enabled, 0
+        self.start = self.shown = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self.shown >= 0.2:
+            rate = self.done / max(now - self.start, 1e-9)
+            sys.stderr.write(f"\r{self.done} texts embedded, {rate:.0f}/s")
+            sys.stderr.flush()
+            self.shown = now
+
+    def close(self) -> None:
+        if self.enabled and self.shown != self.start:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------- info/verify
+
+
+def _info(args: argparse.Namespace) -> int:
+    import platform
+
+    from encoderfile.runtime.payload import open_bundle
+
+    bundle = open_bundle(args.bundle)
+    m = bundle.manifest.raw
+    golden = m.get("golden") or {}
+    info: dict[str, Any] = {
+        key: m.get(key)
+        for key in (
+            "name",
+            "version",
+            "format_version",
+            "model",
+            "graph",
+            "steps",
+            "dimension",
+            "dimensions",
+            "normalized",
+            "prompts",
+            "default_prompt",
+            "tokenizer",
+            "tools",
+            "built_at",
+        )
+    }
+    info["max_length"] = bundle.manifest.max_length
+    info["files"] = bundle.hashes
+    info["golden"] = {"tolerance": golden.get("tolerance"), "texts": len(golden.get("texts", []))}
+    info["artifact"] = {"path": str(bundle.source.resolve())}
+    if bundle.source.is_file():
+        info["artifact"]["size"] = bundle.source.stat().st_size
+    info["runtime"] = {"encoderfile": __version__, "python": platform.python_version()}
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False))
+        return 0
+    model = m.get("model") or {}
+    source = (
+        f"{model.get('repo')}@{model.get('revision')}"
+        if model.get("source") == "hub"
+        else f"local {model.get('path')}"
+    )
+    steps = " → ".join(
+        s.get("op", "?") + "(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "op") + ")"
+        for s in m.get("steps", [])
+    )
+    prompts = "; ".join(f"{k}: {v!r}" for k, v in info["prompts"].items()) or "none"
+    rows = [
+        ("name", f"{info['name']} {info['version']}"),
+        ("model", source),
+        (
+            "dimension",
+            f"{info['dimension']} (request: {', '.join(map(str, info['dimensions']))}"
+            f"; normalized: {'yes' if info['normalized'] else 'no'})",
+        ),
+        ("max_length", f"{info['max_length']} tokens"),
+        ("steps", steps),
+        (
+            "prompts",
+            prompts + (f" (default: {m['default_prompt']})" if m.get("default_prompt") else ""),
+        ),
+        *[(f"sha256 {k}", v) for k, v in sorted(bundle.hashes.items())],
+        *[(f"source {k}", v) for k, v in sorted((model.get("files") or {}).items())],
+        ("tools", ", ".join(f"{k} {v}" for k, v in sorted((m.get("tools") or {}).items()))),
+        ("built_at", str(m.get("built_at"))),
+        ("artifact", info["artifact"]["path"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.payload import open_bundle
+
+    bundle = open_bundle(args.bundle)
+    golden = bundle.manifest.golden
+    if not golden or not golden.get("texts"):
+        raise ArtifactError("manifest.json has no golden vectors. Rebuild the bundle.")
+    expected = np.asarray(golden["vectors"], dtype=np.float32)
+    got = Embedder(bundle, args.threads).embed_raw(golden["texts"])
+    if got.shape != expected.shape:
+        raise ArtifactError(
+            f"golden vectors have shape {expected.shape}, the model gives {got.shape}. "
+            "Rebuild the bundle."
+        )
+    diff = float(np.abs(got - expected).max())
+    tolerance = float(golden["tolerance"])
+    ok = diff <= tolerance
+    print(
+        f"{'ok' if ok else 'FAILED'}: max |diff| {diff:.3g} over {len(expected)} golden texts "
+        f"(tolerance {tolerance:g})"
+    )
+    if not ok:
+        print(
+            "encoderfile: this machine computes embeddings that differ from the build's. "
+            "Report it with the output of 'info --json'.",
+            file=sys.stderr,
+        )
+    return 0 if ok else 1
+
+
+def _server() -> Any:
+    """encoderfile.runtime.server, or None if this build lacks it (its own imports must work)."""
+    try:
+        import encoderfile.runtime.server as server
+    except ModuleNotFoundError as e:
+        if e.name != "encoderfile.runtime.server":
+            raise
+        return None
+    return server
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from encoderfile.runtime.payload import open_bundle
+
+    server = _server()
+    if server is None:
+        raise UsageError("this build has no server (encoderfile.runtime.server is missing)")
+
+    return int(server.run(args, open_bundle(args.bundle)))

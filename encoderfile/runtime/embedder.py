@@ -1,0 +1,151 @@
+"""Tokenize, batch by length and run the bundle's graph; all the maths lives in the graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from encoderfile.errors import ArtifactError, RequestError
+from encoderfile.runtime.payload import Bundle, Manifest
+
+BATCH_SIZE = 32
+OUTPUT = "sentence_embedding"
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray  # float32 [n, dimensions or manifest.dimension]
+    tokens: list[int]  # non-padding tokens per input (special tokens included)
+    truncated: list[bool]  # input was longer than max_length and was cut
+
+
+class Embedder:
+    """One ORT session and tokenizer over a verified bundle; safe to call from one thread."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None):
+        self.manifest: Manifest = bundle.manifest
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0  # 0: one per physical core
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only; warnings would pollute stderr
+        try:
+            self._session = ort.InferenceSession(
+                bundle.model, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ORT raises its own unrelated exception types
+            raise ArtifactError(
+                f"{bundle.source}: onnxruntime cannot load model.onnx ({e}). Rebuild the bundle."
+            ) from None
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unknown or OUTPUT not in {o.name for o in self._session.get_outputs()}:
+            raise ArtifactError(
+                f"{bundle.source}: model.onnx must take input_ids/attention_mask[/token_type_ids] "
+                f"and output {OUTPUT!r} (inputs: {', '.join(self._inputs)}). Rebuild the bundle."
+            )
+        self._tokenizer = Tokenizer.from_str(bundle.tokenizer)
+        padding = self._tokenizer.padding or {}
+        self._pad_id = int(padding.get("pad_id", 0))
+        self._pad_type_id = int(padding.get("pad_type_id", 0))
+        self._pad_left = (padding.get("direction") or self.manifest.padding_side) == "left"
+        self._tokenizer.no_padding()  # padded per batch below, after sorting by length
+
+    def prefix(self, prompt: str | None) -> str:
+        """The text prepended for `prompt`, or for the manifest's default_prompt when None."""
+        name = prompt if prompt is not None else self.manifest.default_prompt
+        if name is None:
+            return ""
+        if name not in self.manifest.prompts:
+            names = ", ".join(self.manifest.prompts) or "none"
+            raise RequestError(f"unknown prompt {name!r}. Use one of: {names}.")
+        return self.manifest.prompts[name]
+
+    def check_dimensions(self, dimensions: int | None) -> int:
+        """The output width for a request; raises unless `dimensions` is allowed."""
+        if dimensions is None:
+            return self.manifest.dimension
+        if dimensions not in self.manifest.dimensions:
+            allowed = ", ".join(map(str, self.manifest.dimensions))
+            raise RequestError(f"dimensions={dimensions} is not offered. Use one of: {allowed}.")
+        return dimensions
+
+    def tokenize(self, texts: Sequence[str], *, prompt: str | None = None) -> list[Encoding]:
+        """Unpadded encodings, truncated to max_length (`len(e.overflowing) > 0` if cut)."""
+        prefix = self.prefix(prompt)
+        if prefix:
+            texts = [prefix + t for t in texts]
+        return self._tokenizer.encode_batch(list(texts))
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str | None = None,
+        dimensions: int | None = None,
+        truncate: bool = True,
+    ) -> Embeddings:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise RequestError(f"input {i} is empty. Send non-empty texts.")
+        width = self.check_dimensions(dimensions)
+        encodings = self.tokenize(texts, prompt=prompt)
+        if not truncate:
+            for i, enc in enumerate(encodings):
+                if enc.overflowing:
+                    raise RequestError(
+                        f"input {i} is longer than max_length={self.manifest.max_length} tokens. "
+                        "Shorten it or allow truncation."
+                    )
+        return self.embed_encodings(encodings, dimensions=width)
+
+    def embed_encodings(
+        self, encodings: Sequence[Encoding], *, dimensions: int | None = None
+    ) -> Embeddings:
+        """Embed already tokenized inputs (from `tokenize`), rows in input order."""
+        width = self.check_dimensions(dimensions)
+        vectors = self._run(encodings)
+        if width != self.manifest.dimension:
+            vectors = np.ascontiguousarray(vectors[:, :width])
+            if self.manifest.normalized:
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors /= np.maximum(norms, np.float32(1e-12))
+        return Embeddings(
+            vectors=vectors,
+            tokens=[sum(e.attention_mask) for e in encodings],
+            truncated=[bool(e.overflowing) for e in encodings],
+        )
+
+    def embed_raw(self, texts: Sequence[str]) -> np.ndarray:
+        """Full-width vectors with no prompt at all (how the golden vectors were computed)."""
+        return self._run(self._tokenizer.encode_batch(list(texts)))
+
+    def _run(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        out = np.empty((len(encodings), self.manifest.dimension), dtype=np.float32)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        for start in range(0, len(order), BATCH_SIZE):
+            rows = order[start : start + BATCH_SIZE]
+            (result,) = self._session.run([OUTPUT], self._feed([encodings[i] for i in rows]))
+            out[rows] = result
+        if not np.isfinite(out).all():
+            raise ArtifactError("model.onnx produced NaN or infinite values. Rebuild the bundle.")
+        return out
+
+    def _feed(self, batch: Sequence[Encoding]) -> dict[str, Any]:
+        length = max(len(e.ids) for e in batch)
+        pads = {"input_ids": self._pad_id, "attention_mask": 0, "token_type_ids": self._pad_type_id}
+        feed = {name: np.full((len(batch), length), pads[name], np.int64) for name in self._inputs}
+        for row, enc in enumerate(batch):
+            cols = slice(length - len(enc.ids), None) if self._pad_left else slice(0, len(enc.ids))
+            for name, values in (
+                ("input_ids", enc.ids),
+                ("attention_mask", enc.attention_mask),
+                ("token_type_ids", enc.type_ids),
+            ):
+                if name in feed:
+                    feed[name][row, cols] = values
+        return feed

@@ -1,0 +1,192 @@
+"""The gRPC API (encoderfile.v1.Embedder) plus grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from encoderfile.errors import EncoderfileError, OverloadedError, RequestError
+from encoderfile.proto import embed_pb2, embed_pb2_grpc
+from encoderfile.runtime.serve_errors import (
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
+from encoderfile.runtime.service import Service
+
+log = logging.getLogger("encoderfile.serve")
+SERVICE_NAME = embed_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+
+# The one table from error class to status code; the first class in the MRO wins.
+STATUS: dict[type[Exception], grpc.StatusCode] = {
+    UnauthorizedError: grpc.StatusCode.UNAUTHENTICATED,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    PayloadTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotReadyError: grpc.StatusCode.UNAVAILABLE,
+    EncoderfileError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
+    """Every RPC checks the API key, goes through the shared Batcher and logs one line."""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    async def Embed(  # noqa: N802 - gRPC method names
+        self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embed_pb2.EmbedResponse:
+        return await self._call("Embed", context, functools.partial(self._embed, request))
+
+    async def EmbedStream(  # noqa: N802
+        self,
+        requests: AsyncIterator[embed_pb2.EmbedRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[embed_pb2.EmbedResponse]:
+        async for request in requests:
+            yield await self._call("EmbedStream", context, functools.partial(self._embed, request))
+
+    async def Info(  # noqa: N802
+        self, request: embed_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> embed_pb2.InfoResponse:
+        return await self._call("Info", context, lambda stats: self._info())
+
+    async def _info(self) -> embed_pb2.InfoResponse:
+        info = self.service.info()
+        return embed_pb2.InfoResponse(
+            name=info["name"],
+            version=info["version"],
+            model_id=info["model_id"] or "",
+            model_revision=info["revision"] or "",
+            model_sha256=info["sha256"] or "",
+            dimension=info["dimension"],
+            dimensions=info["dimensions"],
+            normalized=info["normalized"],
+            prompts=info["prompts"],
+            default_prompt=info["default_prompt"] or "",
+            max_length=info["max_length"],
+            limits=embed_pb2.Limits(**info["limits"]),
+            encoderfile_version=info["encoderfile_version"],
+            artifact_sha256=info["artifact_sha256"] or "",
+        )
+
+    async def _embed(
+        self, request: embed_pb2.EmbedRequest, stats: dict[str, int]
+    ) -> embed_pb2.EmbedResponse:
+        started = time.perf_counter()
+        dimensions = self.service.check_dimensions(
+            request.dimensions if request.HasField("dimensions") else None
+        )
+        encodings = self.service.tokenize(
+            list(request.inputs),
+            prompt=request.prompt if request.HasField("prompt") else None,
+            truncate=request.truncate if request.HasField("truncate") else True,
+            param="inputs",
+        )
+        result = await asyncio.wrap_future(self.service.submit(encodings, dimensions))
+        stats["inputs"], stats["tokens"] = len(encodings), sum(result.tokens)
+        return embed_pb2.EmbedResponse(
+            embeddings=[
+                embed_pb2.Embedding(values=v, tokens=t, truncated=c)
+                for v, t, c in zip(result.vectors, result.tokens, result.truncated, strict=True)
+            ],
+            dimensions=result.vectors.shape[1],
+            total_tokens=sum(result.tokens),
+            time_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def _call(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        work: Callable[[dict[str, int]], Awaitable[Any]],
+    ) -> Any:
+        """Run one request with auth, the error table, metrics and the log line."""
+        started = time.perf_counter()
+        metadata = dict(context.invocation_metadata() or ())
+        request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex)[:64]
+        stats = {"inputs": 0, "tokens": 0}
+        code = grpc.StatusCode.OK
+        try:
+            self.service.authorize(metadata.get("authorization"))
+            return await work(stats)
+        except EncoderfileError as e:
+            code = status_of(e)
+            self.service.metrics.errors.inc(kind=code.name.lower())
+            await context.abort(code, str(e))
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            self.service.metrics.errors.inc(kind="internal")
+            log.exception("gRPC %s failed (request %s)", method, request_id)
+            await context.abort(code, f"Internal error in request {request_id}. Report this bug.")
+        finally:
+            seconds = time.perf_counter() - started
+            inputs, tokens = stats["inputs"], stats["tokens"]
+            m = self.service.metrics
+            m.requests.inc(transport="grpc", route=method, status=code.name)
+            m.request_seconds.observe(seconds)
+            m.inputs.inc(inputs)
+            m.tokens.inc(tokens)
+            log.info(
+                "GRPC %s %s inputs=%d tokens=%d ms=%.1f id=%s",
+                method,
+                code.name,
+                inputs,
+                tokens,
+                seconds * 1000,
+                request_id,
+            )
+
+
+def create_server(service: Service, address: str) -> tuple[grpc.aio.Server, Any]:
+    """An unstarted grpc.aio server bound to `address`, and its health servicer."""
+    limit = service.limits.max_body_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    embed_pb2_grpc.add_EmbedderServicer_to_server(EmbedderServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise EncoderfileError(f"cannot bind gRPC to {address}. Pick a free --grpc-port.")
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: Any, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)

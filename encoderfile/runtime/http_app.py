@@ -1,0 +1,511 @@
+"""The HTTP API: native routes (/embed, /embed/batch), OpenAI's /v1/embeddings, docs, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from encoderfile.errors import EncoderfileError, OverloadedError, RequestError
+from encoderfile.runtime import metrics as prom
+from encoderfile.runtime.openapi import spec
+from encoderfile.runtime.serve_errors import (
+    InvalidFieldError,
+    MalformedRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
+from encoderfile.runtime.service import Service
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
+    from encoderfile.runtime.embedder import Embeddings
+    from encoderfile.runtime.service import TokenIds
+
+log = logging.getLogger("encoderfile.serve")
+
+# The one table from error class to (HTTP status, error type); the first class in the MRO wins.
+STATUS: dict[type[Exception], tuple[int, str]] = {
+    MalformedRequestError: (400, "invalid_request_error"),
+    UnauthorizedError: (401, "authentication_error"),
+    NotFoundError: (404, "not_found_error"),
+    MethodNotAllowedError: (405, "invalid_request_error"),
+    PayloadTooLargeError: (413, "invalid_request_error"),
+    OverloadedError: (429, "overloaded_error"),
+    RequestError: (422, "invalid_request_error"),
+    NotReadyError: (503, "unavailable_error"),
+    EncoderfileError: (500, "internal_error"),
+}
+OPEN_ROUTES = frozenset({"/health", "/ready", "/docs", "/openapi.json"})  # no API key needed
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500, "internal_error"
+
+
+def error_response(exc: BaseException, scope: Scope) -> JSONResponse:
+    """Native shape {"error": {message, type}}; on /v1 and /embeddings OpenAI's, with param/code."""
+    status, kind = status_of(exc)
+    scope.setdefault("state", {})["error_kind"] = kind
+    error: dict[str, Any] = {"message": str(exc), "type": kind}
+    if _is_openai(scope["path"]):
+        error["param"] = getattr(exc, "param", None)
+        error["code"] = getattr(exc, "code", None)
+    headers = {}
+    if status in (429, 503):
+        headers["Retry-After"] = "1"
+    elif status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"error": error}, status, headers)
+
+
+def _is_openai(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/embeddings"
+
+
+def create_app(service: Service, *, cors_origins: Sequence[str] = ()) -> Starlette:
+    """The Starlette app over `service`; it answers 503 on model routes until service.ready."""
+    api = _Api(service)
+    post = ["POST"]
+    routes: list[BaseRoute] = [
+        Route("/health", api.health),
+        Route("/ready", api.ready),
+        Route("/info", api.info),
+        Route("/metrics", api.metrics),
+        Route("/openapi.json", api.openapi),
+        Route("/docs", api.docs),
+        *[Route(path, api.embed, methods=post) for path in ("/embed", "/txt/embed")],
+        *[
+            Route(path, api.embed_batch, methods=post)
+            for path in ("/embed/batch", "/batch", "/txt/batch")
+        ],
+        *[Route(path, api.openai, methods=post) for path in ("/v1/embeddings", "/embeddings")],
+        Route("/tokenize", api.tokenize, methods=post),
+    ]
+    assets = _swagger_ui_assets()
+    if assets is not None:  # without them /docs is a blank page; the API works the same
+        from starlette.staticfiles import StaticFiles
+
+        routes.append(Mount("/docs/assets", StaticFiles(directory=assets)))
+    known = frozenset(r.path for r in routes if isinstance(r, Route))
+    middleware = []
+    if cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+                expose_headers=["X-Request-Id"],
+            )
+        )
+    middleware.append(Middleware(_Frame, service=service, routes=known))
+    handlers: Any = {
+        EncoderfileError: _on_error,
+        HTTPException: _on_http_exception,
+        Exception: _on_crash,
+    }
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+
+
+def _swagger_ui_assets() -> str | None:
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return swagger_ui_path if os.path.isdir(swagger_ui_path) else None
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    return error_response(exc, request.scope)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    route = f"{request.method} {request.url.path}"
+    code = getattr(exc, "status_code", 400)
+    if code == 405:
+        error: Exception = MethodNotAllowedError(f"{route} is not allowed. See GET /docs.")
+    elif code == 404:
+        error = NotFoundError(f"No route {route}. See GET /docs for the routes.")
+    else:
+        error = MalformedRequestError(f"{route}: {getattr(exc, 'detail', exc)}.")
+    return error_response(error, request.scope)
+
+
+async def _on_crash(request: Request, exc: Exception) -> Response:
+    """A bug, not a bad request: JSON like every other error; uvicorn logs the traceback."""
+    request_id = request.scope.get("state", {}).get("request_id", "?")
+    error = EncoderfileError(
+        f"Internal error in request {request_id}. This is a bug: report it with the server log."
+    )
+    return error_response(error, request.scope)
+
+
+class _Frame:
+    """Request id, API key, one log line and the request metrics for every request."""
+
+    def __init__(self, app: ASGIApp, service: Service, routes: frozenset[str]):
+        self.app, self.service, self.routes = app, service, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        path = scope["path"]
+        try:
+            if path not in OPEN_ROUTES and not path.startswith("/docs/"):
+                try:
+                    self.service.authorize(headers.get("authorization"))
+                except UnauthorizedError as e:
+                    await error_response(e, scope)(scope, receive, send_with_id)
+                    return
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            state["error_kind"] = "internal_error"
+            raise
+        finally:
+            self._record(scope, path, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, path: str, status: int, seconds: float) -> None:
+        state, m = scope["state"], self.service.metrics
+        route = path if path in self.routes else "other"
+        m.requests.inc(transport="http", route=route, status=str(status))
+        m.request_seconds.observe(seconds)
+        if status >= 400:
+            m.errors.inc(kind=state.get("error_kind", str(status)))
+        inputs, tokens = state.get("inputs", 0), state.get("tokens", 0)
+        m.inputs.inc(inputs)
+        m.tokens.inc(tokens)
+        log.info(
+            "%s %s %d inputs=%d tokens=%d ms=%.1f id=%s",
+            scope["method"],
+            path,
+            status,
+            inputs,
+            tokens,
+            seconds * 1000,
+            state["request_id"],
+        )
+
+
+class _Api:
+    def __init__(self, service: Service):
+        self.service = service
+        self.name = service.manifest.name
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "OK", "text_model": True, "vision_model": False})
+
+    async def ready(self, request: Request) -> Response:
+        if not self.service.ready:
+            raise NotReadyError("The model is loading or the server is draining. Retry shortly.")
+        return JSONResponse({"status": "ready"})
+
+    async def info(self, request: Request) -> Response:
+        return JSONResponse(self.service.info())
+
+    async def metrics(self, request: Request) -> Response:
+        return PlainTextResponse(self.service.metrics.render(), media_type=prom.CONTENT_TYPE)
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(spec(self.service.manifest))
+
+    async def docs(self, request: Request) -> Response:
+        root = request.scope.get("root_path", "")
+        return HTMLResponse(_DOCS_PAGE.format(title=f"{self.name} — encoderfile", root=root))
+
+    async def embed(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        _only(body, {"input", "dim", "prompt", "truncate"}, "POST /embed")
+        text = body.get("input")
+        if not isinstance(text, str):
+            raise InvalidFieldError(
+                f"'input' must be a string, got {_kind(text)}. For several texts use "
+                "POST /embed/batch with 'inputs'.",
+                param="input",
+            )
+        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        encodings = self.service.tokenize(
+            [text],
+            prompt=_str(body, "prompt"),
+            truncate=_bool(body, "truncate", True),
+            single=True,
+        )
+        result = await self._embed(request, encodings, dim)
+        return JSONResponse(
+            {
+                "embedding": result.vectors[0].tolist(),
+                "tokens": result.tokens[0],
+                "time_ms": _ms(started),
+            }
+        )
+
+    async def embed_batch(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        _only(body, {"inputs", "dim", "prompt", "truncate"}, "POST /embed/batch")
+        texts = _strings(body.get("inputs"), "inputs")
+        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        encodings = self.service.tokenize(
+            texts,
+            prompt=_str(body, "prompt"),
+            truncate=_bool(body, "truncate", True),
+            param="inputs",
+        )
+        result = await self._embed(request, encodings, dim)
+        return JSONResponse(
+            {
+                "embeddings": result.vectors.tolist(),
+                "tokens": result.tokens,
+                "time_ms": _ms(started),
+            }
+        )
+
+    async def openai(self, request: Request) -> Response:
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise InvalidFieldError(
+                f"'model' is required and must be a string. Use {self.name!r}.", param="model"
+            )
+        if model != self.name:
+            raise NotFoundError(
+                f"The model {model!r} does not exist on this server. Use {self.name!r}.",
+                param="model",
+                code="model_not_found",
+            )
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise InvalidFieldError(
+                f"'encoding_format' must be 'float' or 'base64', got {fmt!r}.",
+                param="encoding_format",
+            )
+        _str(body, "user")
+        dimensions = self.service.check_dimensions(_int(body, "dimensions"))
+        prompt = _str(body, "prompt")  # extension: a key of the manifest's prompts
+        value = body.get("input")
+        encodings: list[Encoding] | list[TokenIds]
+        if isinstance(value, str):
+            encodings = self.service.tokenize([value], prompt=prompt, single=True)
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            encodings = self.service.tokenize(value, prompt=prompt)
+        elif isinstance(value, list) and value and all(_is_int(v) for v in value):
+            encodings = self._token_ids([value], prompt)
+        elif (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, list) and all(_is_int(t) for t in v) for v in value)
+        ):
+            encodings = self._token_ids(value, prompt)
+        else:
+            raise InvalidFieldError(
+                f"'input' must be a string, a list of strings, a list of token ids or a list "
+                f"of lists of token ids, and not empty; got {_kind(value)}.",
+                param="input",
+            )
+        result = await self._embed(request, encodings, dimensions)
+        if fmt == "base64":
+            rows: list[Any] = [
+                base64.b64encode(v.astype("<f4").tobytes()).decode() for v in result.vectors
+            ]
+        else:
+            rows = result.vectors.tolist()
+        total = sum(result.tokens)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": row}
+                    for i, row in enumerate(rows)
+                ],
+                "model": self.name,
+                "usage": {"prompt_tokens": total, "total_tokens": total},
+            }
+        )
+
+    async def tokenize(self, request: Request) -> Response:
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        _only(body, {"input", "prompt"}, "POST /tokenize")
+        value = body.get("input")
+        single = isinstance(value, str)
+        texts = [value] if isinstance(value, str) else _strings(value, "input")
+        encodings = self.service.tokenize(texts, prompt=_str(body, "prompt"), single=single)
+        request.state.inputs = len(encodings)
+        return JSONResponse(
+            {
+                "data": [
+                    {"ids": e.ids, "tokens": e.tokens, "truncated": bool(e.overflowing)}
+                    for e in encodings
+                ]
+            }
+        )
+
+    def _token_ids(self, rows: list[list[int]], prompt: str | None) -> list[TokenIds]:
+        if prompt is not None:
+            raise InvalidFieldError(
+                "'prompt' applies to text inputs, not token ids. Drop it, or send text.",
+                param="prompt",
+            )
+        return self.service.token_ids(rows)
+
+    async def _embed(
+        self, request: Request, encodings: Sequence[Encoding | TokenIds], dimensions: int | None
+    ) -> Embeddings:
+        result = await asyncio.wrap_future(self.service.submit(encodings, dimensions))
+        request.state.inputs = len(encodings)
+        request.state.tokens = sum(result.tokens)
+        return result
+
+
+async def _read_object(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, read up to `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_large = PayloadTooLargeError(
+        f"The body is over the limit of {limit} bytes. Send fewer or shorter inputs, "
+        "or raise --max-body-bytes."
+    )
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedRequestError(
+            f"The body is not UTF-8 (invalid byte at offset {e.start}). Send UTF-8 JSON."
+        ) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        problem = f"{e.msg} at line {e.lineno} column {e.colno}" if text else "it is empty"
+        raise MalformedRequestError(
+            f"The body is not valid JSON ({problem}). Send a JSON object."
+        ) from None
+    except RecursionError:
+        raise MalformedRequestError(
+            "The body is JSON nested too deeply to parse. Send a flat JSON object."
+        ) from None
+    if not isinstance(value, dict):
+        raise MalformedRequestError(
+            f"The body is a JSON {_kind(value)}, not an object. Send a JSON object."
+        )
+    return value
+
+
+def _only(body: dict[str, Any], allowed: set[str], route: str) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidFieldError(
+            f"{route} has no field(s) {', '.join(unknown)}. It takes: "
+            f"{', '.join(sorted(allowed))}.",
+            param=unknown[0],
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None or _is_int(value):
+        return value
+    raise InvalidFieldError(f"'{key}' must be an integer, got {_kind(value)}.", param=key)
+
+
+def _str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidFieldError(f"'{key}' must be a string, got {_kind(value)}.", param=key)
+
+
+def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if isinstance(value, bool):
+        return value
+    raise InvalidFieldError(f"'{key}' must be true or false, got {_kind(value)}.", param=key)
+
+
+def _strings(value: Any, key: str) -> list[str]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidFieldError(f"'{key}' must be a list of strings, got {_kind(value)}.", param=key)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list of mixed or non-string values"
+    if isinstance(value, bool | int | float):
+        return "a boolean" if isinstance(value, bool) else "a number"
+    return "a string" if isinstance(value, str) else "an object"
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<link rel="stylesheet" href="{root}/docs/assets/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{root}/docs/assets/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({{url: "{root}/openapi.json", dom_id: "#swagger-ui"}});
+</script>
+</body>
+</html>
+"""

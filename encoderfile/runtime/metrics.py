@@ -1,0 +1,131 @@
+"""Prometheus counters and histograms in the text exposition format, with no extra dependency."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterable
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _labels(pairs: Labels) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str, lock: threading.Lock):
+        self.name, self.help, self._lock = name, help_text, lock
+        self._values: dict[Labels, float] = {}
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + amount
+
+    def value(self, **labels: str) -> float:
+        with self._lock:
+            return self._values.get(tuple(sorted(labels.items())), 0)
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} counter"
+        for key, value in sorted(self._values.items()):
+            yield f"{self.name}{_labels(key)} {_number(value)}"
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, lock: threading.Lock, buckets: tuple[float, ...]):
+        self.name, self.help, self._lock, self._buckets = name, help_text, lock, buckets
+        self._counts = [0] * (len(buckets) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self._counts[bisect.bisect_left(self._buckets, value)] += 1
+            self._sum += value
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        total = 0
+        for bound, count in zip((*self._buckets, float("inf")), self._counts, strict=True):
+            total += count
+            le = "+Inf" if bound == float("inf") else _number(bound)
+            yield f'{self.name}_bucket{{le="{le}"}} {total}'
+        yield f"{self.name}_sum {_number(self._sum)}"
+        yield f"{self.name}_count {total}"
+
+
+class Gauge:
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]):
+        self.name, self.help, self._read = name, help_text, read
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} gauge"
+        yield f"{self.name} {_number(self._read())}"
+
+
+class Metrics:
+    """Everything the server exports on GET /metrics; safe to update from any thread."""
+
+    def __init__(self) -> None:
+        lock = threading.Lock()
+        self._lock = lock
+        self.requests = Counter(
+            "encoderfile_requests_total", "Requests by transport, route and status.", lock
+        )
+        self.errors = Counter("encoderfile_errors_total", "Failed requests by error kind.", lock)
+        self.inputs = Counter("encoderfile_inputs_total", "Texts embedded.", lock)
+        self.tokens = Counter("encoderfile_tokens_total", "Tokens embedded.", lock)
+        self.request_seconds = Histogram(
+            "encoderfile_request_seconds", "Time from request to response.", lock, _SECONDS
+        )
+        self.queue_seconds = Histogram(
+            "encoderfile_queue_seconds", "Time a request waited for its batch.", lock, _SECONDS
+        )
+        self.inference_seconds = Histogram(
+            "encoderfile_inference_seconds", "Time of one model call.", lock, _SECONDS
+        )
+        self.batch_inputs = Histogram(
+            "encoderfile_batch_inputs", "Texts per model call.", lock, _SIZES
+        )
+        self._gauges: list[Gauge] = []
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self._gauges.append(Gauge(name, help_text, read))
+
+    def render(self) -> str:
+        families: list[Counter | Histogram] = [
+            self.requests,
+            self.errors,
+            self.inputs,
+            self.tokens,
+            self.request_seconds,
+            self.queue_seconds,
+            self.inference_seconds,
+            self.batch_inputs,
+        ]
+        lines: list[str] = []
+        with self._lock:
+            for family in families:
+                lines.extend(family.render())
+        for gauge in self._gauges:
+            lines.extend(gauge.render())
+        return "\n".join(lines) + "\n"

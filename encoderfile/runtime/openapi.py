@@ -1,0 +1,253 @@
+"""The OpenAPI 3.0 description (what the bundled Swagger UI 4 renders) of the HTTP API, written by hand to match http_app's routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import encoderfile
+from encoderfile.runtime.payload import Manifest
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _post(summary: str, request: str, response: str, tag: str, errors: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "tags": [tag],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(request)}},
+            },
+            "responses": {
+                "200": _json(_ref(response)),
+                **{
+                    code: _json(_ref(errors), text)
+                    for code, text in (
+                        ("400", "Body is not UTF-8 JSON"),
+                        ("401", "Missing or wrong API key"),
+                        ("404", "Unknown model"),
+                        ("413", "Body too large"),
+                        ("422", "Invalid field"),
+                        ("429", "Too many inputs in flight; retry"),
+                        ("503", "Loading or draining; retry"),
+                    )
+                },
+            },
+        }
+    }
+
+
+def _get(summary: str, tag: str, schema: dict[str, Any], media: str = "application/json") -> Any:
+    return {
+        "get": {
+            "summary": summary,
+            "tags": [tag],
+            "responses": {"200": {"description": "OK", "content": {media: {"schema": schema}}}},
+        }
+    }
+
+
+def spec(manifest: Manifest) -> dict[str, Any]:
+    """The document served at GET /openapi.json; examples use this model's name and prompts."""
+    dims = list(manifest.dimensions)
+    prompts = list(manifest.prompts)
+    dim = {"type": "integer", "enum": dims, "description": "Matryoshka width; default the full"}
+    prompt: dict[str, Any] = {
+        "type": "string",
+        "enum": prompts,
+        "description": "prompt name (prefix from the manifest); default: "
+        + str(manifest.default_prompt),
+    }
+    text = {"type": "string", "minLength": 1}
+    vector = {"type": "array", "items": {"type": "number"}}
+    native_error = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {"message": {"type": "string"}, "type": {"type": "string"}},
+            }
+        },
+    }
+    openai_error = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": "string", "nullable": True},
+                    "code": {"type": "string", "nullable": True},
+                },
+            }
+        },
+    }
+    schemas: dict[str, Any] = {
+        "EmbedRequest": {
+            "type": "object",
+            "required": ["input"],
+            "additionalProperties": False,
+            "properties": {
+                "input": text,
+                "dim": dim,
+                "prompt": prompt,
+                "truncate": {"type": "boolean", "default": True},
+            },
+            "example": {"input": "hello world"},
+        },
+        "EmbedResponse": {
+            "type": "object",
+            "properties": {
+                "embedding": vector,
+                "tokens": {"type": "integer"},
+                "time_ms": {"type": "number"},
+            },
+        },
+        "BatchRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "additionalProperties": False,
+            "properties": {
+                "inputs": {"type": "array", "items": text, "minItems": 1},
+                "dim": dim,
+                "prompt": prompt,
+                "truncate": {"type": "boolean", "default": True},
+            },
+            "example": {"inputs": ["hello world", "goodbye"]},
+        },
+        "BatchResponse": {
+            "type": "object",
+            "properties": {
+                "embeddings": {"type": "array", "items": vector},
+                "tokens": {"type": "array", "items": {"type": "integer"}},
+                "time_ms": {"type": "number"},
+            },
+        },
+        "OpenAIRequest": {
+            "type": "object",
+            "required": ["model", "input"],
+            "properties": {
+                "model": {"type": "string", "enum": [manifest.name]},
+                "input": {
+                    "oneOf": [
+                        text,
+                        {"type": "array", "items": text, "minItems": 1},
+                        {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+                        {
+                            "type": "array",
+                            "items": {"type": "array", "items": {"type": "integer"}},
+                            "minItems": 1,
+                        },
+                    ],
+                    "description": "text(s), or token ids of this model's vocabulary",
+                },
+                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                "dimensions": dim,
+                "user": {"type": "string"},
+                "prompt": {**prompt, "description": "extension: " + prompt["description"]},
+            },
+            "example": {"model": manifest.name, "input": ["hello world"]},
+        },
+        "OpenAIResponse": {
+            "type": "object",
+            "properties": {
+                "object": {"type": "string", "enum": ["list"]},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "object": {"type": "string", "enum": ["embedding"]},
+                            "index": {"type": "integer"},
+                            "embedding": {
+                                "oneOf": [vector, {"type": "string", "format": "byte"}],
+                                "description": "floats, or base64 of little-endian float32",
+                            },
+                        },
+                    },
+                },
+                "model": {"type": "string"},
+                "usage": {
+                    "type": "object",
+                    "properties": {
+                        "prompt_tokens": {"type": "integer"},
+                        "total_tokens": {"type": "integer"},
+                    },
+                },
+            },
+        },
+        "TokenizeRequest": {
+            "type": "object",
+            "required": ["input"],
+            "additionalProperties": False,
+            "properties": {
+                "input": {"oneOf": [text, {"type": "array", "items": text}]},
+                "prompt": prompt,
+            },
+            "example": {"input": "hello world"},
+        },
+        "TokenizeResponse": {
+            "type": "object",
+            "properties": {
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "ids": {"type": "array", "items": {"type": "integer"}},
+                            "tokens": {"type": "array", "items": {"type": "string"}},
+                            "truncated": {"type": "boolean"},
+                        },
+                    },
+                }
+            },
+        },
+        "Error": native_error,
+        "OpenAIError": openai_error,
+    }
+    embed = _post("Embed one text", "EmbedRequest", "EmbedResponse", "native", "Error")
+    batch = _post("Embed several texts", "BatchRequest", "BatchResponse", "native", "Error")
+    openai = _post(
+        "OpenAI-compatible embeddings", "OpenAIRequest", "OpenAIResponse", "openai", "OpenAIError"
+    )
+    status = {"type": "object", "properties": {"status": {"type": "string"}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": f"{manifest.name} (encoderfile)",
+            "version": manifest.version,
+            "description": f"Embeddings from {manifest.name}, dimension {manifest.dimension}, "
+            f"served by encoderfile {encoderfile.__version__}.",
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/health": _get("Liveness", "ops", status),
+            "/ready": _get(
+                "200 once the model is loaded; 503 while loading or draining", "ops", status
+            ),
+            "/info": _get("Model, dimensions, prompts and limits", "ops", {"type": "object"}),
+            "/metrics": _get("Prometheus metrics", "ops", {"type": "string"}, "text/plain"),
+            "/embed": embed,
+            "/txt/embed": embed,
+            "/embed/batch": batch,
+            "/batch": batch,
+            "/txt/batch": batch,
+            "/v1/embeddings": openai,
+            "/embeddings": openai,
+            "/tokenize": _post(
+                "Token ids and strings", "TokenizeRequest", "TokenizeResponse", "native", "Error"
+            ),
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,197 @@
+"""`serve`: HTTP (uvicorn) and gRPC in one process and one event loop over one Batcher.
+
+SIGTERM or SIGINT: report not ready, stop accepting, finish what is in flight, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from encoderfile.errors import EncoderfileError
+from encoderfile.runtime.payload import Bundle
+from encoderfile.runtime.service import Limits, Service, read_api_keys
+
+log = logging.getLogger("encoderfile.serve")
+GRACE_S = 30.0  # longest wait for in-flight requests on shutdown
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `serve` subcommand's options (--threads is global)."""
+    defaults = Limits()
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    net.add_argument("--port", type=_port, default=8080, help="HTTP port (default 8080)")
+    net.add_argument("--grpc-port", type=_port, default=50051, help="gRPC port (default 50051)")
+    net.add_argument("--no-http", action="store_true", help="serve gRPC only")
+    net.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    net.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="require 'Authorization: Bearer KEY' (gRPC metadata 'authorization') with a key "
+        "from FILE, one per line; /health, /ready and /docs stay open",
+    )
+    net.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="allow browser calls from this origin (repeatable; '*' for any)",
+    )
+    lim = parser.add_argument_group("limits")
+    for name, help_text in (
+        ("max_body_bytes", "largest request body; larger answers 413"),
+        ("max_inputs", "most texts in one request"),
+        ("max_chars", "longest text, in characters"),
+        ("max_inflight", "texts accepted and not yet answered; over it, 429 at once"),
+    ):
+        default = getattr(defaults, name)
+        lim.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_positive,
+            default=default,
+            metavar="N",
+            help=f"{help_text} (default {default})",
+        )
+
+
+def run(args: argparse.Namespace, bundle: Bundle) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status."""
+    if args.no_http and args.no_grpc:
+        raise EncoderfileError("--no-http and --no-grpc leave nothing to serve. Drop one.")
+    _configure_logging()
+    limits = Limits(args.max_body_bytes, args.max_inputs, args.max_chars, args.max_inflight)
+    keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
+    service = Service(bundle, limits, api_keys=keys)
+    return asyncio.run(_serve(args, service))
+
+
+async def _serve(args: argparse.Namespace, service: Service) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    grpc_server = health = http = http_task = None
+    if not args.no_grpc:
+        from encoderfile.runtime.grpc_service import create_server, set_serving
+
+        grpc_server, health = create_server(service, _join(args.host, args.grpc_port))
+        await set_serving(health, False)
+        await grpc_server.start()
+    if not args.no_http:
+        from encoderfile.runtime.http_app import create_app
+
+        sock = _bind(args.host, args.port)
+        config = uvicorn.Config(
+            create_app(service, cors_origins=args.cors_origin),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=int(GRACE_S),
+        )
+        http = _Uvicorn(config)
+        http_task = asyncio.create_task(http.serve(sockets=[sock]))
+
+    try:
+        await loop.run_in_executor(None, service.load, args.threads)
+    except BaseException:
+        await _shutdown(service, grpc_server, http, http_task, grace=0)
+        raise
+    if health is not None:
+        await set_serving(health, True)
+    log.info(
+        "serving %s dimension=%d dimensions=%s http=%s grpc=%s cold_start_ms=%.0f",
+        service.manifest.name,
+        service.manifest.dimension,
+        ",".join(map(str, service.manifest.dimensions)),
+        "off" if args.no_http else f"http://{_join(args.host, args.port)}",
+        "off" if args.no_grpc else _join(args.host, args.grpc_port),
+        (service.cold_start_s or 0) * 1000,
+    )
+    waiters = [asyncio.create_task(stop.wait())] + ([http_task] if http_task else [])
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    log.info(
+        "draining: finishing %d in-flight inputs",
+        service.batcher.inflight if service.batcher else 0,
+    )
+    if health is not None:
+        await set_serving(health, False)
+    await _shutdown(service, grpc_server, http, http_task, grace=GRACE_S)
+    log.info("stopped")
+    return 0
+
+
+async def _shutdown(
+    service: Service, grpc_server: Any, http: Any, http_task: Any, grace: float
+) -> None:
+    service.drain()
+    if http is not None:
+        http.should_exit = True
+    stopping = [grpc_server.stop(grace)] if grpc_server is not None else []
+    await asyncio.gather(*stopping, *([http_task] if http_task else []))
+    await asyncio.get_running_loop().run_in_executor(None, service.close, grace)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn.Server that leaves signals to _serve (it would re-raise SIGTERM on exit)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise EncoderfileError(
+            f"cannot bind HTTP to {_join(host, port)} ({e.strerror}). Pick a free --port, "
+            "or another --host."
+        ) from None
+    return sock
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _positive(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
+    return number

@@ -1,0 +1,292 @@
+"""What the HTTP and gRPC transports share: limits, input checks, readiness, model info."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import encoderfile
+from encoderfile.errors import EncoderfileError
+from encoderfile.runtime.batcher import Batcher
+from encoderfile.runtime.metrics import Metrics
+from encoderfile.runtime.payload import Bundle
+from encoderfile.runtime.serve_errors import InvalidFieldError, NotReadyError, UnauthorizedError
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
+    from encoderfile.runtime.embedder import Embedder, Embeddings
+
+_IMPORTED = time.monotonic()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_inputs: int = 256
+    max_chars: int = 32768
+    max_inflight: int = 1024
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Token-id input in the shape Embedder.embed_encodings reads from a tokenizers.Encoding."""
+
+    ids: list[int]
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.ids)
+
+    @property
+    def type_ids(self) -> list[int]:
+        return [0] * len(self.ids)
+
+    @property
+    def overflowing(self) -> list[Any]:
+        return []
+
+
+class Service:
+    """One model behind one Batcher; transports parse requests and call check_*, then submit."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        limits: Limits = Limits(),
+        *,
+        api_keys: Sequence[str] = (),
+        metrics: Metrics | None = None,
+    ):
+        if limits.max_inputs > limits.max_inflight:
+            raise EncoderfileError(
+                f"--max-inputs={limits.max_inputs} exceeds --max-inflight={limits.max_inflight}, "
+                "so a full request could never be admitted. Lower --max-inputs."
+            )
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.limits = limits
+        self.metrics = metrics or Metrics()
+        self.embedder: Embedder | None = None
+        self.batcher: Batcher | None = None
+        self.cold_start_s: float | None = None
+        self._api_keys = [k.encode() for k in api_keys]
+        self._ready = threading.Event()
+        self._artifact_sha256: str | None = None
+        self.metrics.gauge(
+            "encoderfile_inflight_inputs",
+            "Inputs accepted and not yet answered.",
+            lambda: self.batcher.inflight if self.batcher else 0,
+        )
+        self.metrics.gauge("encoderfile_ready", "1 when serving.", lambda: int(self.ready))
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def load(self, threads: int | None = None) -> None:
+        """Create the Embedder, run one warm-up inference, then report ready."""
+        from encoderfile.runtime.embedder import Embedder
+
+        embedder = Embedder(self.bundle, threads)
+        embedder.embed(["warm up"])
+        self.embedder = embedder
+        self.batcher = Batcher(
+            embedder, max_inflight=self.limits.max_inflight, metrics=self.metrics
+        )
+        self.cold_start_s = process_age()
+        self._ready.set()
+        if self.bundle.source.is_file():
+            threading.Thread(target=self._hash_artifact, daemon=True).start()
+
+    def drain(self) -> None:
+        """Report not ready; work already admitted still finishes (close() waits for it)."""
+        self._ready.clear()
+
+    def close(self, timeout: float | None = None) -> None:
+        self.drain()
+        if self.batcher is not None:
+            self.batcher.close(timeout)
+
+    def authorize(self, header: str | None) -> None:
+        """Check an 'Authorization: Bearer KEY' value when the server has API keys."""
+        if not self._api_keys:
+            return
+        scheme, _, key = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not any(
+            hmac.compare_digest(key.strip().encode(), k) for k in self._api_keys
+        ):
+            raise UnauthorizedError(
+                "Missing or wrong API key. Send the header 'Authorization: Bearer <key>' "
+                "with a key from the server's --api-key-file."
+            )
+
+    def check_count(self, n: int, param: str) -> None:
+        if n == 0:
+            raise InvalidFieldError(f"'{param}' is empty. Send at least one input.", param=param)
+        if n > self.limits.max_inputs:
+            raise InvalidFieldError(
+                f"'{param}' has {n} inputs, over the limit of {self.limits.max_inputs}. "
+                "Split the request, or raise --max-inputs.",
+                param=param,
+            )
+
+    def check_dimensions(self, dimensions: int | None, param: str = "dimensions") -> int | None:
+        if dimensions is not None and dimensions not in self.manifest.dimensions:
+            allowed = ", ".join(map(str, self.manifest.dimensions))
+            raise InvalidFieldError(
+                f"{param}={dimensions} is not offered by {self.manifest.name}. "
+                f"Use one of: {allowed}.",
+                param=param,
+            )
+        return dimensions
+
+    def check_prompt(self, prompt: str | None) -> str | None:
+        if prompt is not None and prompt not in self.manifest.prompts:
+            names = ", ".join(self.manifest.prompts) or "none (this model has no prompts)"
+            raise InvalidFieldError(
+                f"prompt {prompt!r} is unknown. Use one of: {names}.", param="prompt"
+            )
+        return prompt
+
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str | None = None,
+        truncate: bool = True,
+        param: str = "input",
+        single: bool = False,
+    ) -> list[Encoding]:
+        """Check texts against the limits and tokenize them (with the prompt's prefix)."""
+        self.check_count(len(texts), param)
+        for i, text in enumerate(texts):
+            name = param if single else f"{param}[{i}]"
+            if not text.strip():
+                raise InvalidFieldError(
+                    f"'{name}' is empty or blank. Send text to embed.", param=param
+                )
+            if len(text) > self.limits.max_chars:
+                raise InvalidFieldError(
+                    f"'{name}' has {len(text)} characters, over the limit of "
+                    f"{self.limits.max_chars}. Shorten it, or raise --max-chars.",
+                    param=param,
+                )
+        encodings = self._embedder().tokenize(texts, prompt=self.check_prompt(prompt))
+        if not truncate:
+            for i, enc in enumerate(encodings):
+                if enc.overflowing:
+                    name = param if single else f"{param}[{i}]"
+                    raise InvalidFieldError(
+                        f"'{name}' is longer than max_length={self.manifest.max_length} tokens. "
+                        "Shorten it, or allow truncation.",
+                        param=param,
+                    )
+        return encodings
+
+    def token_ids(self, rows: Sequence[Sequence[int]], param: str = "input") -> list[TokenIds]:
+        """Check token-id inputs (the model's own vocabulary, used as given)."""
+        self.check_count(len(rows), param)
+        for i, ids in enumerate(rows):
+            if not ids:
+                raise InvalidFieldError(
+                    f"'{param}[{i}]' has no token ids. Send at least one.", param=param
+                )
+            if len(ids) > self.manifest.max_length:
+                raise InvalidFieldError(
+                    f"'{param}[{i}]' has {len(ids)} tokens; the model takes at most "
+                    f"{self.manifest.max_length}. Send fewer tokens.",
+                    param=param,
+                )
+            bad = next((t for t in ids if not 0 <= t < self._vocab_size), None)
+            if bad is not None:
+                raise InvalidFieldError(
+                    f"'{param}[{i}]' has token id {bad}, outside this model's vocabulary "
+                    f"(0 to {self._vocab_size - 1}). Send ids from POST /tokenize, or send text.",
+                    param=param,
+                )
+        return [TokenIds(list(ids)) for ids in rows]
+
+    def submit(
+        self, encodings: Sequence[Encoding | TokenIds], dimensions: int | None = None
+    ) -> Future[Embeddings]:
+        """Queue checked inputs; raises OverloadedError at once when too much is in flight.
+
+        While draining, requests the transports already accepted still run: only close() stops.
+        """
+        if self.batcher is None:
+            raise NotReadyError("The model is still loading. Retry shortly.")
+        return self.batcher.submit(encodings, dimensions=dimensions)  # type: ignore[arg-type]
+
+    def info(self) -> dict[str, Any]:
+        """Everything a client needs to know about the model and this server."""
+        m = self.manifest
+        model = m.raw.get("model") or {}
+        return {
+            "name": m.name,
+            "version": m.version,
+            "model_id": model.get("repo") or model.get("path"),
+            "revision": model.get("revision"),
+            "sha256": m.files.get("model.onnx"),
+            "dimension": m.dimension,
+            "dimensions": list(m.dimensions),
+            "normalized": m.normalized,
+            "prompts": m.prompts,
+            "default_prompt": m.default_prompt,
+            "max_length": m.max_length,
+            "limits": asdict(self.limits),
+            "encoderfile_version": encoderfile.__version__,
+            "artifact_sha256": self._artifact_sha256,
+        }
+
+    def _embedder(self) -> Embedder:
+        if self.embedder is None:
+            raise NotReadyError("The model is still loading. Retry shortly.")
+        return self.embedder
+
+    @functools.cached_property
+    def _vocab_size(self) -> int:
+        from tokenizers import Tokenizer
+
+        size: int = Tokenizer.from_str(self.bundle.tokenizer).get_vocab_size(with_added_tokens=True)
+        return size
+
+    def _hash_artifact(self) -> None:
+        digest = hashlib.sha256()
+        with open(self.bundle.source, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        self._artifact_sha256 = digest.hexdigest()
+
+
+def process_age() -> float:
+    """Seconds since this process was exec'd (so a frozen artifact's stub counts too)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+def read_api_keys(path: str) -> list[str]:
+    """One key a line; blank lines and lines starting with '#' are ignored."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise EncoderfileError(
+            f"cannot read --api-key-file {path}: {e}. Pass a readable file."
+        ) from None
+    keys = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not keys:
+        raise EncoderfileError(f"--api-key-file {path} holds no key. Write one key per line.")
+    return keys

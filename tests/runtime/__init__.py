@@ -1,0 +1,1 @@
+"""Tests of encoderfile.runtime: what the frozen artifact runs."""

@@ -1,0 +1,111 @@
+"""Embedder: tokenize, batch by length, run the graph; prompts, Matryoshka dims, truncation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoderfile.errors import RequestError
+from encoderfile.runtime.embedder import BATCH_SIZE, Embedder
+from encoderfile.runtime.payload import open_bundle
+from tests.fixtures.tiny_bundle import WORDS, make_tiny_bundle
+
+
+def embedder(tmp_path: Path, **overrides: object) -> Embedder:
+    return Embedder(open_bundle(make_tiny_bundle(tmp_path / "b", **overrides)), threads=1)
+
+
+def texts(n: int) -> list[str]:
+    rng = np.random.default_rng(1)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"token_type_ids": True}, {"padding_side": "left"}, {"normalized": False}],
+    ids=["plain", "token-type-ids", "left-padding", "not-normalized"],
+)
+def test_golden_vectors_reproduce(tmp_path: Path, overrides: dict) -> None:
+    e = embedder(tmp_path, **overrides)
+    golden = e.manifest.golden
+    assert golden is not None
+    got = e.embed_raw(golden["texts"])
+    np.testing.assert_allclose(got, np.array(golden["vectors"]), atol=1e-6)
+
+
+def test_rows_keep_input_order_and_ignore_batch_neighbours(tmp_path: Path) -> None:
+    e = embedder(tmp_path, padding_side="left")
+    inputs = texts(3 * BATCH_SIZE + 5)
+    together = e.embed(inputs)
+    alone = np.stack([e.embed([t]).vectors[0] for t in inputs])
+    np.testing.assert_allclose(together.vectors, alone, atol=1e-6)
+    assert together.vectors.dtype == np.float32 and together.vectors.shape == (len(inputs), 8)
+    assert together.tokens == [len(t.split()) + 2 for t in inputs]  # [CLS] … [SEP]
+
+
+def test_prompt_is_a_prefix(tmp_path: Path) -> None:
+    e = embedder(tmp_path)
+    got = e.embed(["fox"], prompt="query").vectors
+    np.testing.assert_array_equal(got, e.embed_raw(["search query fox"]))
+    assert e.embed(["fox"], prompt="query").tokens == [5]
+
+
+def test_default_prompt_applies_when_none_is_named(tmp_path: Path) -> None:
+    e = embedder(tmp_path, default_prompt="document")
+    np.testing.assert_array_equal(e.embed(["fox"]).vectors, e.embed_raw(["document fox"]))
+    np.testing.assert_array_equal(
+        e.embed(["fox"], prompt="query").vectors, e.embed_raw(["search query fox"])
+    )
+
+
+def test_unknown_prompt_lists_the_names(tmp_path: Path) -> None:
+    with pytest.raises(RequestError, match="unknown prompt 'nope'. Use one of: document, query"):
+        embedder(tmp_path).embed(["fox"], prompt="nope")
+
+
+def test_matryoshka_prefix_is_renormalised(tmp_path: Path) -> None:
+    e = embedder(tmp_path)
+    full = e.embed(["the quick fox"]).vectors
+    half = e.embed(["the quick fox"], dimensions=4).vectors
+    expected = full[:, :4] / np.linalg.norm(full[:, :4], axis=1, keepdims=True)
+    np.testing.assert_allclose(half, expected, atol=1e-6)
+    assert e.embed(["fox"], dimensions=8).vectors.shape == (1, 8)
+
+
+def test_matryoshka_prefix_without_normalisation(tmp_path: Path) -> None:
+    e = embedder(tmp_path, normalized=False)
+    full = e.embed(["the quick fox"]).vectors
+    np.testing.assert_array_equal(e.embed(["the quick fox"], dimensions=4).vectors, full[:, :4])
+
+
+def test_dimension_not_offered_lists_the_allowed(tmp_path: Path) -> None:
+    with pytest.raises(RequestError, match="dimensions=3 is not offered. Use one of: 8, 4"):
+        embedder(tmp_path).embed(["fox"], dimensions=3)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n"])
+def test_empty_text_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(RequestError, match="input 1 is empty"):
+        embedder(tmp_path).embed(["fox", text])
+
+
+def test_long_text_is_truncated_or_refused(tmp_path: Path) -> None:
+    e = embedder(tmp_path, max_length=6)
+    result = e.embed(["fox", "a b c a b c a b c"])
+    assert result.truncated == [False, True]
+    assert result.tokens == [3, 6]
+    with pytest.raises(RequestError, match="input 1 is longer than max_length=6"):
+        e.embed(["fox", "a b c a b c a b c"], truncate=False)
+    assert e.embed(["a b c a"], truncate=False).truncated == [False]  # exactly 6 tokens
+
+
+def test_threads_set_intra_op_threads(tmp_path: Path) -> None:
+    e = Embedder(open_bundle(make_tiny_bundle(tmp_path / "b")), threads=2)
+    assert e._session.get_session_options().intra_op_num_threads == 2
+
+
+def test_empty_request_gives_an_empty_matrix(tmp_path: Path) -> None:
+    result = embedder(tmp_path).embed([])
+    assert result.vectors.shape == (0, 8) and result.tokens == []
