@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import socket
@@ -14,25 +12,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from tests.fixtures.tiny_bundle import make_tiny_bundle
-
-# Mean pooling (ReduceSum, also MatMul) sums in an order that onnxruntime picks by batch size and
-# padding, so a vector can move by 1 ulp with its neighbours. Masked max pooling is exact in any
-# order: with it, batched and alone vectors must be bitwise equal.
-INVARIANT_POOLING = [
-    ("Cast", ["attention_mask"], ["mask"], {"to": 1}),
-    ("Unsqueeze", ["mask", "last"], ["mask3"], {}),
-    ("Mul", ["token_states", "mask3"], ["kept"], {}),
-    ("Sub", ["mask3", "one_f"], ["off"], {}),  # 0 for tokens, -1 for padding
-    ("Mul", ["off", "big"], ["penalty"], {}),
-    ("Add", ["kept", "penalty"], ["masked"], {}),
-    ("ReduceMax", ["masked", "seq"], ["pooled"], {"keepdims": 0}),
-    ("ReduceL2", ["pooled", "last"], ["norm"], {"keepdims": 1}),
-    ("Div", ["pooled", "norm"], ["sentence_embedding"], {}),
-]
 
 HOST = "127.0.0.1"
 
@@ -93,38 +75,6 @@ def runtime_command(bundle: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def shared_tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
-
-
-@pytest.fixture(scope="session")
-def invariant_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny bundle with INVARIANT_POOLING in place of its mean pooling."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("invariant") / "bundle")
-    model = onnx.load(bundle / "model.onnx")
-    gather = next(n for n in model.graph.node if n.op_type == "Gather")
-    table = next(i for i in model.graph.initializer if i.name == "table")
-    nodes = [gather] + [helper.make_node(op, i, o, **a) for op, i, o, a in INVARIANT_POOLING]
-    constants = [
-        numpy_helper.from_array(np.array([1], np.int64), "seq"),
-        numpy_helper.from_array(np.array([-1], np.int64), "last"),
-        numpy_helper.from_array(np.array(1, np.float32), "one_f"),
-        numpy_helper.from_array(np.array(1e9, np.float32), "big"),
-    ]
-    graph = helper.make_graph(
-        nodes, "invariant", model.graph.input, model.graph.output, [table, *constants]
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    (bundle / "model.onnx").write_bytes(model.SerializeToString())
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["model.onnx"] = hashlib.sha256(
-        (bundle / "model.onnx").read_bytes()
-    ).hexdigest()
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return bundle
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from encoderfile.runtime.embedder import Embedder
 from encoderfile.runtime.http_app import create_app
 from encoderfile.runtime.payload import open_bundle
 from encoderfile.runtime.service import Limits, Service
+from tests.fixtures.models import TINY_VOCAB
 
 LIMITS = Limits(max_body_bytes=2048, max_inputs=4, max_chars=200, max_inflight=8)
 
@@ -134,7 +135,7 @@ def test_tokenize_single_string(client: TestClient) -> None:
     data = client.post("/tokenize", json={"input": "hello", "prompt": "document"}).json()["data"]
     assert data == [
         {
-            "ids": [2, 16, 4, 3],
+            "ids": [TINY_VOCAB.index(t) for t in ("[CLS]", "document", "hello", "[SEP]")],
             "tokens": ["[CLS]", "document", "hello", "[SEP]"],
             "truncated": False,
         }
