@@ -104,7 +104,8 @@ class Recipe(_Strict):
     version: Annotated[str, Field(min_length=1, max_length=50)]
     model: ModelSpec
     steps: list[Step] = Field(min_length=1)
-    dimension: Annotated[int, Field(ge=1, description="width of the output vectors")]
+    # Range-checked against the model's hidden size when splicing, where both numbers are known.
+    dimension: int = Field(description="width of the output vectors, 1 to the hidden size")
     dimensions: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="request-time dimensions allowed (each <= dimension); default [dimension]"
     )

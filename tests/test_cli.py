@@ -72,8 +72,8 @@ def test_malformed_yaml(tmp_path) -> None:
     [
         (lambda r: r.update(extra=1), ("unknown key 'extra'", "recipe.schema.json")),
         (lambda r: r.update(dimension="eight"), ("key 'dimension'",)),
-        (lambda r: r.update(dimension=0), ("key 'dimension'",)),
-        (lambda r: r.update(dimension=-1), ("key 'dimension'",)),
+        (lambda r: r.update(dimension=0), ("dimension=0", "hidden size 8", "from 1 to 8")),
+        (lambda r: r.update(dimension=-1), ("dimension=-1", "hidden size 8", "from 1 to 8")),
         (
             lambda r: r.update(
                 dimension=9, steps=[{"op": "pooling", "mode": "mean"}, {"op": "truncate"}]
@@ -248,3 +248,25 @@ def test_version_and_help() -> None:
     for command in ("build", "inspect", "pin", "schema"):
         result = cli(command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+@pytest.mark.slow
+def test_build_the_shipped_minilm_recipe_into_one_executable(tmp_path, minilm_dir) -> None:
+    """The README's main job: `encoderfile build recipes/all-minilm-l6-v2.yaml`, then embed."""
+    recipe = Path(__file__).parent.parent / "recipes" / "all-minilm-l6-v2.yaml"
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = cli("build", recipe, "--out", tmp_path / "build", "--dist", tmp_path / "dist", env=env)
+    assert result.returncode == 0, result.stderr
+    artifact = tmp_path / "dist" / "all-minilm-l6-v2"
+    assert artifact.is_file() and os.access(artifact, os.X_OK)
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["all-minilm-l6-v2"]
+    embedded = subprocess.run(
+        [artifact, "embed", "hello"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert embedded.returncode == 0, embedded.stderr
+    row = json.loads(embedded.stdout)
+    assert len(row["embedding"]) == 384 and row["tokens"] == 3

@@ -104,7 +104,7 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--prompt", metavar="NAME", help="prompt prefix from the manifest (see info)")
     p.add_argument(
         "--dimensions",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="Matryoshka width: a prefix of the vector, re-normalised (see info)",
     )
@@ -155,7 +155,7 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
 def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         default=default,
         metavar="N",
         help="onnxruntime intra-op threads (default: one per core)",
@@ -195,7 +195,8 @@ def _command(argv: list[str]) -> str | None:
     return None
 
 
-def _positive(value: str) -> int:
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1."""
     try:
         number = int(value)
     except ValueError:

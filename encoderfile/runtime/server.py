@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from encoderfile.errors import EncoderfileError
+from encoderfile.runtime.cli import positive_int
 from encoderfile.runtime.payload import Bundle
 from encoderfile.runtime.service import Limits, Service, read_api_keys
 
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, name)
         lim.add_argument(
             "--" + name.replace("_", "-"),
-            type=_positive,
+            type=positive_int,
             default=default,
             metavar="N",
             help=f"{help_text} (default {default})",
@@ -180,18 +181,8 @@ def _configure_logging() -> None:
     log.setLevel(logging.INFO)
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
 def _port(value: str) -> int:
-    number = _positive(value)
+    number = positive_int(value)
     if number > 65535:
         raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
     return number

@@ -43,8 +43,9 @@ def apply(model: onnx.ModelProto, recipe: Recipe, hidden: int | None, where: str
     if hidden is None:
         raise SpliceError(f"{where}: the width of {states!r} is unknown. Set a static hidden size.")
     if not 1 <= recipe.dimension <= hidden:
+        problem = "exceeds" if recipe.dimension > hidden else "must be at least 1 and at most"
         raise SpliceError(
-            f"dimension={recipe.dimension} is outside the model's hidden size {hidden}. "
+            f"dimension={recipe.dimension} {problem} the model's hidden size {hidden}. "
             f"Use a value from 1 to {hidden}."
         )
     if "truncate" not in [s.op for s in recipe.steps] and recipe.dimension != hidden:
