@@ -33,8 +33,10 @@ class _Job:
 
 
 class Batcher:
-    """Merges requests queued within `max_wait_ms` into model calls of at most `max_batch_size`
-    inputs and `max_batch_tokens` tokens; a request is never split across calls.
+    """Merges queued requests into model calls of at most `max_batch_size` inputs and
+    `max_batch_tokens` tokens; a request is never split across calls. By default nothing waits:
+    an idle model takes a request at once, and requests that arrive while it is busy share the
+    next call (`max_wait_ms` > 0 trades latency for fuller batches).
 
     Callers tokenize (Embedder.tokenize), so a bad input fails its own request before queueing and
     the token budget is exact. Admission control: over `max_inflight` inputs, submit raises
@@ -48,7 +50,7 @@ class Batcher:
         max_inflight: int = 1024,
         max_batch_size: int = 32,
         max_batch_tokens: int = 8192,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         metrics: Metrics | None = None,
     ):
         self._embedder = embedder
