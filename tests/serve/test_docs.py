@@ -88,3 +88,11 @@ def test_every_example_runs(minilm_server: Server, tmp_path: Path) -> None:
     assert printed[1].splitlines() == ["True all-minilm-l6-v2 384", "128 [3, 3]"]
     assert int(printed[2]) == 3
     assert (tmp_path / "encoderfile/proto/embed_pb2_grpc.py").is_file()
+
+
+def test_readme_python_example_runs(minilm_server: Server, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    examples = [code for kind, code in BLOCK.findall(readme) if kind == "python"]
+    assert examples, "the README lost its openai example"
+    for code in examples:
+        assert run_block("python", code, minilm_server, tmp_path).split() == ["2", "128"]
