@@ -40,7 +40,9 @@ def run_block(kind: str, code: str, server: Server, cwd: Path) -> str:
     argv = (
         ["bash", "-euo", "pipefail", "-c", code] if kind == "sh" else [sys.executable, "-c", code]
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # `python` in the docs is the reader's venv: the interpreter running these tests.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": path}
     result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{kind} block failed:\n{code}\n{result.stderr}"
     return result.stdout
