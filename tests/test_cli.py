@@ -98,16 +98,15 @@ def test_recipe_and_model_errors(tmp_path, model_dir, change, expected) -> None:
     fails_cleanly(result, out, *expected)
 
 
+def hub_model(repo: str, revision: str, files: dict[str, str | None], graph: str) -> dict:
+    return {"hub": {"repo": repo, "revision": revision, "files": files}, "graph": graph}
+
+
 def test_revision_not_a_commit(tmp_path) -> None:
     data = recipe_dict(tmp_path)
-    data["model"] = {
-        "hub": {
-            "repo": "o/m",
-            "revision": "main",
-            "files": {"model.onnx": None, "tokenizer.json": None},
-        },
-        "graph": "model.onnx",
-    }
+    data["model"] = hub_model(
+        "o/m", "main", {"model.onnx": None, "tokenizer.json": None}, "model.onnx"
+    )
     result, out = build(tmp_path, data)
     fails_cleanly(result, out, "'main' is not a 40-hex commit", "--allow-unpinned")
 
@@ -165,14 +164,9 @@ def test_hub_mode_from_the_cache_offline(tmp_path, model_dir) -> None:
     cache = tmp_path / "hub"
     fake_hub_cache(cache, "org/tiny", model_dir, ["onnx/model.onnx", "tokenizer.json"])
     data = recipe_dict(model_dir)
-    data["model"] = {
-        "hub": {
-            "repo": "org/tiny",
-            "revision": REVISION,
-            "files": {"onnx/model.onnx": None, "tokenizer.json": None},
-        },
-        "graph": "onnx/model.onnx",
-    }
+    data["model"] = hub_model(
+        "org/tiny", REVISION, {"onnx/model.onnx": None, "tokenizer.json": None}, "onnx/model.onnx"
+    )
     recipe = write_recipe(tmp_path / "r.yaml", data)
     env = {"HF_HUB_CACHE": str(cache)}
     fails_cleanly(
@@ -195,14 +189,9 @@ def test_hub_unpinned_branch_with_allow_unpinned(tmp_path, model_dir) -> None:
     cache = tmp_path / "hub"
     fake_hub_cache(cache, "org/tiny", model_dir, ["model.onnx", "tokenizer.json"])
     data = recipe_dict(model_dir)
-    data["model"] = {
-        "hub": {
-            "repo": "org/tiny",
-            "revision": "main",
-            "files": {"model.onnx": None, "tokenizer.json": None},
-        },
-        "graph": "model.onnx",
-    }
+    data["model"] = hub_model(
+        "org/tiny", "main", {"model.onnx": None, "tokenizer.json": None}, "model.onnx"
+    )
     recipe = write_recipe(tmp_path / "r.yaml", data)
     env = {"HF_HUB_CACHE": str(cache)}
     assert cli("pin", recipe, "--allow-unpinned", env=env).returncode == 0
@@ -218,14 +207,9 @@ def test_hub_unpinned_branch_with_allow_unpinned(tmp_path, model_dir) -> None:
 
 def test_hub_file_not_cached_offline(tmp_path) -> None:
     data = recipe_dict(tmp_path)
-    data["model"] = {
-        "hub": {
-            "repo": "org/absent",
-            "revision": REVISION,
-            "files": {"model.onnx": "a" * 64, "tokenizer.json": "b" * 64},
-        },
-        "graph": "model.onnx",
-    }
+    data["model"] = hub_model(
+        "org/absent", REVISION, {"model.onnx": "a" * 64, "tokenizer.json": "b" * 64}, "model.onnx"
+    )
     result, out = build(tmp_path, data)
     fails_cleanly(result, out, "not in the local cache")
 

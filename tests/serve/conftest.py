@@ -77,12 +77,17 @@ def shared_tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny") / "bundle")
 
 
+def serving(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server over `bundle` for a fixture's lifetime; it must exit 0 on SIGTERM."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    server = Server(runtime_command(bundle), log).wait_ready()
+    yield server
+    assert server.stop() == 0, server.log()
+
+
 @pytest.fixture(scope="module")
 def tiny_server(
     shared_tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """One shared server over the tiny bundle for the tests of a module."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    server = Server(runtime_command(shared_tiny_bundle), log).wait_ready()
-    yield server
-    assert server.stop() == 0, server.log()
+    yield from serving(shared_tiny_bundle, tmp_path_factory)

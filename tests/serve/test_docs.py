@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.conftest import Server, runtime_command
+from tests.serve.conftest import Server, serving
 
 ROOT = Path(__file__).parents[2]
 DOC = ROOT / "docs" / "serve.md"
@@ -24,10 +24,7 @@ BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)
 def minilm_server(
     minilm_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("minilm-server") / "server.log"
-    server = Server(runtime_command(minilm_bundle), log).wait_ready()
-    yield server
-    assert server.stop() == 0, server.log()
+    yield from serving(minilm_bundle, tmp_path_factory)
 
 
 def blocks() -> list[tuple[str, str]]:
