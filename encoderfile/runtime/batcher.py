@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from encoderfile.runtime.embedder import Embedder, Embeddings
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # queued jobs are told apart by identity
 class _Job:
     encodings: Sequence[Encoding]
     dimensions: int | None
@@ -28,19 +28,21 @@ class _Job:
     enqueued: float
 
     @property
-    def tokens(self) -> int:
-        return sum(len(e.ids) for e in self.encodings)
+    def longest(self) -> int:
+        return max((len(e.ids) for e in self.encodings), default=0)
 
 
 class Batcher:
-    """Merges queued requests into model calls of at most `max_batch_size` inputs and
-    `max_batch_tokens` tokens; a request is never split across calls. By default nothing waits:
-    an idle model takes a request at once, and requests that arrive while it is busy share the
-    next call (`max_wait_ms` > 0 trades latency for fuller batches).
+    """Merges queued requests into one Embedder call of at most `max_batch_size` inputs and
+    `max_batch_tokens` padded tokens (inputs x the longest); a request is never split across
+    calls, and the Embedder sorts the merged inputs by length into model batches. By default
+    nothing waits: an idle model takes a request at once, and requests that arrive while it is
+    busy share the next call (`max_wait_ms` > 0 trades latency for fuller batches).
 
     Callers tokenize (Embedder.tokenize), so a bad input fails its own request before queueing and
-    the token budget is exact. Admission control: over `max_inflight` inputs, submit raises
-    OverloadedError at once instead of queueing.
+    the token budget is exact. Admission control counts inputs: over `max_inflight`, submit raises
+    OverloadedError at once instead of queueing. A cancelled request (its client went away)
+    leaves the queue at once and frees its share of `max_inflight`.
     """
 
     def __init__(
@@ -48,8 +50,8 @@ class Batcher:
         embedder: Embedder,
         *,
         max_inflight: int = 1024,
-        max_batch_size: int = 32,
-        max_batch_tokens: int = 8192,
+        max_batch_size: int = 256,
+        max_batch_tokens: int = 32768,
         max_wait_ms: float = 0.0,
         metrics: Metrics | None = None,
     ):
@@ -88,7 +90,17 @@ class Batcher:
             self._inflight += n
             self._queue.append(job)
             self._cond.notify()
+        job.future.add_done_callback(lambda _: self._finished(job))
         return job.future
+
+    def _finished(self, job: _Job) -> None:
+        """Answered, failed or cancelled: release the job's inputs (and drop it if queued)."""
+        with self._cond:
+            self._inflight -= len(job.encodings)
+            if job.future.cancelled():
+                self._metrics.cancelled.inc(len(job.encodings))
+                if job in self._queue:
+                    self._queue.remove(job)
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new work, finish what is queued, and stop the thread."""
@@ -97,23 +109,26 @@ class Batcher:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def _over(self, size: int, longest: int) -> bool:
+        return size > self._max_batch_size or size * longest > self._max_batch_tokens
+
     def _full(self) -> bool:
-        size = tokens = 0
+        size = longest = 0
         for job in self._queue:
             size += len(job.encodings)
-            tokens += job.tokens
-            if size >= self._max_batch_size or tokens >= self._max_batch_tokens:
+            longest = max(longest, job.longest)
+            if self._over(size + 1, longest):
                 return True
         return False
 
     def _take(self) -> list[_Job]:
         batch = [self._queue.popleft()]
-        size, tokens = len(batch[0].encodings), batch[0].tokens
+        size, longest = len(batch[0].encodings), batch[0].longest
         while self._queue:
             job = self._queue[0]
             size += len(job.encodings)
-            tokens += job.tokens
-            if size > self._max_batch_size or tokens > self._max_batch_tokens:
+            longest = max(longest, job.longest)
+            if self._over(size, longest):
                 break
             batch.append(self._queue.popleft())
         return batch
@@ -126,11 +141,13 @@ class Batcher:
                 if not self._queue:
                     return
                 deadline = time.monotonic() + self._max_wait
-                while not self._closed and not self._full():
+                while self._queue and not self._closed and not self._full():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
+                if not self._queue:  # all cancelled while waiting
+                    continue
                 batch = self._take()
             self._run(batch)
 
@@ -144,8 +161,6 @@ class Batcher:
                 groups.setdefault(job.dimensions, []).append(job)
         for dimensions, jobs in groups.items():
             self._run_group(jobs, dimensions)
-        with self._cond:
-            self._inflight -= sum(len(job.encodings) for job in batch)
 
     def _run_group(self, jobs: list[_Job], dimensions: int | None) -> None:
         encodings = [e for job in jobs for e in job.encodings]

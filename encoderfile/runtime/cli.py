@@ -158,7 +158,7 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
         type=positive_int,
         default=default,
         metavar="N",
-        help="onnxruntime intra-op threads (default: one per core)",
+        help="onnxruntime intra-op threads (default: the CPUs this process may use, cgroup quota included)",
     )
     # Development: run a bundle directory (or another artifact) instead of this artifact.
     parser.add_argument("--bundle", default=default, help=argparse.SUPPRESS)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +16,31 @@ from tokenizers import Encoding, Tokenizer
 from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime.payload import Bundle, Manifest
 
-BATCH_SIZE = 32
+# One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
+# longest of them): short texts go 64 at a time, 256-token abstracts 16 at a time.
+BATCH_SIZE = 64
+BATCH_TOKENS = 4096
 OUTPUT = "sentence_embedding"
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota if one is set."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time per period granted by cgroup v2 cpu.max or v1 cfs_quota_us, if any."""
+    try:
+        if (cgroup / "cpu.max").is_file():  # v2: "max 100000" or "150000 100000"
+            quota, period = (cgroup / "cpu.max").read_text().split()
+        else:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text()  # v1: -1 when unlimited
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text()
+        return int(quota) / int(period) if int(quota) > 0 else None
+    except (OSError, ValueError):  # no cgroup files, or "max"
+        return None
 
 
 @dataclass(frozen=True)
@@ -30,7 +56,7 @@ class Embedder:
     def __init__(self, bundle: Bundle, threads: int | None = None):
         self.manifest: Manifest = bundle.manifest
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0  # 0: one per physical core
+        options.intra_op_num_threads = threads or available_cpus()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only; warnings would pollute stderr
         try:
@@ -126,9 +152,7 @@ class Embedder:
 
     def _run(self, encodings: Sequence[Encoding]) -> np.ndarray:
         out = np.empty((len(encodings), self.manifest.dimension), dtype=np.float32)
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), BATCH_SIZE):
-            rows = order[start : start + BATCH_SIZE]
+        for rows in _batches([len(e.ids) for e in encodings]):
             (result,) = self._session.run([OUTPUT], self._feed([encodings[i] for i in rows]))
             out[rows] = result
         if not np.isfinite(out).all():
@@ -149,3 +173,17 @@ class Embedder:
                 if name in feed:
                     feed[name][row, cols] = values
         return feed
+
+
+def _batches(lengths: Sequence[int]) -> Iterator[list[int]]:
+    """Row indices grouped for model calls: sorted by length so little is padding, each group
+    within BATCH_SIZE inputs and BATCH_TOKENS padded tokens (one over-long input goes alone)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batch: list[int] = []
+    for i in order:  # ascending, so lengths[i] is the padded length if i joins
+        if batch and (len(batch) == BATCH_SIZE or (len(batch) + 1) * lengths[i] > BATCH_TOKENS):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch

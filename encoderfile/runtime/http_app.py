@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -26,6 +27,7 @@ from encoderfile.errors import EncoderfileError, OverloadedError, RequestError
 from encoderfile.runtime import metrics as prom
 from encoderfile.runtime.openapi import spec
 from encoderfile.runtime.serve_errors import (
+    ClientGoneError,
     InvalidFieldError,
     MalformedRequestError,
     MethodNotAllowedError,
@@ -52,6 +54,7 @@ STATUS: dict[type[Exception], tuple[int, str]] = {
     MethodNotAllowedError: (405, "invalid_request_error"),
     PayloadTooLargeError: (413, "invalid_request_error"),
     OverloadedError: (429, "overloaded_error"),
+    ClientGoneError: (499, "client_closed_request"),
     RequestError: (422, "invalid_request_error"),
     NotReadyError: (503, "unavailable_error"),
     EncoderfileError: (500, "internal_error"),
@@ -394,10 +397,31 @@ class _Api:
     async def _embed(
         self, request: Request, encodings: Sequence[Encoding | TokenIds], dimensions: int | None
     ) -> Embeddings:
-        result = await asyncio.wrap_future(self.service.submit(encodings, dimensions))
+        result = await _unless_disconnected(request, self.service.submit(encodings, dimensions))
         request.state.inputs = len(encodings)
         request.state.tokens = sum(result.tokens)
         return result
+
+
+async def _unless_disconnected(request: Request, job: Future[Embeddings]) -> Embeddings:
+    """The job's result; if the client disconnects first, the job is cancelled, which takes it
+    out of the batcher's queue (a job the model is already running just finishes)."""
+    answer = asyncio.wrap_future(job)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        answer.cancel()  # no-op once answered; else cancels `job` too
+    if answer.cancelled():
+        raise ClientGoneError("The client disconnected before the embeddings were ready.")
+    return answer.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the body has already been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_object(request: Request, limit: int) -> dict[str, Any]:

@@ -94,6 +94,11 @@ class Metrics:
         self.errors = Counter("encoderfile_errors_total", "Failed requests by error kind.", lock)
         self.inputs = Counter("encoderfile_inputs_total", "Texts embedded.", lock)
         self.tokens = Counter("encoderfile_tokens_total", "Tokens embedded.", lock)
+        self.cancelled = Counter(
+            "encoderfile_cancelled_inputs_total",
+            "Inputs dropped from the queue because their client went away.",
+            lock,
+        )
         self.request_seconds = Histogram(
             "encoderfile_request_seconds", "Time from request to response.", lock, _SECONDS
         )
@@ -117,6 +122,7 @@ class Metrics:
             self.errors,
             self.inputs,
             self.tokens,
+            self.cancelled,
             self.request_seconds,
             self.queue_seconds,
             self.inference_seconds,

@@ -36,5 +36,10 @@ class PayloadTooLargeError(ServeError):
     """The body exceeds --max-body-bytes (HTTP 413, gRPC RESOURCE_EXHAUSTED)."""
 
 
+class ClientGoneError(ServeError):
+    """The client disconnected before its answer was ready; its inputs left the queue (HTTP 499,
+    nginx's code: the client never sees it, the access log and metrics do)."""
+
+
 class NotReadyError(EncoderfileError):
     """The model is still loading or the server is draining (HTTP 503, gRPC UNAVAILABLE)."""

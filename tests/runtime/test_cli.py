@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +88,31 @@ def test_streams_in_chunks_keeping_order(
     result = run("embed", stdin="\n".join(texts).encode())
     # chunks pad to other lengths: the sums may differ in the last bit
     np.testing.assert_allclose(result.vectors(), reference(tiny_bundle, texts), atol=1e-6)
+
+
+def test_bulk_embed_memory_stays_bounded(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Peak RSS of `embed` over 12 MB of input is about that over 1 MB: it reads a window ahead,
+    not the whole input, and writes each window's rows before reading the next. (Held at once,
+    the 12,000 encodings of 200 tokens would take over 100 MB.)"""
+    line = " ".join(["the quick brown fox jumps over the lazy dog"] * 22) + "\n"  # 200 tokens
+
+    def peak_rss_mb(lines: int) -> float:
+        data = tmp_path / f"{lines}.txt"
+        data.write_text(line * lines)
+        out = tmp_path / f"{lines}.npy"
+        argv = [sys.executable, "-m", "encoderfile.runtime", "--threads", "1"]
+        argv += ["--bundle", str(tiny_bundle), "embed", "--format", "npy", "--output", str(out)]
+        with data.open("rb") as stdin:
+            proc = subprocess.Popen(argv, stdin=stdin, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else ""
+        assert np.load(out).shape == (lines, 8)
+        return usage.ru_maxrss / 1024
+
+    small, large = peak_rss_mb(1_000), peak_rss_mb(12_000)
+    assert large < small + 30, (
+        f"peak RSS {small:.0f} MB for 1 MB of input, {large:.0f} MB for 12 MB"
+    )
 
 
 def test_jsonl_input_carries_ids(run: Run, tmp_path: Path, tiny_bundle: Path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from encoderfile.errors import RequestError
-from encoderfile.runtime.embedder import BATCH_SIZE, Embedder
+from encoderfile.runtime import embedder as embedder_module
+from encoderfile.runtime.embedder import BATCH_SIZE, BATCH_TOKENS, Embedder, available_cpus
 from encoderfile.runtime.payload import open_bundle
 from tests.fixtures.tiny_bundle import WORDS, make_tiny_bundle
 
@@ -99,6 +101,43 @@ def test_long_text_is_truncated_or_refused(tmp_path: Path) -> None:
     with pytest.raises(RequestError, match="input 1 is longer than max_length=6"):
         e.embed(["fox", "a b c a b c a b c"], truncate=False)
     assert e.embed(["a b c a"], truncate=False).truncated == [False]  # exactly 6 tokens
+
+
+def test_model_batches_sort_by_length_within_size_and_padded_token_budget() -> None:
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.choice([5, 20, 256, 512], size=500)]
+    batches = list(embedder_module._batches(lengths))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) <= BATCH_SIZE
+        assert len(batch) * longest <= BATCH_TOKENS or len(batch) == 1
+    padded = [lengths[i] for b in batches for i in b]
+    assert padded == sorted(padded), "inputs of similar length share a call"
+    assert max(len(b) for b in batches) == BATCH_SIZE  # short texts fill whole batches
+    assert max(len(b) for b in batches if lengths[b[0]] == 512) == BATCH_TOKENS // 512
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, None),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 2),
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ],
+    ids=["no-cgroup", "v2-unlimited", "v2-1.5-cpus", "v2-half-cpu", "v1-1-cpu", "v1-unlimited"],
+)
+def test_default_threads_follow_affinity_and_cgroup_quota(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content)
+    cpus = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == (cpus if expected is None else min(cpus, expected))
 
 
 def test_threads_set_intra_op_threads(tmp_path: Path) -> None:

@@ -139,6 +139,43 @@ def test_cancelled_request_is_skipped_and_close_drains(embedder: Embedder) -> No
         batcher.submit(embedder.tokenize(["a"]))
 
 
+def test_cancelled_request_leaves_the_queue_and_frees_its_inputs(embedder: Embedder) -> None:
+    gated = GatedEmbedder(embedder)
+    batcher = Batcher(gated, max_inflight=3)  # type: ignore[arg-type]
+    try:
+        blocker = batcher.submit(embedder.tokenize(["a"]))
+        assert gated.entered.wait(10)
+        queued = batcher.submit(embedder.tokenize(["b", "c"]))
+        with pytest.raises(OverloadedError):
+            batcher.submit(embedder.tokenize(["d"]))
+        assert queued.cancel()
+        assert batcher.inflight == 1, "a cancelled request no longer counts against admission"
+        admitted = batcher.submit(embedder.tokenize(["d", "e"]))
+        gated.gate.set()
+        assert len(admitted.result(10).vectors) == 2 and len(blocker.result(10).vectors) == 1
+    finally:
+        gated.gate.set()
+        batcher.close(10)
+    assert gated.calls == [1, 2], "the cancelled request never reached the model"
+
+
+def test_batches_use_a_padded_token_budget(embedder: Embedder) -> None:
+    gated = GatedEmbedder(embedder)
+    batcher = Batcher(gated, max_batch_tokens=24)  # type: ignore[arg-type]
+    short, long = embedder.tokenize(["a"]), embedder.tokenize(["a b c a b c a b c a"])  # 3, 12
+    try:
+        blocker = batcher.submit(short)
+        assert gated.entered.wait(10)
+        futures = [batcher.submit(e) for e in (short, short, long, short, short)]
+        gated.gate.set()
+        for f in [blocker, *futures]:
+            f.result(10)
+    finally:
+        batcher.close(10)
+    # 2 shorts (2 x 3 tokens); adding the long one would pad all three to 12 (36 > 24).
+    assert gated.calls == [1, 2, 2, 1], gated.calls
+
+
 @pytest.mark.slow
 def test_minilm_vector_alone_equals_vector_batched(minilm_bundle: Path) -> None:
     embedder = Embedder(open_bundle(minilm_bundle), threads=1)
