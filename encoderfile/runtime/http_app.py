@@ -408,8 +408,9 @@ async def _unless_disconnected(request: Request, job: Future[Embeddings]) -> Emb
     out of the batcher's queue (a job the model is already running just finishes)."""
     answer = asyncio.wrap_future(job)
     gone = asyncio.ensure_future(_disconnect(request))
+    either: list[asyncio.Future[Any]] = [answer, gone]
     try:
-        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
         answer.cancel()  # no-op once answered; else cancels `job` too
