@@ -133,6 +133,9 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             code = status_of(e)
             self.service.metrics.errors.inc(kind=code.name.lower())
             await context.abort(code, str(e))
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
             self.service.metrics.errors.inc(kind="internal")

@@ -106,19 +106,19 @@ def test_concurrent_clients_get_the_vectors_computed_alone(
 @pytest.mark.slow
 def test_client_that_hangs_up_leaves_the_queue(minilm_server: Server) -> None:
     cancelled_before = metric(minilm_server, "encoderfile_cancelled_inputs_total")
-    long_texts = [f"{i} " + " ".join(WORDS * 25) for i in range(400)]  # each cut at max_length
-    with ThreadPoolExecutor(4) as pool:  # 4 x 100 long texts keep the model busy for seconds
+    long_texts = [f"{i} " + " ".join(WORDS * 25) for i in range(160)]  # each cut at max_length
+    with ThreadPoolExecutor(4) as pool:  # 4 x 40 long texts keep the model busy for seconds
         busy = [
             pool.submit(
                 httpx.post,
                 f"{minilm_server.url}/embed/batch",
-                json={"inputs": long_texts[i : i + 100]},
+                json={"inputs": long_texts[i : i + 40]},
                 timeout=120,
             )
-            for i in range(0, 400, 100)
+            for i in range(0, 160, 40)
         ]
         deadline = time.monotonic() + 30
-        while metric(minilm_server, "encoderfile_inflight_inputs") < 400:
+        while metric(minilm_server, "encoderfile_inflight_inputs") < 160:
             assert time.monotonic() < deadline, "the busy requests never queued together"
             time.sleep(0.01)
         body = json.dumps({"inputs": ["hang up", "before the answer"]}).encode()
@@ -128,17 +128,26 @@ def test_client_that_hangs_up_leaves_the_queue(minilm_server: Server) -> None:
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            while metric(minilm_server, "encoderfile_inflight_inputs") < 402:
+            while metric(minilm_server, "encoderfile_inflight_inputs") < 162:
                 time.sleep(0.01)
-        # The socket is closed while the model is still busy with the first requests.
-        while metric(minilm_server, "encoderfile_cancelled_inputs_total") < cancelled_before + 2:
+        # The socket is closed while the model is still busy with the first requests; a gRPC
+        # client gives up (deadline) the same way.
+        with (
+            grpc.insecure_channel(minilm_server.grpc_target) as channel,
+            pytest.raises(grpc.RpcError) as gave_up,
+        ):
+            embed_pb2_grpc.EmbedderStub(channel).Embed(
+                embed_pb2.EmbedRequest(inputs=["give up"]), timeout=0.5
+            )
+        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        while metric(minilm_server, "encoderfile_cancelled_inputs_total") < cancelled_before + 3:
             assert not busy[-1].done(), "the hung-up request was not dropped while it queued"
             time.sleep(0.01)
         assert [f.result(120).status_code for f in busy] == [200] * 4
     assert metric(minilm_server, "encoderfile_inflight_inputs") == 0
     deadline = time.monotonic() + 10
-    while not re.search(
-        r'^encoderfile_requests_total{[^}]*status="499"', metrics(minilm_server), re.M
-    ):
-        assert time.monotonic() < deadline, "the hung-up request is not counted as status 499"
-        time.sleep(0.05)
+    for status in ("499", "CANCELLED"):  # HTTP hung up, gRPC gave up
+        counted = rf'^encoderfile_requests_total{{[^}}]*status="{status}"'
+        while not re.search(counted, metrics(minilm_server), re.M):
+            assert time.monotonic() < deadline, f"the request given up is not counted as {status}"
+            time.sleep(0.05)
