@@ -95,6 +95,7 @@ async def _serve(args: argparse.Namespace, service: Service) -> int:
         sock = _bind(args.host, args.port)
         config = uvicorn.Config(
             create_app(service, cors_origins=args.cors_origin),
+            http="httptools",  # explicit, so a frozen build that lacks it fails loudly
             log_config=None,
             access_log=False,
             lifespan="off",
