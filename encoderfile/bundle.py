@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 from importlib.metadata import version
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ from tokenizers import Tokenizer
 
 import encoderfile
 from encoderfile.errors import BuildError, RecipeError, ResolveError
-from encoderfile.recipe import Recipe, TokenizerSpec
+from encoderfile.recipe import Recipe, Step, TokenizerSpec
 from encoderfile.resolve import ResolvedModel
 from encoderfile.splice import Spliced
 from encoderfile.verify import GOLDEN_TOLERANCE, Golden
+from encoderfile.vision import GRAPH_FILE, VisionBuild, manifest_section
 
 FORMAT_VERSION = 1
 PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>")
@@ -60,12 +62,17 @@ def write(
     spliced: Spliced,
     tokenizer: Tokenizer,
     golden: Golden,
+    image: VisionBuild | None = None,
 ) -> Path:
     """Write the bundle into `out`, replacing it only once every file is complete."""
     model_bytes = _serialize(spliced.model)
     tokenizer_bytes = (tokenizer.to_str(pretty=True) + "\n").encode()
     files = {"model.onnx": model_bytes, "tokenizer.json": tokenizer_bytes}
+    if image is not None:
+        files[GRAPH_FILE] = _serialize(image.spliced.model)
     manifest = _manifest(recipe, resolved, spliced, golden, files)
+    if image is not None:
+        manifest["image"] = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
     files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,12 +110,7 @@ def _manifest(
     golden: Golden,
     files: dict[str, bytes],
 ) -> dict[str, Any]:
-    steps = []
-    for step in recipe.steps:
-        entry = step.model_dump()
-        if step.op == "truncate":
-            entry["dimension"] = recipe.dimension
-        steps.append(entry)
+    steps = _steps(recipe.steps, recipe.dimension)
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     built_at = (
         dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -143,6 +145,16 @@ def _manifest(
             "vectors": [[float(v) for v in row] for row in golden.vectors],
         },
     }
+
+
+def _steps(steps: Sequence[Step], dimension: int) -> list[dict[str, Any]]:
+    entries = []
+    for step in steps:
+        entry = step.model_dump()
+        if step.op == "truncate":
+            entry["dimension"] = dimension
+        entries.append(entry)
+    return entries
 
 
 def tool_versions() -> dict[str, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from encoderfile import bundle, recipe, resolve, splice, verify
+from encoderfile import bundle, recipe, resolve, splice, verify, vision
 from encoderfile.errors import SpliceError
 
 
@@ -42,4 +42,11 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
         where,
     )
     golden = verify.check(got, expected, verify.SAMPLE_TEXTS)
-    return bundle.write(out_dir / spec.name, spec, resolved, spliced, tokenizer, golden)
+    image = None
+    if spec.image is not None:
+        resolved_image = resolve.resolve_image(spec, recipe_path, allow_unpinned=allow_unpinned)
+        assert resolved_image is not None
+        image_where = f"image model {spec.image.model.graph}"
+        image_model = load_graph(resolved_image.graph, image_where)
+        image = vision.build(image_model, spec, resolved_image, image_where)
+    return bundle.write(out_dir / spec.name, spec, resolved, spliced, tokenizer, golden, image)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoderfile.errors import ResolveError
-from encoderfile.recipe import COMMIT, HubSource, Recipe
+from encoderfile.recipe import COMMIT, GraphSpec, HubSource, Recipe
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,38 @@ def resolve(
 ) -> ResolvedModel:
     """Locate every file the recipe lists and check it against its pin."""
     spec = recipe.model
+    files, actual, source = _resolve_files(spec, recipe_path, allow_unpinned, check_hashes)
+    return ResolvedModel(
+        files=files,
+        sha256=actual,
+        source=source,
+        graph=files[spec.graph],
+        tokenizer=files[spec.tokenizer],
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedGraph:
+    files: dict[str, Path]
+    sha256: dict[str, str]
+    source: dict[str, str]
+    graph: Path
+
+
+def resolve_image(
+    recipe: Recipe, recipe_path: Path, *, allow_unpinned: bool = False
+) -> ResolvedGraph | None:
+    """The recipe's image model files, checked like the text model's; None without one."""
+    if recipe.image is None:
+        return None
+    spec = recipe.image.model
+    files, actual, source = _resolve_files(spec, recipe_path, allow_unpinned, True)
+    return ResolvedGraph(files, actual, source, files[spec.graph])
+
+
+def _resolve_files(
+    spec: GraphSpec, recipe_path: Path, allow_unpinned: bool, check_hashes: bool
+) -> tuple[dict[str, Path], dict[str, str], dict[str, str]]:
     if spec.hub is not None:
         files, source = _from_hub(spec.hub, recipe_path, allow_unpinned)
     else:
@@ -55,13 +87,7 @@ def resolve(
                     f"{key} sha256 is {actual[key][:12]}…, the recipe pins {pin[:12]}…. "
                     f"If the new file is intended, run 'encoderfile pin {recipe_path}'."
                 )
-    return ResolvedModel(
-        files=files,
-        sha256=actual,
-        source=source,
-        graph=files[spec.graph],
-        tokenizer=files[spec.tokenizer],
-    )
+    return files, actual, source
 
 
 def _from_local(

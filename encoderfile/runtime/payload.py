@@ -16,6 +16,7 @@ FORMAT_VERSION = 1
 MAGIC = b"ENCFILE1"
 TRAILER = struct.Struct("<8sQQ")  # magic, index offset, index length (24 bytes, end of file)
 FILES = ("model.onnx", "tokenizer.json", "manifest.json")
+OPTIONAL_FILES = ("vision.onnx",)  # present when the manifest lists them
 ARTIFACT_ENV = "ENCODERFILE_ARTIFACT"
 
 
@@ -73,6 +74,11 @@ class Manifest:
     def golden(self) -> dict[str, Any] | None:
         return self.raw.get("golden")
 
+    @property
+    def image(self) -> dict[str, Any] | None:
+        """The image model's section (size, mean/std, steps, golden), or None without one."""
+        return self.raw.get("image")
+
 
 @dataclass(frozen=True)
 class Bundle:
@@ -83,6 +89,7 @@ class Bundle:
     tokenizer: str = field(repr=False)
     source: Path
     hashes: dict[str, str]  # sha256 of each embedded file as found (equal to manifest.files)
+    vision: bytes | None = field(default=None, repr=False)  # vision.onnx, when there is one
 
 
 def resolve_source(path: str | os.PathLike[str] | None = None) -> Path:
@@ -114,7 +121,8 @@ def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     try:
         where = reader.describe()
         manifest = Manifest.from_dict(_parse_json(reader.read("manifest.json"), where), where)
-        data = {name: reader.read(name) for name in ("model.onnx", "tokenizer.json")}
+        names = ["model.onnx", "tokenizer.json"] + [f for f in OPTIONAL_FILES if f in manifest.files]
+        data = {name: reader.read(name) for name in names}
     finally:
         reader.close()
     hashes = {}
@@ -135,7 +143,9 @@ def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
         tokenizer = data["tokenizer.json"].decode("utf-8")
     except UnicodeDecodeError:
         raise ArtifactError(f"{where}: tokenizer.json is not UTF-8. Rebuild the bundle.") from None
-    return Bundle(manifest, data["model.onnx"], tokenizer, source, hashes)
+    return Bundle(
+        manifest, data["model.onnx"], tokenizer, source, hashes, data.get(OPTIONAL_FILES[0])
+    )
 
 
 def read_trailer(fh: Any, size: int) -> tuple[int, int]:
