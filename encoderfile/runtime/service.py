@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import encoderfile
 from encoderfile.errors import EncoderfileError
 from encoderfile.runtime.batcher import Batcher
+from encoderfile.runtime.image_service import ImageService
 from encoderfile.runtime.metrics import Metrics
 from encoderfile.runtime.payload import Bundle
 from encoderfile.runtime.serve_errors import InvalidFieldError, NotReadyError, UnauthorizedError
@@ -77,6 +78,7 @@ class Service:
         self.limits = limits
         self.metrics = metrics or Metrics()
         self.embedder: Embedder | None = None
+        self.images = ImageService(bundle, limits.max_inputs)
         self.batcher: Batcher | None = None
         self.cold_start_s: float | None = None
         self._api_keys = [k.encode() for k in api_keys]
@@ -99,6 +101,7 @@ class Service:
 
         embedder = Embedder(self.bundle, threads)
         embedder.embed(["warm up"])
+        self.images.load(threads)
         self.embedder = embedder
         self.batcher = Batcher(
             embedder, max_inflight=self.limits.max_inflight, metrics=self.metrics
@@ -246,6 +249,7 @@ class Service:
             "limits": asdict(self.limits),
             "encoderfile_version": encoderfile.__version__,
             "artifact_sha256": self._artifact_sha256,
+            "vision_model": self.images.available,
         }
 
     def _embedder(self) -> Embedder:
