@@ -2,3 +2,4 @@
 
 from tests.fixtures.artifacts import *  # noqa: F403
 from tests.fixtures.models import *  # noqa: F403
+from tests.fixtures.image_bundle import *  # noqa: F403
