@@ -8,8 +8,8 @@ import json
 import os
 import platform
 import shutil
-from importlib.metadata import version
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 

@@ -125,7 +125,7 @@ class ImageSpec(_Strict):
     mean: Triple = Field(default_factory=lambda: list(CLIP_MEAN), description="per RGB channel")
     std: Triple = Field(default_factory=lambda: list(CLIP_STD), description="per RGB channel")
     steps: list[Step] = Field(
-        default_factory=lambda: [Pooling(op="pooling", mode="cls"), Normalize(op="normalize")],
+        default_factory=lambda: _default_image_steps(),
         min_length=1,
         description="as the text steps; vectors have the recipe's dimension",
     )
@@ -138,6 +138,10 @@ class ImageSpec(_Strict):
         if any(s.op == "pooling" and s.mode != "cls" for s in self.steps):
             raise ValueError("image steps pool with mode 'cls' (there is no attention mask)")
         return self
+
+
+def _default_image_steps() -> list[Step]:
+    return [Pooling(op="pooling", mode="cls"), Normalize(op="normalize")]
 
 
 def _check_steps(steps: list[Step]) -> None:

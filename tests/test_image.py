@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import colorsys
 import io
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,15 @@ from encoderfile.runtime import image as pictures
 from encoderfile.runtime.payload import open_bundle
 from encoderfile.runtime.vision import ImageEmbedder
 from tests.fixtures.image_bundle import WIDTH, image_recipe, make_image_bundle
-from tests.fixtures.images import bomb_png, data_url, encode, exif_jpeg, varied_images
-from tools import models as real_models
+from tests.fixtures.images import (
+    bomb_png,
+    data_url,
+    encode,
+    exif_jpeg,
+    independent_stats,
+    reference_vectors,
+    varied_images,
+)
 
 PARITY_COSINE = 0.999
 BATCH_TOLERANCE = 1e-5
@@ -29,20 +34,6 @@ BATCH_TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def embedder(image_bundle: Path) -> ImageEmbedder:
     return ImageEmbedder(open_bundle(image_bundle), threads=1)
-
-
-def reference_vectors(files: dict[str, bytes]) -> np.ndarray:
-    """transformers' CLIPImageProcessor (PIL backend: the classic one) + the torch model, CLS, L2."""
-    import torch
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    processor = CLIPImageProcessorPil()  # shortest edge 224, bicubic, crop 224, CLIP mean/std
-    images = [ImageOps.exif_transpose(Image.open(io.BytesIO(data))) for data in files.values()]
-    pixel_values = processor(images, return_tensors="pt")["pixel_values"]
-    model = real_models.clip_vision_random_torch()
-    with torch.no_grad():
-        cls = model(pixel_values=pixel_values).last_hidden_state[:, 0].double().numpy()
-    return cls / np.linalg.norm(cls, axis=1, keepdims=True)
 
 
 def embed_files(embedder: ImageEmbedder, files: dict[str, bytes]) -> np.ndarray:
@@ -74,7 +65,12 @@ def test_image_dimension_beyond_hidden_size_fails(tmp_path: Path, clip_dir: Path
     from tests.fixtures.models import recipe_dict, write_recipe, write_tiny_model
 
     text = write_tiny_model(tmp_path / "text", hidden=96, positions=False, token_type_ids=False)
-    image = {"model": {"local": {"path": str(clip_dir), "files": {"model.onnx": None}}, "graph": "model.onnx"}}
+    image = {
+        "model": {
+            "local": {"path": str(clip_dir), "files": {"model.onnx": None}},
+            "graph": "model.onnx",
+        }
+    }
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(text, dimension=96, image=image))
     with pytest.raises(SpliceError, match="hidden size 64"):
         compile_bundle(recipe, tmp_path / "build")
@@ -88,7 +84,10 @@ def test_truncated_image_dimension(tmp_path: Path, clip_dir: Path) -> None:
     text = write_tiny_model(tmp_path / "text", hidden=16, positions=False, token_type_ids=False)
     steps = [{"op": "pooling", "mode": "cls"}, {"op": "truncate"}, {"op": "normalize"}]
     image = {
-        "model": {"local": {"path": str(clip_dir), "files": {"model.onnx": None}}, "graph": "model.onnx"},
+        "model": {
+            "local": {"path": str(clip_dir), "files": {"model.onnx": None}},
+            "graph": "model.onnx",
+        },
         "steps": steps,
     }
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(text, dimension=16, image=image))
@@ -162,30 +161,6 @@ def test_verify_golden_images(image_bundle: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- stats
-
-
-def independent_stats(data: bytes, method: str) -> dict:
-    """nomic-serve's stats written the plain way: per-pixel colorsys and a Counter."""
-    image = Image.open(io.BytesIO(data))
-    if max(image.size) > 512:
-        w, h = image.size
-        box = (512, int(h * 512 / w)) if w > h else (int(w * 512 / h), 512)
-        image = image.copy()
-        image.thumbnail(box, Image.Resampling.LANCZOS)
-    rgba = np.array(image.convert("RGBA")).reshape(-1, 4)
-    valid = rgba[rgba[:, 3] >= 128]
-    rgb = valid[:, :3].astype(float)
-    if method == "geometric":
-        avg = np.exp(np.log(np.maximum(rgb, 1e-8)).mean(0)) / 255
-    else:
-        avg = rgb.mean(0) / 255
-    keys = []
-    for r, g, b in valid[:, :3] / 255.0:
-        h, s, v = colorsys.rgb_to_hsv(r, g, b)
-        keys.append(int(h * 10) * 1000 + int(s * 10) * 10 + int(v * 10))
-    top = Counter(keys).most_common(1)[0][0]
-    dominant = valid[keys.index(top), :3] / 255.0
-    return {"avg": avg, "dominant": dominant}
 
 
 @pytest.mark.parametrize("method", ["arithmetic", "geometric"])

@@ -180,7 +180,11 @@ def stats(image: Image.Image, averaging_method: str = "arithmetic") -> dict[str,
         average = average_color(pixels, averaging_method)
         dominant = dominant_color(pixels)
         color = {
-            "avg_color": {"rgb": average.tolist(), "hex": to_hex(average), "method": averaging_method},
+            "avg_color": {
+                "rgb": average.tolist(),
+                "hex": to_hex(average),
+                "method": averaging_method,
+            },
             "dominant_color": {"rgb": dominant.tolist(), "hex": to_hex(dominant)},
         }
     return {"exif_data": exif(image), "color_data": color}
@@ -254,7 +258,9 @@ def exif(image: Image.Image) -> dict[str, Any]:
     except Exception:  # malformed EXIF must not fail the request; report what is readable
         return {}
     data = {
-        ExifTags.TAGS[k]: _json(v) for k, v in found.items() if k in ExifTags.TAGS and k not in _POINTERS
+        ExifTags.TAGS[k]: _json(v)
+        for k, v in found.items()
+        if k in ExifTags.TAGS and k not in _POINTERS
     }
     if _gps_set(gps):
         data["GPSInfo"] = gps

@@ -121,7 +121,9 @@ def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     try:
         where = reader.describe()
         manifest = Manifest.from_dict(_parse_json(reader.read("manifest.json"), where), where)
-        names = ["model.onnx", "tokenizer.json"] + [f for f in OPTIONAL_FILES if f in manifest.files]
+        names = ["model.onnx", "tokenizer.json"] + [
+            f for f in OPTIONAL_FILES if f in manifest.files
+        ]
         data = {name: reader.read(name) for name in names}
     finally:
         reader.close()

@@ -76,9 +76,7 @@ def check_dimension(
     return hidden
 
 
-def add_steps(
-    g: GraphEditor, states: str, steps: Sequence[Step], dimension: int, mask: str
-) -> str:
+def add_steps(g: GraphEditor, states: str, steps: Sequence[Step], dimension: int, mask: str) -> str:
     """Append the recipe's post-processing steps after `states`; return the last tensor."""
     x = states
     for step in steps:

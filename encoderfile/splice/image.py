@@ -40,8 +40,8 @@ def normalized_pixels(
     pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
     """The same maths in numpy float32: uint8 [b, h, w, 3] -> float32 [b, 3, h, w]."""
-    x = pixels.astype(np.float32) / np.float32(255)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    scaled = pixels.astype(np.float32) / np.float32(255)
+    x: np.ndarray = (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
