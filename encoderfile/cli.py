@@ -148,8 +148,24 @@ def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
     """Write the sha256 of every model file into the recipe."""
     spec = recipe.load(recipe_path)
     resolved = resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False)
+    image = resolve.resolve_image(
+        spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False
+    )
     text = recipe_path.read_text(encoding="utf-8")
-    for key, digest in resolved.sha256.items():
+    # The image model's files sit under the top-level 'image:' key, after which its pins go.
+    split = re.search(r"^image:", text, re.MULTILINE)
+    at = split.start() if split else len(text)
+    parts = [(text[:at], resolved.sha256), (text[at:], image.sha256 if image else {})]
+    text = "".join(_pin_lines(recipe_path, part, pins) for part, pins in parts)
+    recipe_path.write_text(text, encoding="utf-8")
+    recipe.load(recipe_path)
+    for _, pins in parts:
+        for key, digest in pins.items():
+            _say(f"pinned {key} {digest}")
+
+
+def _pin_lines(recipe_path: Path, text: str, pins: dict[str, str]) -> str:
+    for key, digest in pins.items():
         line = re.compile(rf"^(\s+['\"]?{re.escape(key)}['\"]?\s*:)[^\n#]*", re.MULTILINE)
         text, found = line.subn(rf"\g<1> {digest}", text, count=1)
         if not found:
@@ -157,10 +173,7 @@ def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
                 f"{recipe_path}: cannot find the line for {key!r} under files. "
                 "Write it as '<path>: <sha256>' on its own line."
             )
-    recipe_path.write_text(text, encoding="utf-8")
-    recipe.load(recipe_path)
-    for key, digest in resolved.sha256.items():
-        _say(f"pinned {key} {digest}")
+    return text
 
 
 @app.command()

@@ -55,13 +55,17 @@ class ResolvedGraph:
 
 
 def resolve_image(
-    recipe: Recipe, recipe_path: Path, *, allow_unpinned: bool = False
+    recipe: Recipe,
+    recipe_path: Path,
+    *,
+    allow_unpinned: bool = False,
+    check_hashes: bool = True,
 ) -> ResolvedGraph | None:
     """The recipe's image model files, checked like the text model's; None without one."""
     if recipe.image is None:
         return None
     spec = recipe.image.model
-    files, actual, source = _resolve_files(spec, recipe_path, allow_unpinned, True)
+    files, actual, source = _resolve_files(spec, recipe_path, allow_unpinned, check_hashes)
     return ResolvedGraph(files, actual, source, files[spec.graph])
 
 

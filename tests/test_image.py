@@ -254,3 +254,33 @@ def test_make_image_bundle_twice_is_reproducible(tmp_path: Path, clip_dir: Path)
     b = make_image_bundle(tmp_path / "b", clip_dir)
     for name in ("vision.onnx", "manifest.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_shipped_vision_recipe() -> None:
+    root = Path(__file__).resolve().parent.parent
+    spec = load(root / "recipes" / "nomic-embed-vision-v1.5.yaml")
+    assert spec.image is not None and spec.image.model.hub is not None
+    assert spec.image.model.hub.repo == "nomic-ai/nomic-embed-vision-v1.5"
+    assert [s.op for s in spec.image.steps] == ["pooling", "normalize"]
+    assert spec.image.size == 224 and spec.image.mean[0] == 0.48145466
+    assert spec.dimension == 768
+
+
+def test_pin_covers_the_image_model(tmp_path: Path, clip_dir: Path) -> None:
+    """Both models list model.onnx: each pin lands under its own model."""
+    import hashlib
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = image_recipe(tmp_path, clip_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "encoderfile.cli", "pin", str(path)], capture_output=True
+    )
+    assert result.returncode == 0, result.stderr
+    data = yaml.safe_load(path.read_text())
+    text_pin = data["model"]["local"]["files"]["model.onnx"]
+    image_pin = data["image"]["model"]["local"]["files"]["model.onnx"]
+    assert text_pin == hashlib.sha256((tmp_path / "text" / "model.onnx").read_bytes()).hexdigest()
+    assert image_pin == hashlib.sha256((clip_dir / "model.onnx").read_bytes()).hexdigest()
