@@ -17,6 +17,8 @@ from encoderfile.runtime.payload import open_bundle
 from encoderfile.runtime.service import Service
 from tests.fixtures.image_bundle import WIDTH
 from tests.fixtures.images import bomb_png, data_url, encode, varied_images
+from tests.serve.conftest import Server, serving
+from tests.serve.test_docs import BLOCK, json_values, run_block
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +129,18 @@ def test_text_only_artifact_has_no_image_routes(shared_tiny_bundle: Path) -> Non
             assert stats.status_code == 200  # stats need no model
     finally:
         service.close(10)
+
+
+@pytest.fixture(scope="module")
+def image_server(image_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from serving(image_bundle, tmp_path_factory)
+
+
+def test_readme_image_examples_run(image_server: Server, tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = next(code for kind, code in BLOCK.findall(readme) if "/img/embed" in code)
+    (tmp_path / "photo.jpg").write_bytes(varied_images()["rotated.jpg"])
+    embed, batch, stats = json_values(run_block("sh", block, image_server, tmp_path))
+    assert len(embed["embedding"]) == WIDTH and len(batch["embeddings"]) == 2
+    assert stats["color_data"]["avg_color"]["method"] == "geometric"
+    assert stats["exif_data"]["Make"] == "EncoderCam"
