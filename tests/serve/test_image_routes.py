@@ -38,6 +38,8 @@ def files() -> dict[str, bytes]:
 def test_health_reports_the_vision_model(client: TestClient) -> None:
     assert client.get("/health").json()["vision_model"] is True
     assert client.get("/info").json()["vision_model"] is True
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/img/embed", "/img/batch", "/img/stats"} <= set(paths)
 
 
 def test_embed_batch_and_dim(client: TestClient, files: dict[str, bytes]) -> None:
