@@ -124,6 +124,20 @@ def _inspect_bundle(path: Path) -> dict[str, Any]:
         "added_nodes": manifest["graph"]["added_nodes"],
         "files": manifest["files"],
         "source_files": manifest["model"]["files"],
+        "image": _image_summary(manifest.get("image")),
+    }
+
+
+def _image_summary(image: dict[str, Any] | None) -> dict[str, Any] | None:
+    if image is None:
+        return None
+    keep = ("inputs", "output", "token_states", "hidden_size", "added_nodes")
+    return {
+        "model": {k: v for k, v in image["model"].items() if k != "files"},
+        "size": image["size"],
+        "steps": image["steps"],
+        **{k: image["graph"][k] for k in keep},
+        "source_files": image["model"]["files"],
     }
 
 

@@ -284,3 +284,25 @@ def test_pin_covers_the_image_model(tmp_path: Path, clip_dir: Path) -> None:
     image_pin = data["image"]["model"]["local"]["files"]["model.onnx"]
     assert text_pin == hashlib.sha256((tmp_path / "text" / "model.onnx").read_bytes()).hexdigest()
     assert image_pin == hashlib.sha256((clip_dir / "model.onnx").read_bytes()).hexdigest()
+
+
+def test_missing_image_model_names_the_image_section(tmp_path: Path) -> None:
+    from encoderfile.compiler import compile_bundle
+    from encoderfile.errors import ResolveError
+
+    path = image_recipe(tmp_path, tmp_path / "nowhere")
+    with pytest.raises(ResolveError, match=r"image\.model\.local\.path"):
+        compile_bundle(path, tmp_path / "build")
+
+
+def test_inspect_shows_the_image_graph(image_bundle: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "encoderfile.cli", "inspect", str(image_bundle), "--json"],
+        capture_output=True,
+    )
+    assert result.returncode == 0, result.stderr
+    image = json.loads(result.stdout)["image"]
+    assert image["inputs"] == ["pixel_values"] and image["hidden_size"] == WIDTH
