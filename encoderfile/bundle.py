@@ -73,8 +73,37 @@ def write(
     manifest = _manifest(recipe, resolved, spliced, golden, files)
     if image is not None:
         manifest["image"] = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
-    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return _write_files(out, files, manifest)
 
+
+def write_image_only(out: Path, recipe: Recipe, image: VisionBuild) -> Path:
+    """A bundle with vision.onnx and no text model (manifest: model, graph, tokenizer null)."""
+    files = {GRAPH_FILE: _serialize(image.spliced.model)}
+    section = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": recipe.name,
+        "version": recipe.version,
+        "model": None,
+        "graph": None,
+        "steps": [],
+        "dimension": recipe.dimension,
+        "dimensions": recipe.allowed_dimensions,
+        "normalized": section["normalized"],
+        "prompts": {},
+        "default_prompt": None,
+        "tokenizer": None,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        "tools": tool_versions(),
+        "built_at": _built_at(),
+        "golden": None,
+        "image": section,
+    }
+    return _write_files(out, files, manifest)
+
+
+def _write_files(out: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> Path:
+    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -111,12 +140,7 @@ def _manifest(
     files: dict[str, bytes],
 ) -> dict[str, Any]:
     steps = _steps(recipe.steps, recipe.dimension)
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    built_at = (
-        dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if epoch
-        else None
-    )
+    built_at = _built_at()
     return {
         "format_version": FORMAT_VERSION,
         "name": recipe.name,
@@ -145,6 +169,13 @@ def _manifest(
             "vectors": [[float(v) for v in row] for row in golden.vectors],
         },
     }
+
+
+def _built_at() -> str | None:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return None
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _steps(steps: Sequence[Step], dimension: int) -> list[dict[str, Any]]:

@@ -112,6 +112,15 @@ def _inspect_bundle(path: Path) -> dict[str, Any]:
             f"{path} is not a bundle (no manifest.json). Pass a bundle directory or a recipe."
         )
     manifest = json.loads(manifest_path.read_text())
+    if manifest.get("model") is None:  # an image model alone
+        return {
+            "name": manifest["name"],
+            "version": manifest["version"],
+            "dimension": manifest["dimension"],
+            "dimensions": manifest["dimensions"],
+            "files": manifest["files"],
+            "image": _image_summary(manifest.get("image")),
+        }
     return {
         "name": manifest["name"],
         "version": manifest["version"],
@@ -143,6 +152,16 @@ def _image_summary(image: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
     spec = recipe.load(path)
+    if spec.model is None:
+        image = resolve.resolve_image(spec, path, allow_unpinned=allow_unpinned)
+        assert image is not None
+        return {
+            "name": spec.name,
+            "version": spec.version,
+            "image": {"model": image.source, "sha256": image.sha256, **_graph_summary(image.graph)},
+            "dimension": spec.dimension,
+            "dimensions": spec.allowed_dimensions,
+        }
     resolved = resolve.resolve(spec, path, allow_unpinned=allow_unpinned)
     return {
         "name": spec.name,
@@ -161,7 +180,11 @@ def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
 def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
     """Write the sha256 of every model file into the recipe."""
     spec = recipe.load(recipe_path)
-    resolved = resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False)
+    resolved = (
+        resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False)
+        if spec.model is not None
+        else None
+    )
     image = resolve.resolve_image(
         spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False
     )
@@ -169,7 +192,10 @@ def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
     # The image model's files sit under the top-level 'image:' key, after which its pins go.
     split = re.search(r"^image:", text, re.MULTILINE)
     at = split.start() if split else len(text)
-    parts = [(text[:at], resolved.sha256), (text[at:], image.sha256 if image else {})]
+    parts = [
+        (text[:at], resolved.sha256 if resolved else {}),
+        (text[at:], image.sha256 if image else {}),
+    ]
     text = "".join(_pin_lines(recipe_path, part, pins) for part, pins in parts)
     recipe_path.write_text(text, encoding="utf-8")
     recipe.load(recipe_path)

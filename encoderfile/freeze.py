@@ -263,8 +263,9 @@ def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -
             index: dict[str, object] = {"runtime": [out.tell(), len(runtime_bytes)]}
             out.write(runtime_bytes)
             files: dict[str, list[int]] = {}
-            optional = [f for f in OPTIONAL_FILES if (bundle_dir / f).is_file()]
-            for file in ("model.onnx", "tokenizer.json", *optional, "manifest.json"):
+            present = ["model.onnx", "tokenizer.json", *OPTIONAL_FILES]
+            present = [f for f in present if (bundle_dir / f).is_file()]
+            for file in (*present, "manifest.json"):
                 start = out.tell()
                 with open(bundle_dir / file, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)

@@ -158,8 +158,12 @@ def _check_steps(steps: list[Step]) -> None:
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
     version: Annotated[str, Field(min_length=1, max_length=50)]
-    model: ModelSpec
-    steps: list[Step] = Field(min_length=1)
+    model: ModelSpec | None = Field(
+        None, description="the text model; may be left out when `image` is set (image only)"
+    )
+    steps: list[Step] = Field(
+        default_factory=list, description="the text model's steps (required with `model`)"
+    )
     # Range-checked against the model's hidden size when splicing, where both numbers are known.
     dimension: int = Field(description="width of the output vectors, 1 to the hidden size")
     dimensions: list[Annotated[int, Field(ge=1)]] | None = Field(
@@ -174,7 +178,15 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        _check_steps(self.steps)
+        if self.model is None:
+            if self.image is None:
+                raise ValueError("set 'model' (text), 'image', or both")
+            if self.steps or self.prompts:
+                raise ValueError("'steps' and 'prompts' belong to a text model; add 'model'")
+        else:
+            if not self.steps:
+                raise ValueError("'steps' is required with a text model")
+            _check_steps(self.steps)
         for d in self.allowed_dimensions:
             if d > self.dimension:
                 raise ValueError(f"dimensions value {d} exceeds dimension {self.dimension}")

@@ -36,6 +36,8 @@ def resolve(
 ) -> ResolvedModel:
     """Locate every file the recipe lists and check it against its pin."""
     spec = recipe.model
+    if spec is None:
+        raise ResolveError(f"{recipe_path}: the recipe has no text model. Add 'model'.")
     files, actual, source = _resolve_files(spec, recipe_path, allow_unpinned, check_hashes)
     return ResolvedModel(
         files=files,

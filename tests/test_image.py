@@ -306,3 +306,28 @@ def test_inspect_shows_the_image_graph(image_bundle: Path) -> None:
     assert result.returncode == 0, result.stderr
     image = json.loads(result.stdout)["image"]
     assert image["inputs"] == ["pixel_values"] and image["hidden_size"] == WIDTH
+
+
+def test_image_only_bundle(image_only_bundle: Path, image_bundle: Path) -> None:
+    """An image model alone: no model.onnx / tokenizer.json; the same image vectors."""
+    from encoderfile.runtime.embedder import Embedder
+
+    manifest = json.loads((image_only_bundle / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["vision.onnx"] and manifest["model"] is None
+    assert sorted(p.name for p in image_only_bundle.iterdir()) == ["manifest.json", "vision.onnx"]
+    bundle = open_bundle(image_only_bundle)
+    assert not bundle.manifest.has_text and bundle.manifest.image is not None
+    with pytest.raises(RequestError, match="no text model"):
+        Embedder(bundle)
+    pixels = [pictures.preprocess(pictures.decode(d), 224) for d in varied_images().values()]
+    alone = ImageEmbedder(bundle).embed(pixels)
+    beside = ImageEmbedder(open_bundle(image_bundle)).embed(pixels)
+    assert np.array_equal(alone, beside)
+
+
+def test_recipe_needs_a_model(tmp_path: Path) -> None:
+    from tests.fixtures.models import write_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", {"name": "x", "version": "1", "dimension": 8})
+    with pytest.raises(RecipeError, match="'model' \\(text\\), 'image', or both"):
+        load(path)

@@ -575,6 +575,8 @@ def _info(args: argparse.Namespace) -> int:
         f"{model.get('repo')}@{model.get('revision')}"
         if model.get("source") == "hub"
         else f"local {model.get('path')}"
+        if model
+        else "none (image model only)"
     )
     steps = " → ".join(
         s.get("op", "?") + "(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "op") + ")"
@@ -614,6 +616,8 @@ def _verify(args: argparse.Namespace) -> int:
     from encoderfile.runtime.payload import open_bundle
 
     bundle = open_bundle(args.bundle)
+    if not bundle.manifest.has_text:  # an image model alone
+        return 0 if _verify_images(bundle, args.threads) else 1
     golden = bundle.manifest.golden
     if not golden or not golden.get("texts"):
         raise ArtifactError("manifest.json has no golden vectors. Rebuild the bundle.")
@@ -733,6 +737,8 @@ def _image_summary(info: dict[str, Any] | None) -> str:
         f"{model.get('repo')}@{model.get('revision')}"
         if model.get("source") == "hub"
         else f"local {model.get('path')}"
+        if model
+        else "none (image model only)"
     )
     steps = " → ".join(s.get("op", "?") for s in info.get("steps") or [])
     return f"{source}; {info['size']} px, bicubic + centre crop; steps {steps}"

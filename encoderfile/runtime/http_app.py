@@ -240,8 +240,8 @@ class _Api:
         self.name = service.manifest.name
 
     async def health(self, request: Request) -> Response:
-        vision = self.service.images.available
-        return JSONResponse({"status": "OK", "text_model": True, "vision_model": vision})
+        text, vision = self.service.manifest.has_text, self.service.images.available
+        return JSONResponse({"status": "OK", "text_model": text, "vision_model": vision})
 
     async def ready(self, request: Request) -> Response:
         if not self.service.ready:

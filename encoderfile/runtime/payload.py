@@ -45,7 +45,7 @@ class Manifest:
                 "Rebuild the bundle with a matching encoderfile."
             )
         try:
-            tok = raw["tokenizer"]
+            tok = raw["tokenizer"] or {}  # null in an image-only bundle
             manifest = cls(
                 name=str(raw["name"]),
                 version=str(raw["version"]),
@@ -54,7 +54,7 @@ class Manifest:
                 normalized=bool(raw["normalized"]),
                 prompts={str(k): str(v) for k, v in (raw.get("prompts") or {}).items()},
                 default_prompt=raw.get("default_prompt"),
-                max_length=int(tok["max_length"]),
+                max_length=int(tok["max_length"]) if raw["tokenizer"] else 0,
                 padding_side=str(tok.get("padding_side", "right")),
                 files={str(k): str(v) for k, v in raw["files"].items()},
                 raw=raw,
@@ -73,6 +73,11 @@ class Manifest:
     @property
     def golden(self) -> dict[str, Any] | None:
         return self.raw.get("golden")
+
+    @property
+    def has_text(self) -> bool:
+        """False for a bundle holding an image model alone."""
+        return "model.onnx" in self.files
 
     @property
     def image(self) -> dict[str, Any] | None:
@@ -121,9 +126,8 @@ def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     try:
         where = reader.describe()
         manifest = Manifest.from_dict(_parse_json(reader.read("manifest.json"), where), where)
-        names = ["model.onnx", "tokenizer.json"] + [
-            f for f in OPTIONAL_FILES if f in manifest.files
-        ]
+        text = ["model.onnx", "tokenizer.json"] if manifest.has_text else []
+        names = text + [f for f in OPTIONAL_FILES if f in manifest.files]
         data = {name: reader.read(name) for name in names}
     finally:
         reader.close()
@@ -142,11 +146,16 @@ def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
             )
         hashes[name] = actual
     try:
-        tokenizer = data["tokenizer.json"].decode("utf-8")
+        tokenizer = data.get("tokenizer.json", b"").decode("utf-8")
     except UnicodeDecodeError:
         raise ArtifactError(f"{where}: tokenizer.json is not UTF-8. Rebuild the bundle.") from None
     return Bundle(
-        manifest, data["model.onnx"], tokenizer, source, hashes, data.get(OPTIONAL_FILES[0])
+        manifest,
+        data.get("model.onnx", b""),
+        tokenizer,
+        source,
+        hashes,
+        data.get(OPTIONAL_FILES[0]),
     )
 
 

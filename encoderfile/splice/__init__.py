@@ -34,6 +34,8 @@ def apply(model: onnx.ModelProto, recipe: Recipe, hidden: int | None, where: str
     """
     version = check_opset(model, where)
     contract.check_inputs(model, where)
+    if recipe.model is None:
+        raise SpliceError(f"{where}: the recipe has no text model. Add 'model'.")
     states = contract.token_states(model, recipe.model.output, where)
     hidden = contract.hidden_size(model, states) or hidden
     hidden = check_dimension(recipe.dimension, hidden, recipe.steps, states, where)

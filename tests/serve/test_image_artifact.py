@@ -173,3 +173,25 @@ def test_grpc_image_rpcs(server: Server, files: dict[str, bytes], cli_vectors: n
             api.EmbedImages(embed_pb2.EmbedImagesRequest(images=[b"not an image"]))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "supported format" in (e.value.details() or "")
+
+
+def test_image_only_artifact(
+    image_only_bundle: Path,
+    tmp_path: Path,
+    freeze_work_dir: Path,
+    paths: list[Path],
+    cli_vectors: np.ndarray,
+    artifact_env: dict[str, str],
+) -> None:
+    """An image model alone freezes and runs; text commands say there is no text model."""
+    artifact = freeze.build(image_only_bundle, tmp_path / "dist", freeze_work_dir)
+    result = run_artifact(artifact, "embed", "--image", *map(str, paths), env=artifact_env)
+    assert result.returncode == 0, result.stderr.decode()
+    rows = [json.loads(line)["embedding"] for line in result.stdout.decode().splitlines()]
+    assert np.abs(np.asarray(rows, dtype=np.float32) - cli_vectors).max() <= 1e-5
+    verify = run_artifact(artifact, "verify", env=artifact_env)
+    assert verify.returncode == 0 and b"golden images" in verify.stdout, verify.stderr
+    text = run_artifact(artifact, "embed", "hello", env=artifact_env)
+    assert text.returncode == 2 and b"no text model" in text.stderr, text.stderr
+    info = run_artifact(artifact, "info", env=artifact_env)
+    assert info.returncode == 0 and b"image model only" in info.stdout, info.stderr

@@ -146,3 +146,27 @@ def test_readme_image_examples_run(image_server: Server, tmp_path: Path) -> None
     assert len(embed["embedding"]) == WIDTH and len(batch["embeddings"]) == 2
     assert stats["color_data"]["avg_color"]["method"] == "geometric"
     assert stats["exif_data"]["Make"] == "EncoderCam"
+
+
+def test_image_only_artifact_answers_404_on_text_routes(image_only_bundle: Path) -> None:
+    service = Service(open_bundle(image_only_bundle))
+    service.load(threads=1)
+    try:
+        with TestClient(create_app(service)) as client:
+            health = client.get("/health").json()
+            assert health["text_model"] is False and health["vision_model"] is True
+            assert client.get("/info").json()["text_model"] is False
+            for path, body in [
+                ("/embed", {"input": "hello"}),
+                ("/embed/batch", {"inputs": ["hello"]}),
+                ("/v1/embeddings", {"model": "clip-only", "input": "hello"}),
+                ("/v1/embeddings", {"model": "clip-only", "input": [1, 2, 3]}),
+                ("/tokenize", {"input": "hello"}),
+            ]:
+                reply = client.post(path, json=body)
+                assert reply.status_code == 404, (path, reply.text)
+                assert "no text model" in reply.json()["error"]["message"]
+            image = client.post("/img/embed", json={"content": data_url(PNG)})
+            assert image.status_code == 200 and len(image.json()["embedding"]) == WIDTH
+    finally:
+        service.close(10)
