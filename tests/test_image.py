@@ -331,3 +331,21 @@ def test_recipe_needs_a_model(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", {"name": "x", "version": "1", "dimension": 8})
     with pytest.raises(RecipeError, match="'model' \\(text\\), 'image', or both"):
         load(path)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "CMYK", "F", "I", "LA", "1", "P"])
+def test_unusual_pixel_modes_embed(embedder: ImageEmbedder, mode: str) -> None:
+    grey = Image.fromarray((np.arange(48 * 64).reshape(48, 64) % 256).astype(np.uint8))
+    fmt = {"CMYK": "JPEG", "F": "TIFF", "I": "TIFF"}.get(mode, "PNG")
+    decoded = pictures.decode(encode(grey.convert(mode), fmt))
+    assert np.isfinite(embedder.embed([embedder.pixels(decoded)])).all()
+    assert pictures.stats(decoded)["color_data"] is not None
+
+
+def test_unconvertible_image_is_a_request_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(image: Image.Image) -> Image.Image:
+        raise ValueError("conversion not supported")
+
+    monkeypatch.setattr(pictures, "to_rgb", refuse)
+    with pytest.raises(RequestError, match="cannot be converted to RGB"):
+        pictures.preprocess(pictures.decode(PNG), 224, "photo.png")

@@ -688,7 +688,7 @@ def _embed_images(args: argparse.Namespace) -> int:
         writer = _WRITERS[args.format](out, width)
         for start in range(0, len(args.image), 64):
             files = args.image[start : start + 64]
-            pixels = [embedder.pixels(_read_image(path)) for path in files]
+            pixels = [embedder.pixels(_read_image(path), path) for path in files]
             records = [Record(path, path, "") for path in files]
             writer.write(records, embedder.embed(pixels, width), [0] * len(files))
         writer.close()

@@ -132,9 +132,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess(image: Image.Image, size: int) -> np.ndarray:
+def preprocess(image: Image.Image, size: int, where: str = "image") -> np.ndarray:
     """EXIF orientation, RGB, shortest side -> size (bicubic), centre crop: uint8 [size, size, 3]."""
-    rgb = to_rgb(ImageOps.exif_transpose(image))
+    try:
+        rgb = to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, ValueError, SyntaxError) as e:  # an exotic mode or broken EXIF
+        raise ImageError(
+            f"'{where}' ({image.mode} pixels) cannot be converted to RGB ({e}). "
+            "Convert it to an 8-bit RGB PNG or JPEG."
+        ) from None
     width, height = rgb.size
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)

@@ -84,10 +84,14 @@ class ImageService:
         embedder = self._embedder()
         self.check_count(len(contents), param)
         with self._running:
-            pixels = [
-                embedder.pixels(self.decode(c, param if single else f"{param}[{i}]"))
-                for i, c in enumerate(contents)
-            ]
+            pixels = []
+            for i, content in enumerate(contents):
+                where = param if single else f"{param}[{i}]"
+                image = self.decode(content, where)
+                try:
+                    pixels.append(embedder.pixels(image, where))
+                except RequestError as e:
+                    raise InvalidFieldError(str(e), param=param) from None
             return embedder.embed(pixels, dimensions)
 
     def stats(self, content: object, averaging_method: str | None, param: str) -> dict[str, Any]:

@@ -43,9 +43,9 @@ class ImageEmbedder:
                 f"{bundle.source}: onnxruntime cannot load vision.onnx ({e}). Rebuild the bundle."
             ) from None
 
-    def pixels(self, image: pictures.Image.Image) -> np.ndarray:
+    def pixels(self, image: pictures.Image.Image, where: str = "image") -> np.ndarray:
         """uint8 [size, size, 3] for one decoded image."""
-        return pictures.preprocess(image, self.size)
+        return pictures.preprocess(image, self.size, where)
 
     def embed(self, pixels: Sequence[np.ndarray], dimensions: int | None = None) -> np.ndarray:
         """float32 [n, dimensions] for preprocessed images, rows in input order."""
