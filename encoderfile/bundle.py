@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from tokenizers import Tokenizer
 
 import encoderfile
 from encoderfile.errors import BuildError, RecipeError, ResolveError
-from encoderfile.recipe import Recipe, TokenizerSpec
+from encoderfile.recipe import Recipe, Step, TokenizerSpec
 from encoderfile.resolve import ResolvedModel
 from encoderfile.splice import Spliced
 from encoderfile.verify import GOLDEN_TOLERANCE, Golden
+from encoderfile.vision import GRAPH_FILE, VisionBuild, manifest_section
 
 FORMAT_VERSION = 1
 PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>")
@@ -60,14 +62,48 @@ def write(
     spliced: Spliced,
     tokenizer: Tokenizer,
     golden: Golden,
+    image: VisionBuild | None = None,
 ) -> Path:
     """Write the bundle into `out`, replacing it only once every file is complete."""
     model_bytes = _serialize(spliced.model)
     tokenizer_bytes = (tokenizer.to_str(pretty=True) + "\n").encode()
     files = {"model.onnx": model_bytes, "tokenizer.json": tokenizer_bytes}
+    if image is not None:
+        files[GRAPH_FILE] = _serialize(image.spliced.model)
     manifest = _manifest(recipe, resolved, spliced, golden, files)
-    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    if image is not None:
+        manifest["image"] = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
+    return _write_files(out, files, manifest)
 
+
+def write_image_only(out: Path, recipe: Recipe, image: VisionBuild) -> Path:
+    """A bundle with vision.onnx and no text model (manifest: model, graph, tokenizer null)."""
+    files = {GRAPH_FILE: _serialize(image.spliced.model)}
+    section = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": recipe.name,
+        "version": recipe.version,
+        "model": None,
+        "graph": None,
+        "steps": [],
+        "dimension": recipe.dimension,
+        "dimensions": recipe.allowed_dimensions,
+        "normalized": section["normalized"],
+        "prompts": {},
+        "default_prompt": None,
+        "tokenizer": None,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        "tools": tool_versions(),
+        "built_at": _built_at(),
+        "golden": None,
+        "image": section,
+    }
+    return _write_files(out, files, manifest)
+
+
+def _write_files(out: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> Path:
+    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -103,18 +139,8 @@ def _manifest(
     golden: Golden,
     files: dict[str, bytes],
 ) -> dict[str, Any]:
-    steps = []
-    for step in recipe.steps:
-        entry = step.model_dump()
-        if step.op == "truncate":
-            entry["dimension"] = recipe.dimension
-        steps.append(entry)
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    built_at = (
-        dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if epoch
-        else None
-    )
+    steps = _steps(recipe.steps, recipe.dimension)
+    built_at = _built_at()
     return {
         "format_version": FORMAT_VERSION,
         "name": recipe.name,
@@ -143,6 +169,23 @@ def _manifest(
             "vectors": [[float(v) for v in row] for row in golden.vectors],
         },
     }
+
+
+def _built_at() -> str | None:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return None
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _steps(steps: Sequence[Step], dimension: int) -> list[dict[str, Any]]:
+    entries = []
+    for step in steps:
+        entry = step.model_dump()
+        if step.op == "truncate":
+            entry["dimension"] = dimension
+        entries.append(entry)
+    return entries
 
 
 def tool_versions() -> dict[str, str]:

@@ -112,6 +112,15 @@ def _inspect_bundle(path: Path) -> dict[str, Any]:
             f"{path} is not a bundle (no manifest.json). Pass a bundle directory or a recipe."
         )
     manifest = json.loads(manifest_path.read_text())
+    if manifest.get("model") is None:  # an image model alone
+        return {
+            "name": manifest["name"],
+            "version": manifest["version"],
+            "dimension": manifest["dimension"],
+            "dimensions": manifest["dimensions"],
+            "files": manifest["files"],
+            "image": _image_summary(manifest.get("image")),
+        }
     return {
         "name": manifest["name"],
         "version": manifest["version"],
@@ -124,11 +133,35 @@ def _inspect_bundle(path: Path) -> dict[str, Any]:
         "added_nodes": manifest["graph"]["added_nodes"],
         "files": manifest["files"],
         "source_files": manifest["model"]["files"],
+        "image": _image_summary(manifest.get("image")),
+    }
+
+
+def _image_summary(image: dict[str, Any] | None) -> dict[str, Any] | None:
+    if image is None:
+        return None
+    keep = ("inputs", "output", "token_states", "hidden_size", "added_nodes")
+    return {
+        "model": {k: v for k, v in image["model"].items() if k != "files"},
+        "size": image["size"],
+        "steps": image["steps"],
+        **{k: image["graph"][k] for k in keep},
+        "source_files": image["model"]["files"],
     }
 
 
 def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
     spec = recipe.load(path)
+    if spec.model is None:
+        image = resolve.resolve_image(spec, path, allow_unpinned=allow_unpinned)
+        assert image is not None
+        return {
+            "name": spec.name,
+            "version": spec.version,
+            "image": {"model": image.source, "sha256": image.sha256, **_graph_summary(image.graph)},
+            "dimension": spec.dimension,
+            "dimensions": spec.allowed_dimensions,
+        }
     resolved = resolve.resolve(spec, path, allow_unpinned=allow_unpinned)
     return {
         "name": spec.name,
@@ -147,9 +180,32 @@ def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
 def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
     """Write the sha256 of every model file into the recipe."""
     spec = recipe.load(recipe_path)
-    resolved = resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False)
+    resolved = (
+        resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False)
+        if spec.model is not None
+        else None
+    )
+    image = resolve.resolve_image(
+        spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False
+    )
     text = recipe_path.read_text(encoding="utf-8")
-    for key, digest in resolved.sha256.items():
+    # The image model's files sit under the top-level 'image:' key, after which its pins go.
+    split = re.search(r"^image:", text, re.MULTILINE)
+    at = split.start() if split else len(text)
+    parts = [
+        (text[:at], resolved.sha256 if resolved else {}),
+        (text[at:], image.sha256 if image else {}),
+    ]
+    text = "".join(_pin_lines(recipe_path, part, pins) for part, pins in parts)
+    recipe_path.write_text(text, encoding="utf-8")
+    recipe.load(recipe_path)
+    for _, pins in parts:
+        for key, digest in pins.items():
+            _say(f"pinned {key} {digest}")
+
+
+def _pin_lines(recipe_path: Path, text: str, pins: dict[str, str]) -> str:
+    for key, digest in pins.items():
         line = re.compile(rf"^(\s+['\"]?{re.escape(key)}['\"]?\s*:)[^\n#]*", re.MULTILINE)
         text, found = line.subn(rf"\g<1> {digest}", text, count=1)
         if not found:
@@ -157,10 +213,7 @@ def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
                 f"{recipe_path}: cannot find the line for {key!r} under files. "
                 "Write it as '<path>: <sha256>' on its own line."
             )
-    recipe_path.write_text(text, encoding="utf-8")
-    recipe.load(recipe_path)
-    for key, digest in resolved.sha256.items():
-        _say(f"pinned {key} {digest}")
+    return text
 
 
 @app.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from encoderfile import bundle, recipe, resolve, splice, verify
+from encoderfile import bundle, recipe, resolve, splice, verify, vision
 from encoderfile.errors import SpliceError
 
 
@@ -23,6 +23,9 @@ def load_graph(path: Path, where: str) -> onnx.ModelProto:
 def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = False) -> Path:
     """Build `out_dir/<name>` from the recipe and return its path."""
     spec = recipe.load(recipe_path)
+    if spec.model is None:  # an image model alone
+        image_only = _compile_image(spec, recipe_path, allow_unpinned)
+        return bundle.write_image_only(out_dir / spec.name, spec, image_only)
     resolved = resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned)
     where = spec.model.graph
     model = load_graph(resolved.graph, where)
@@ -42,4 +45,14 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
         where,
     )
     golden = verify.check(got, expected, verify.SAMPLE_TEXTS)
-    return bundle.write(out_dir / spec.name, spec, resolved, spliced, tokenizer, golden)
+    image = _compile_image(spec, recipe_path, allow_unpinned) if spec.image else None
+    return bundle.write(out_dir / spec.name, spec, resolved, spliced, tokenizer, golden, image)
+
+
+def _compile_image(
+    spec: recipe.Recipe, recipe_path: Path, allow_unpinned: bool
+) -> vision.VisionBuild:
+    resolved = resolve.resolve_image(spec, recipe_path, allow_unpinned=allow_unpinned)
+    assert resolved is not None and spec.image is not None
+    where = f"image model {spec.image.model.graph}"
+    return vision.build(load_graph(resolved.graph, where), spec, resolved, where)

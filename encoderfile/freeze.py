@@ -24,7 +24,7 @@ from pathlib import Path
 
 import encoderfile
 from encoderfile.errors import ArtifactError, BuildError
-from encoderfile.runtime.payload import MAGIC, TRAILER, open_bundle
+from encoderfile.runtime.payload import MAGIC, OPTIONAL_FILES, TRAILER, open_bundle
 
 PACKAGE = Path(encoderfile.__file__).resolve().parent
 TEMPLATES = PACKAGE.parent / "templates"
@@ -66,7 +66,9 @@ EXCLUDES = sorted(
         "pandas",
         "matplotlib",
         "IPython",
-        "PIL",
+        "PIL.ImageTk",
+        "PIL.ImageQt",
+        "PIL.ImageShow",
         "pytest",
         "setuptools",
         "pip",
@@ -261,7 +263,9 @@ def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -
             index: dict[str, object] = {"runtime": [out.tell(), len(runtime_bytes)]}
             out.write(runtime_bytes)
             files: dict[str, list[int]] = {}
-            for file in ("model.onnx", "tokenizer.json", "manifest.json"):
+            present = ["model.onnx", "tokenizer.json", *OPTIONAL_FILES]
+            present = [f for f in present if (bundle_dir / f).is_file()]
+            for file in (*present, "manifest.json"):
                 start = out.tell()
                 with open(bundle_dir / file, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -43,21 +43,24 @@ class LocalSource(_Strict):
     )
 
 
-class ModelSpec(_Strict):
+class GraphSpec(_Strict):
+    """An ONNX graph from one source (hub or local)."""
+
     hub: HubSource | None = None
     local: LocalSource | None = None
     graph: str = Field(description="the ONNX file among `files`")
-    tokenizer: str = Field("tokenizer.json", description="the tokenizer.json among `files`")
     output: str | None = Field(
         None, description="graph output holding token states; auto-detected when unambiguous"
     )
 
+    _listed: ClassVar[tuple[str, ...]] = ("graph",)
+
     @model_validator(mode="after")
-    def _one_source(self) -> ModelSpec:
+    def _one_source(self) -> GraphSpec:
         if (self.hub is None) == (self.local is None):
             raise ValueError("set exactly one of 'hub' or 'local'")
         files = self.source.files
-        for key in ("graph", "tokenizer"):
+        for key in self._listed:
             if getattr(self, key) not in files:
                 raise ValueError(f"{key} {getattr(self, key)!r} is not listed in files")
         return self
@@ -65,6 +68,12 @@ class ModelSpec(_Strict):
     @property
     def source(self) -> HubSource | LocalSource:
         return self.hub or self.local  # type: ignore[return-value]
+
+
+class ModelSpec(GraphSpec):
+    tokenizer: str = Field("tokenizer.json", description="the tokenizer.json among `files`")
+
+    _listed: ClassVar[tuple[str, ...]] = ("graph", "tokenizer")
 
 
 class Pooling(_Strict):
@@ -99,11 +108,62 @@ class TokenizerSpec(_Strict):
     pad_token: str | None = Field(None, description="defaults to the tokenizer's own pad token")
 
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+Triple = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class ImageSpec(_Strict):
+    """An image model in the text model's embedding space (e.g. nomic-embed-vision-v1.5).
+
+    Preprocessing: RGB -> resize the shortest side to `size` (bicubic) -> centre-crop
+    `size` x `size` -> x / 255 -> (x - mean) / std -> model -> steps.
+    """
+
+    model: GraphSpec
+    size: Annotated[int, Field(ge=8, le=4096)] = Field(224, description="resize + crop size")
+    mean: Triple = Field(default_factory=lambda: list(CLIP_MEAN), description="per RGB channel")
+    std: Triple = Field(default_factory=lambda: list(CLIP_STD), description="per RGB channel")
+    steps: list[Step] = Field(
+        default_factory=lambda: _default_image_steps(),
+        min_length=1,
+        description="as the text steps; vectors have the recipe's dimension",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageSpec:
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        _check_steps(self.steps)
+        if any(s.op == "pooling" and s.mode != "cls" for s in self.steps):
+            raise ValueError("image steps pool with mode 'cls' (there is no attention mask)")
+        return self
+
+
+def _default_image_steps() -> list[Step]:
+    return [Pooling(op="pooling", mode="cls"), Normalize(op="normalize")]
+
+
+def _check_steps(steps: list[Step]) -> None:
+    ops = [s.op for s in steps]
+    if ops[0] != "pooling" or ops.count("pooling") != 1:
+        raise ValueError("steps must start with exactly one pooling step")
+    for op in ("layer_norm", "truncate", "normalize"):
+        if ops.count(op) > 1:
+            raise ValueError(f"step {op!r} appears more than once")
+    if "normalize" in ops and ops[-1] != "normalize":
+        raise ValueError("normalize must be the last step")
+
+
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
     version: Annotated[str, Field(min_length=1, max_length=50)]
-    model: ModelSpec
-    steps: list[Step] = Field(min_length=1)
+    model: ModelSpec | None = Field(
+        None, description="the text model; may be left out when `image` is set (image only)"
+    )
+    steps: list[Step] = Field(
+        default_factory=list, description="the text model's steps (required with `model`)"
+    )
     # Range-checked against the model's hidden size when splicing, where both numbers are known.
     dimension: int = Field(description="width of the output vectors, 1 to the hidden size")
     dimensions: list[Annotated[int, Field(ge=1)]] | None = Field(
@@ -112,17 +172,21 @@ class Recipe(_Strict):
     tokenizer: TokenizerSpec = TokenizerSpec()
     prompts: dict[str, str] = Field(default_factory=dict, description="task name -> prefix")
     default_prompt: str | None = None
+    image: ImageSpec | None = Field(
+        None, description="an image model in the same embedding space (optional)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        ops = [s.op for s in self.steps]
-        if ops[0] != "pooling" or ops.count("pooling") != 1:
-            raise ValueError("steps must start with exactly one pooling step")
-        for op in ("layer_norm", "truncate", "normalize"):
-            if ops.count(op) > 1:
-                raise ValueError(f"step {op!r} appears more than once")
-        if "normalize" in ops and ops[-1] != "normalize":
-            raise ValueError("normalize must be the last step")
+        if self.model is None:
+            if self.image is None:
+                raise ValueError("set 'model' (text), 'image', or both")
+            if self.steps or self.prompts:
+                raise ValueError("'steps' and 'prompts' belong to a text model; add 'model'")
+        else:
+            if not self.steps:
+                raise ValueError("'steps' is required with a text model")
+            _check_steps(self.steps)
         for d in self.allowed_dimensions:
             if d > self.dimension:
                 raise ValueError(f"dimensions value {d} exceeds dimension {self.dimension}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoderfile.errors import ResolveError
-from encoderfile.recipe import COMMIT, HubSource, Recipe
+from encoderfile.recipe import COMMIT, GraphSpec, HubSource, Recipe
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,55 @@ def resolve(
 ) -> ResolvedModel:
     """Locate every file the recipe lists and check it against its pin."""
     spec = recipe.model
+    if spec is None:
+        raise ResolveError(f"{recipe_path}: the recipe has no text model. Add 'model'.")
+    files, actual, source = _resolve_files(spec, recipe_path, allow_unpinned, check_hashes)
+    return ResolvedModel(
+        files=files,
+        sha256=actual,
+        source=source,
+        graph=files[spec.graph],
+        tokenizer=files[spec.tokenizer],
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedGraph:
+    files: dict[str, Path]
+    sha256: dict[str, str]
+    source: dict[str, str]
+    graph: Path
+
+
+def resolve_image(
+    recipe: Recipe,
+    recipe_path: Path,
+    *,
+    allow_unpinned: bool = False,
+    check_hashes: bool = True,
+) -> ResolvedGraph | None:
+    """The recipe's image model files, checked like the text model's; None without one."""
+    if recipe.image is None:
+        return None
+    spec = recipe.image.model
+    files, actual, source = _resolve_files(
+        spec, recipe_path, allow_unpinned, check_hashes, section="image.model"
+    )
+    return ResolvedGraph(files, actual, source, files[spec.graph])
+
+
+def _resolve_files(
+    spec: GraphSpec,
+    recipe_path: Path,
+    allow_unpinned: bool,
+    check_hashes: bool,
+    section: str = "model",
+) -> tuple[dict[str, Path], dict[str, str], dict[str, str]]:
     if spec.hub is not None:
-        files, source = _from_hub(spec.hub, recipe_path, allow_unpinned)
+        files, source = _from_hub(spec.hub, recipe_path, allow_unpinned, section)
     else:
         assert spec.local is not None
-        files, source = _from_local(spec.local.path, spec.local.files, recipe_path)
+        files, source = _from_local(spec.local.path, spec.local.files, recipe_path, section)
     actual = {key: sha256_file(path) for key, path in files.items()}
     if check_hashes:
         pins = spec.source.files
@@ -55,22 +99,16 @@ def resolve(
                     f"{key} sha256 is {actual[key][:12]}…, the recipe pins {pin[:12]}…. "
                     f"If the new file is intended, run 'encoderfile pin {recipe_path}'."
                 )
-    return ResolvedModel(
-        files=files,
-        sha256=actual,
-        source=source,
-        graph=files[spec.graph],
-        tokenizer=files[spec.tokenizer],
-    )
+    return files, actual, source
 
 
 def _from_local(
-    path: str, wanted: dict[str, str | None], recipe_path: Path
+    path: str, wanted: dict[str, str | None], recipe_path: Path, section: str = "model"
 ) -> tuple[dict[str, Path], dict[str, str]]:
     root = Path(path) if Path(path).is_absolute() else recipe_path.parent / path
     if not root.is_dir():
         raise ResolveError(
-            f"{recipe_path}: model.local.path {path!r} is not a directory ({root}). "
+            f"{recipe_path}: {section}.local.path {path!r} is not a directory ({root}). "
             "Fix the path (relative paths are relative to the recipe file)."
         )
     files = {}
@@ -79,18 +117,18 @@ def _from_local(
         if not file.is_file():
             raise ResolveError(
                 f"{recipe_path}: file {key!r} is missing from {root}. "
-                "Add it there or fix model.local.files."
+                f"Add it there or fix {section}.local.files."
             )
         files[key] = file
     return files, {"source": "local", "path": path}
 
 
 def _from_hub(
-    hub: HubSource, recipe_path: Path, allow_unpinned: bool
+    hub: HubSource, recipe_path: Path, allow_unpinned: bool, section: str = "model"
 ) -> tuple[dict[str, Path], dict[str, str]]:
     if not hub.pinned and not allow_unpinned:
         raise ResolveError(
-            f"{recipe_path}: model.hub.revision {hub.revision!r} is not a 40-hex commit. "
+            f"{recipe_path}: {section}.hub.revision {hub.revision!r} is not a 40-hex commit. "
             "Pin a commit for a reproducible build, or pass --allow-unpinned."
         )
     from huggingface_hub import hf_hub_download

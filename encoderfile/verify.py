@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from encoderfile.errors import VerifyError
-from encoderfile.recipe import Recipe
+from encoderfile.recipe import Recipe, Step
 
 BUILD_TOLERANCE = 1e-5  # spliced graph vs numpy reference, same machine
 GOLDEN_TOLERANCE = 1e-4  # artifact self-check on another machine (other CPU kernels)
@@ -74,6 +75,13 @@ def run(sess: ort.InferenceSession, batch: Batch, output: str, where: str) -> np
 
 def reference(states: np.ndarray, mask: np.ndarray, recipe: Recipe) -> np.ndarray:
     """The recipe's steps in float64 numpy, the maths each splice module states."""
+    return reference_steps(states, mask, recipe.steps, recipe.dimension)
+
+
+def reference_steps(
+    states: np.ndarray, mask: np.ndarray, steps: Sequence[Step], dimension: int
+) -> np.ndarray:
+    """`steps` in float64 numpy over token states [b, s, h] and their mask [b, s]."""
     if states.ndim != 3:
         raise VerifyError(
             f"the token-state output has shape {list(states.shape)}, not [batch, sequence, hidden]. "
@@ -81,7 +89,7 @@ def reference(states: np.ndarray, mask: np.ndarray, recipe: Recipe) -> np.ndarra
         )
     x = states.astype(np.float64)
     m = mask.astype(np.float64)
-    for step in recipe.steps:
+    for step in steps:
         match step.op:
             case "pooling" if step.mode == "mean":
                 x = (x * m[..., None]).sum(1) / np.maximum(m.sum(1, keepdims=True), 1e-9)
@@ -94,13 +102,13 @@ def reference(states: np.ndarray, mask: np.ndarray, recipe: Recipe) -> np.ndarra
                 centred = x - x.mean(-1, keepdims=True)
                 x = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + step.eps)
             case "truncate":
-                x = x[:, : recipe.dimension]
+                x = x[:, :dimension]
             case "normalize":
                 x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     return x
 
 
-def check(spliced: np.ndarray, expected: np.ndarray, texts: list[str]) -> Golden:
+def check(spliced: np.ndarray, expected: np.ndarray, texts: Sequence[str]) -> Golden:
     """Fail the build unless the spliced graph equals the reference within BUILD_TOLERANCE."""
     if spliced.shape != expected.shape:
         raise VerifyError(
@@ -114,4 +122,4 @@ def check(spliced: np.ndarray, expected: np.ndarray, texts: list[str]) -> Golden
             f"(tolerance {BUILD_TOLERANCE}). Check the model's precision (fp16 graphs need fp32 "
             "token states) or report the recipe."
         )
-    return Golden(texts, spliced, diff)
+    return Golden(list(texts), spliced, diff)

@@ -3,7 +3,8 @@
 Each export lands in models/<name>/ (git-ignored) with a stamp of the package versions that made
 it, so it is built once per machine and rebuilt when those versions change.
 
-    python -m tools.models all-minilm-l6-v2 [wordllama nomic-random nomic-random-full paraphrase-minilm-l3]
+    python -m tools.models all-minilm-l6-v2 [wordllama nomic-random nomic-random-full paraphrase-minilm-l3
+                                         clip-vision-random]
 """
 
 from __future__ import annotations
@@ -176,6 +177,57 @@ def paraphrase_minilm_l3() -> Path:
     return _cached("paraphrase-minilm-l3", stamp, make)
 
 
+def clip_vision_random_torch():  # type: ignore[no-untyped-def]
+    """A small random-weight CLIPVisionModel (224 px, patch 32, hidden 64, 2 layers), seed 0:
+    the stand-in for nomic-embed-vision-v1.5, whose weights no reachable registry has."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=224,
+        patch_size=32,
+    )
+    return CLIPVisionModel(config).eval()
+
+
+def clip_vision_random() -> Path:
+    """clip_vision_random_torch exported to ONNX: pixel_values [b, 3, 224, 224] ->
+    last_hidden_state [b, 50, 64] (the image steps take its CLS token, as nomic-embed-vision)."""
+
+    def make(out: Path) -> None:
+        import torch
+
+        model = clip_vision_random_torch()
+
+        class States(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, pixel_values):  # type: ignore[no-untyped-def]
+                return self.inner(pixel_values=pixel_values).last_hidden_state
+
+        torch.onnx.export(
+            States(model).eval(),
+            (torch.zeros(2, 3, 224, 224),),
+            str(out / "model.onnx"),
+            dynamo=False,
+            opset_version=17,
+            input_names=["pixel_values"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}},
+        )
+        model.config.to_json_file(str(out / "config.json"))
+
+    stamp = {"transformers": version("transformers"), "torch": version("torch")}
+    return _cached("clip-vision-random", stamp, make)
+
+
 def _site_files(name: str) -> list[Path]:
     import site
 
@@ -188,6 +240,7 @@ EXPORTS: dict[str, Callable[[], Path]] = {
     "nomic-random": nomic_random,
     "nomic-random-full": lambda: nomic_random(full=True),
     "paraphrase-minilm-l3": paraphrase_minilm_l3,
+    "clip-vision-random": clip_vision_random,
 }
 
 if __name__ == "__main__":

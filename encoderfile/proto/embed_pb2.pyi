@@ -57,7 +57,7 @@ class Limits(_message.Message):
     def __init__(self, max_body_bytes: _Optional[int] = ..., max_inputs: _Optional[int] = ..., max_chars: _Optional[int] = ..., max_inflight: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("name", "version", "model_id", "model_revision", "model_sha256", "dimension", "dimensions", "normalized", "prompts", "default_prompt", "max_length", "limits", "encoderfile_version", "artifact_sha256")
+    __slots__ = ("name", "version", "model_id", "model_revision", "model_sha256", "dimension", "dimensions", "normalized", "prompts", "default_prompt", "max_length", "limits", "encoderfile_version", "artifact_sha256", "vision_model")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class InfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     ENCODERFILE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    VISION_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     model_id: str
@@ -93,4 +94,43 @@ class InfoResponse(_message.Message):
     limits: Limits
     encoderfile_version: str
     artifact_sha256: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dimension: _Optional[int] = ..., dimensions: _Optional[_Iterable[int]] = ..., normalized: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt: _Optional[str] = ..., max_length: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., encoderfile_version: _Optional[str] = ..., artifact_sha256: _Optional[str] = ...) -> None: ...
+    vision_model: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dimension: _Optional[int] = ..., dimensions: _Optional[_Iterable[int]] = ..., normalized: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt: _Optional[str] = ..., max_length: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., encoderfile_version: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., vision_model: _Optional[bool] = ...) -> None: ...
+
+class EmbedImagesRequest(_message.Message):
+    __slots__ = ("images", "dimensions")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    dimensions: int
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., dimensions: _Optional[int] = ...) -> None: ...
+
+class ImageStatsRequest(_message.Message):
+    __slots__ = ("image", "averaging_method")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    AVERAGING_METHOD_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    averaging_method: str
+    def __init__(self, image: _Optional[bytes] = ..., averaging_method: _Optional[str] = ...) -> None: ...
+
+class Color(_message.Message):
+    __slots__ = ("rgb", "hex", "method")
+    RGB_FIELD_NUMBER: _ClassVar[int]
+    HEX_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    rgb: _containers.RepeatedScalarFieldContainer[float]
+    hex: str
+    method: str
+    def __init__(self, rgb: _Optional[_Iterable[float]] = ..., hex: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
+
+class ImageStatsResponse(_message.Message):
+    __slots__ = ("exif_json", "avg_color", "dominant_color", "time_ms")
+    EXIF_JSON_FIELD_NUMBER: _ClassVar[int]
+    AVG_COLOR_FIELD_NUMBER: _ClassVar[int]
+    DOMINANT_COLOR_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    exif_json: str
+    avg_color: Color
+    dominant_color: Color
+    time_ms: float
+    def __init__(self, exif_json: _Optional[str] = ..., avg_color: _Optional[_Union[Color, _Mapping]] = ..., dominant_color: _Optional[_Union[Color, _Mapping]] = ..., time_ms: _Optional[float] = ...) -> None: ...

@@ -49,6 +49,16 @@ class EmbedderStub:
                 request_serializer=encoderfile_dot_proto_dot_embed__pb2.InfoRequest.SerializeToString,
                 response_deserializer=encoderfile_dot_proto_dot_embed__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.EmbedImages = channel.unary_unary(
+                '/encoderfile.v1.Embedder/EmbedImages',
+                request_serializer=encoderfile_dot_proto_dot_embed__pb2.EmbedImagesRequest.SerializeToString,
+                response_deserializer=encoderfile_dot_proto_dot_embed__pb2.EmbedResponse.FromString,
+                _registered_method=True)
+        self.ImageStats = channel.unary_unary(
+                '/encoderfile.v1.Embedder/ImageStats',
+                request_serializer=encoderfile_dot_proto_dot_embed__pb2.ImageStatsRequest.SerializeToString,
+                response_deserializer=encoderfile_dot_proto_dot_embed__pb2.ImageStatsResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -75,6 +85,21 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedImages(self, request, context):
+        """Embeds images (file bytes: JPEG, PNG, GIF, WebP, BMP, TIFF) into the text model's space.
+        NOT_FOUND when the artifact has no image model (InfoResponse.vision_model).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImageStats(self, request, context):
+        """EXIF tags and average / dominant colour of one image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +117,16 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=encoderfile_dot_proto_dot_embed__pb2.InfoRequest.FromString,
                     response_serializer=encoderfile_dot_proto_dot_embed__pb2.InfoResponse.SerializeToString,
+            ),
+            'EmbedImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedImages,
+                    request_deserializer=encoderfile_dot_proto_dot_embed__pb2.EmbedImagesRequest.FromString,
+                    response_serializer=encoderfile_dot_proto_dot_embed__pb2.EmbedResponse.SerializeToString,
+            ),
+            'ImageStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImageStats,
+                    request_deserializer=encoderfile_dot_proto_dot_embed__pb2.ImageStatsRequest.FromString,
+                    response_serializer=encoderfile_dot_proto_dot_embed__pb2.ImageStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +210,60 @@ class Embedder:
             '/encoderfile.v1.Embedder/Info',
             encoderfile_dot_proto_dot_embed__pb2.InfoRequest.SerializeToString,
             encoderfile_dot_proto_dot_embed__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/encoderfile.v1.Embedder/EmbedImages',
+            encoderfile_dot_proto_dot_embed__pb2.EmbedImagesRequest.SerializeToString,
+            encoderfile_dot_proto_dot_embed__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImageStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/encoderfile.v1.Embedder/ImageStats',
+            encoderfile_dot_proto_dot_embed__pb2.ImageStatsRequest.SerializeToString,
+            encoderfile_dot_proto_dot_embed__pb2.ImageStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1024  # inputs read, embedded and written at a time: memory stays bounded
 EXIT_USER = 2
-COMMANDS = ("embed", "info", "verify", "serve")
+COMMANDS = ("embed", "stats", "info", "verify", "serve")
 VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
 
 
@@ -85,6 +85,12 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         "Output order follows input order.",
     )
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
+    p.add_argument(
+        "--image",
+        nargs="+",
+        metavar="FILE",
+        help="embed these image files instead of texts (needs an image model; see info)",
+    )
     p.add_argument("--input", metavar="FILE", help="JSONL file, one object per line ('-': stdin)")
     p.add_argument("--text-field", default="text", metavar="KEY", help="JSONL text key (text)")
     p.add_argument("--id-field", metavar="KEY", help="JSONL key copied to the output as 'id'")
@@ -121,6 +127,21 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         help="fail on texts longer than max_length instead of truncating them",
     )
     p.set_defaults(run=_embed)
+
+    p = sub.add_parser(
+        "stats",
+        parents=[common],
+        help="EXIF tags and average / dominant colour of an image, as JSON",
+        description="Print an image's EXIF tags and colour statistics as one JSON object.",
+    )
+    p.add_argument("file", metavar="FILE", help="JPEG, PNG, GIF, WebP, BMP or TIFF file")
+    p.add_argument(
+        "--averaging-method",
+        choices=("arithmetic", "geometric"),
+        default="arithmetic",
+        help="how avg_color is computed (default arithmetic)",
+    )
+    p.set_defaults(run=_stats)
 
     p = sub.add_parser(
         "info",
@@ -210,6 +231,8 @@ def positive_int(value: str) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
+    if args.image:
+        return _embed_images(args)
     if args.texts and args.input:
         raise UsageError("pass texts as arguments or with --input, not both")
     if args.id_field and not args.input:
@@ -543,6 +566,7 @@ def _info(args: argparse.Namespace) -> int:
     if bundle.source.is_file():
         info["artifact"]["size"] = bundle.source.stat().st_size
     info["runtime"] = {"encoderfile": __version__, "python": platform.python_version()}
+    info["image"] = _image_info(m.get("image"))
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False))
         return 0
@@ -551,6 +575,8 @@ def _info(args: argparse.Namespace) -> int:
         f"{model.get('repo')}@{model.get('revision')}"
         if model.get("source") == "hub"
         else f"local {model.get('path')}"
+        if model
+        else "none (image model only)"
     )
     steps = " → ".join(
         s.get("op", "?") + "(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "op") + ")"
@@ -576,6 +602,7 @@ def _info(args: argparse.Namespace) -> int:
         ("tools", ", ".join(f"{k} {v}" for k, v in sorted((m.get("tools") or {}).items()))),
         ("built_at", str(m.get("built_at"))),
         ("artifact", info["artifact"]["path"]),
+        ("image", _image_summary(info["image"])),
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
@@ -589,6 +616,8 @@ def _verify(args: argparse.Namespace) -> int:
     from encoderfile.runtime.payload import open_bundle
 
     bundle = open_bundle(args.bundle)
+    if not bundle.manifest.has_text:  # an image model alone
+        return 0 if _verify_images(bundle, args.threads) else 1
     golden = bundle.manifest.golden
     if not golden or not golden.get("texts"):
         raise ArtifactError("manifest.json has no golden vectors. Rebuild the bundle.")
@@ -606,6 +635,8 @@ def _verify(args: argparse.Namespace) -> int:
         f"{'ok' if ok else 'FAILED'}: max |diff| {diff:.3g} over {len(expected)} golden texts "
         f"(tolerance {tolerance:g})"
     )
+    if bundle.vision is not None:
+        ok = _verify_images(bundle, args.threads) and ok
     if not ok:
         print(
             "encoderfile: this machine computes embeddings that differ from the build's. "
@@ -634,3 +665,100 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("this build has no server (encoderfile.runtime.server is missing)")
 
     return int(server.run(args, open_bundle(args.bundle)))
+
+
+# ---------------------------------------------------------------------------------------- images
+
+
+def _embed_images(args: argparse.Namespace) -> int:
+    if args.texts or args.input:
+        raise UsageError("pass texts or --image files, not both")
+    if args.prompt:
+        raise UsageError("--prompt applies to texts, not images")
+    if args.format == "npy" and not args.output and sys.stdout.isatty():
+        raise UsageError("refusing to write binary .npy to a terminal; pass --output FILE.npy")
+    from encoderfile.runtime.payload import open_bundle
+    from encoderfile.runtime.vision import ImageEmbedder
+
+    bundle = open_bundle(args.bundle)
+    embedder = ImageEmbedder(bundle, args.threads)
+    width = args.dimensions or bundle.manifest.dimension
+    embedder.embed([], width)  # an unknown width fails before any file is read
+    with _output(args.output) as out:
+        writer = _WRITERS[args.format](out, width)
+        for start in range(0, len(args.image), 64):
+            files = args.image[start : start + 64]
+            pixels = [embedder.pixels(_read_image(path), path) for path in files]
+            records = [Record(path, path, "") for path in files]
+            writer.write(records, embedder.embed(pixels, width), [0] * len(files))
+        writer.close()
+    return 0
+
+
+def _read_image(path: str) -> Any:
+    from encoderfile.runtime import image as pictures
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(pictures.MAX_BYTES + 1)
+    except OSError as e:
+        raise RequestError(f"cannot read image {path}: {e.strerror}. Check the path.") from None
+    return pictures.decode(data, path)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from encoderfile.runtime import image as pictures
+
+    result = pictures.stats(_read_image(args.file), args.averaging_method)
+    print(json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False))
+    return 0
+
+
+def _image_info(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not section:
+        return None
+    golden = section.get("golden") or {}
+    return {
+        "model": {k: v for k, v in (section.get("model") or {}).items()},
+        "size": section.get("size"),
+        "mean": section.get("mean"),
+        "std": section.get("std"),
+        "steps": section.get("steps"),
+        "graph": section.get("graph"),
+        "golden": {"tolerance": golden.get("tolerance"), "images": len(golden.get("images", []))},
+    }
+
+
+def _image_summary(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return "none (text only)"
+    model = info["model"]
+    source = (
+        f"{model.get('repo')}@{model.get('revision')}"
+        if model.get("source") == "hub"
+        else f"local {model.get('path')}"
+        if model
+        else "none (image model only)"
+    )
+    steps = " → ".join(s.get("op", "?") for s in info.get("steps") or [])
+    return f"{source}; {info['size']} px, bicubic + centre crop; steps {steps}"
+
+
+def _verify_images(bundle: Any, threads: int | None) -> bool:
+    import numpy as np
+
+    from encoderfile.runtime.vision import ImageEmbedder
+
+    expected, got, tolerance = ImageEmbedder(bundle, threads).golden()
+    if got.shape != expected.shape:
+        raise ArtifactError(
+            f"image golden vectors have shape {expected.shape}, the model gives {got.shape}. "
+            "Rebuild the bundle."
+        )
+    diff = float(np.abs(got - expected).max())
+    ok = diff <= tolerance
+    print(
+        f"{'ok' if ok else 'FAILED'}: max |diff| {diff:.3g} over {len(expected)} golden images "
+        f"(tolerance {tolerance:g})"
+    )
+    return ok

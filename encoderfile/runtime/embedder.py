@@ -54,6 +54,11 @@ class Embedder:
     """One ORT session and tokenizer over a verified bundle; safe to call from one thread."""
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
+        if not bundle.manifest.has_text:
+            raise RequestError(
+                f"{bundle.manifest.name} has no text model, only an image model. "
+                "Embed images (embed --image, POST /img/embed)."
+            )
         self.manifest: Manifest = bundle.manifest
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cpus()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 import uuid
@@ -16,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from encoderfile.errors import EncoderfileError, OverloadedError, RequestError
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
+from encoderfile.runtime.image_service import BATCH_BODY_BYTES
 from encoderfile.runtime.serve_errors import (
     NotFoundError,
     NotReadyError,
@@ -70,6 +72,49 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
     ) -> embed_pb2.InfoResponse:
         return await self._call("Info", context, lambda stats: self._info())
 
+    async def EmbedImages(  # noqa: N802
+        self, request: embed_pb2.EmbedImagesRequest, context: grpc.aio.ServicerContext
+    ) -> embed_pb2.EmbedResponse:
+        return await self._call(
+            "EmbedImages", context, functools.partial(self._embed_images, request)
+        )
+
+    async def ImageStats(  # noqa: N802
+        self, request: embed_pb2.ImageStatsRequest, context: grpc.aio.ServicerContext
+    ) -> embed_pb2.ImageStatsResponse:
+        return await self._call("ImageStats", context, functools.partial(self._stats, request))
+
+    async def _embed_images(
+        self, request: embed_pb2.EmbedImagesRequest, stats: dict[str, int]
+    ) -> embed_pb2.EmbedResponse:
+        started = time.perf_counter()
+        dimensions = self.service.check_dimensions(
+            request.dimensions if request.HasField("dimensions") else None
+        )
+        images = list(request.images)
+        vectors = await asyncio.to_thread(self.service.images.embed, images, dimensions, "images")
+        stats["inputs"] = len(images)
+        return embed_pb2.EmbedResponse(
+            embeddings=[embed_pb2.Embedding(values=v) for v in vectors],
+            dimensions=vectors.shape[1],
+            time_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def _stats(
+        self, request: embed_pb2.ImageStatsRequest, stats: dict[str, int]
+    ) -> embed_pb2.ImageStatsResponse:
+        started = time.perf_counter()
+        method = request.averaging_method if request.HasField("averaging_method") else None
+        result = await asyncio.to_thread(self.service.images.stats, request.image, method, "image")
+        stats["inputs"] = 1
+        colors = result["color_data"] or {}
+        return embed_pb2.ImageStatsResponse(
+            exif_json=json.dumps(result["exif_data"], sort_keys=True),
+            avg_color=embed_pb2.Color(**colors["avg_color"]) if colors else None,
+            dominant_color=embed_pb2.Color(**colors["dominant_color"]) if colors else None,
+            time_ms=(time.perf_counter() - started) * 1000,
+        )
+
     async def _info(self) -> embed_pb2.InfoResponse:
         info = self.service.info()
         return embed_pb2.InfoResponse(
@@ -87,6 +132,7 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             limits=embed_pb2.Limits(**info["limits"]),
             encoderfile_version=info["encoderfile_version"],
             artifact_sha256=info["artifact_sha256"] or "",
+            vision_model=info["vision_model"],
         )
 
     async def _embed(
@@ -163,6 +209,8 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
 def create_server(service: Service, address: str) -> tuple[grpc.aio.Server, Any]:
     """An unstarted grpc.aio server bound to `address`, and its health servicer."""
     limit = service.limits.max_body_bytes
+    if service.images.available:  # images are larger than texts
+        limit = max(limit, BATCH_BODY_BYTES)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from encoderfile.errors import EncoderfileError, OverloadedError, RequestError
 from encoderfile.runtime import metrics as prom
+from encoderfile.runtime.image_service import BATCH_BODY_BYTES, BODY_BYTES
 from encoderfile.runtime.openapi import spec
 from encoderfile.runtime.serve_errors import (
     ClientGoneError,
@@ -108,6 +109,9 @@ def create_app(service: Service, *, cors_origins: Sequence[str] = ()) -> Starlet
         ],
         *[Route(path, api.openai, methods=post) for path in ("/v1/embeddings", "/embeddings")],
         Route("/tokenize", api.tokenize, methods=post),
+        Route("/img/embed", api.img_embed, methods=post),
+        Route("/img/batch", api.img_batch, methods=post),
+        Route("/img/stats", api.img_stats, methods=post),
     ]
     assets = _swagger_ui_assets()
     if assets is not None:  # without them /docs is a blank page; the API works the same
@@ -239,7 +243,8 @@ class _Api:
         self.name = service.manifest.name
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "OK", "text_model": True, "vision_model": False})
+        text, vision = self.service.manifest.has_text, self.service.images.available
+        return JSONResponse({"status": "OK", "text_model": text, "vision_model": vision})
 
     async def ready(self, request: Request) -> Response:
         if not self.service.ready:
@@ -385,6 +390,43 @@ class _Api:
                 ]
             }
         )
+
+    async def img_embed(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_object(request, max(self.service.limits.max_body_bytes, BODY_BYTES))
+        _only(body, {"content", "dim"}, "POST /img/embed")
+        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        images = self.service.images
+        vectors = await asyncio.to_thread(images.embed, [body.get("content")], dim, "content", True)
+        request.state.inputs = 1
+        return JSONResponse({"embedding": vectors[0].tolist(), "time_ms": _ms(started)})
+
+    async def img_batch(self, request: Request) -> Response:
+        started = time.perf_counter()
+        limit = max(self.service.limits.max_body_bytes, BATCH_BODY_BYTES)
+        body = await _read_object(request, limit)
+        _only(body, {"contents", "dim"}, "POST /img/batch")
+        contents = body.get("contents")
+        if not isinstance(contents, list):
+            raise InvalidFieldError(
+                f"'contents' must be a list of data URLs or base64 strings, got {_kind(contents)}.",
+                param="contents",
+            )
+        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        vectors = await asyncio.to_thread(self.service.images.embed, contents, dim, "contents")
+        request.state.inputs = len(contents)
+        return JSONResponse({"embeddings": vectors.tolist(), "time_ms": _ms(started)})
+
+    async def img_stats(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_object(request, max(self.service.limits.max_body_bytes, BODY_BYTES))
+        _only(body, {"content", "averaging_method"}, "POST /img/stats")
+        method = _str(body, "averaging_method")
+        stats = await asyncio.to_thread(
+            self.service.images.stats, body.get("content"), method, "content"
+        )
+        request.state.inputs = 1
+        return JSONResponse({**stats, "time_ms": _ms(started)})
 
     def _token_ids(self, rows: list[list[int]], prompt: str | None) -> list[TokenIds]:
         if prompt is not None:

@@ -212,6 +212,7 @@ def spec(manifest: Manifest) -> dict[str, Any]:
         },
         "Error": native_error,
         "OpenAIError": openai_error,
+        **_image_schemas(dims),
     }
     embed = _post("Embed one text", "EmbedRequest", "EmbedResponse", "native", "Error")
     batch = _post("Embed several texts", "BatchRequest", "BatchResponse", "native", "Error")
@@ -245,9 +246,80 @@ def spec(manifest: Manifest) -> dict[str, Any]:
             "/tokenize": _post(
                 "Token ids and strings", "TokenizeRequest", "TokenizeResponse", "native", "Error"
             ),
+            **_image_paths(manifest.image is not None),
         },
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _image_paths(vision: bool) -> dict[str, Any]:
+    """/img/stats always (it needs no model); /img/embed and /img/batch with an image model."""
+    paths = {
+        "/img/stats": _post(
+            "EXIF tags, average and dominant colour", "ImageStatsRequest", "ImageStatsResponse",
+            "images", "Error",
+        )
+    }  # fmt: skip
+    if vision:
+        paths["/img/embed"] = _post(
+            "Embed one image", "ImageEmbedRequest", "EmbedResponse", "images", "Error"
+        )
+        paths["/img/batch"] = _post(
+            "Embed several images", "ImageBatchRequest", "BatchResponse", "images", "Error"
+        )
+    return paths
+
+
+def _image_schemas(dims: list[int]) -> dict[str, Any]:
+    content = {
+        "type": "string",
+        "description": "data URL (data:image/png;base64,...) or raw base64 of a JPEG, PNG, GIF, "
+        "WebP, BMP or TIFF file; at most 20 MB and 50 megapixels. URLs are not fetched.",
+    }
+    dim = {"type": "integer", "enum": dims, "description": "prefix width, re-normalised"}
+    color = {
+        "type": "object",
+        "properties": {
+            "rgb": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+            "hex": {"type": "string"},
+            "method": {"type": "string"},
+        },
+    }
+    return {
+        "ImageEmbedRequest": {
+            "type": "object",
+            "required": ["content"],
+            "additionalProperties": False,
+            "properties": {"content": content, "dim": dim},
+        },
+        "ImageBatchRequest": {
+            "type": "object",
+            "required": ["contents"],
+            "additionalProperties": False,
+            "properties": {"contents": {"type": "array", "items": content}, "dim": dim},
+        },
+        "ImageStatsRequest": {
+            "type": "object",
+            "required": ["content"],
+            "additionalProperties": False,
+            "properties": {
+                "content": content,
+                "averaging_method": {"type": "string", "enum": ["arithmetic", "geometric"]},
+            },
+        },
+        "ImageStatsResponse": {
+            "type": "object",
+            "properties": {
+                "exif_data": {"type": "object"},
+                "color_data": {
+                    "type": "object",
+                    "nullable": True,
+                    "properties": {"avg_color": color, "dominant_color": color},
+                },
+                "time_ms": {"type": "number"},
+            },
         },
     }

@@ -16,6 +16,7 @@ FORMAT_VERSION = 1
 MAGIC = b"ENCFILE1"
 TRAILER = struct.Struct("<8sQQ")  # magic, index offset, index length (24 bytes, end of file)
 FILES = ("model.onnx", "tokenizer.json", "manifest.json")
+OPTIONAL_FILES = ("vision.onnx",)  # present when the manifest lists them
 ARTIFACT_ENV = "ENCODERFILE_ARTIFACT"
 
 
@@ -44,7 +45,7 @@ class Manifest:
                 "Rebuild the bundle with a matching encoderfile."
             )
         try:
-            tok = raw["tokenizer"]
+            tok = raw["tokenizer"] or {}  # null in an image-only bundle
             manifest = cls(
                 name=str(raw["name"]),
                 version=str(raw["version"]),
@@ -53,7 +54,7 @@ class Manifest:
                 normalized=bool(raw["normalized"]),
                 prompts={str(k): str(v) for k, v in (raw.get("prompts") or {}).items()},
                 default_prompt=raw.get("default_prompt"),
-                max_length=int(tok["max_length"]),
+                max_length=int(tok["max_length"]) if raw["tokenizer"] else 0,
                 padding_side=str(tok.get("padding_side", "right")),
                 files={str(k): str(v) for k, v in raw["files"].items()},
                 raw=raw,
@@ -73,6 +74,16 @@ class Manifest:
     def golden(self) -> dict[str, Any] | None:
         return self.raw.get("golden")
 
+    @property
+    def has_text(self) -> bool:
+        """False for a bundle holding an image model alone."""
+        return "model.onnx" in self.files
+
+    @property
+    def image(self) -> dict[str, Any] | None:
+        """The image model's section (size, mean/std, steps, golden), or None without one."""
+        return self.raw.get("image")
+
 
 @dataclass(frozen=True)
 class Bundle:
@@ -83,6 +94,7 @@ class Bundle:
     tokenizer: str = field(repr=False)
     source: Path
     hashes: dict[str, str]  # sha256 of each embedded file as found (equal to manifest.files)
+    vision: bytes | None = field(default=None, repr=False)  # vision.onnx, when there is one
 
 
 def resolve_source(path: str | os.PathLike[str] | None = None) -> Path:
@@ -114,7 +126,9 @@ def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
     try:
         where = reader.describe()
         manifest = Manifest.from_dict(_parse_json(reader.read("manifest.json"), where), where)
-        data = {name: reader.read(name) for name in ("model.onnx", "tokenizer.json")}
+        text = ["model.onnx", "tokenizer.json"] if manifest.has_text else []
+        names = text + [f for f in OPTIONAL_FILES if f in manifest.files]
+        data = {name: reader.read(name) for name in names}
     finally:
         reader.close()
     hashes = {}
@@ -132,10 +146,17 @@ def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
             )
         hashes[name] = actual
     try:
-        tokenizer = data["tokenizer.json"].decode("utf-8")
+        tokenizer = data.get("tokenizer.json", b"").decode("utf-8")
     except UnicodeDecodeError:
         raise ArtifactError(f"{where}: tokenizer.json is not UTF-8. Rebuild the bundle.") from None
-    return Bundle(manifest, data["model.onnx"], tokenizer, source, hashes)
+    return Bundle(
+        manifest,
+        data.get("model.onnx", b""),
+        tokenizer,
+        source,
+        hashes,
+        data.get(OPTIONAL_FILES[0]),
+    )
 
 
 def read_trailer(fh: Any, size: int) -> tuple[int, int]:

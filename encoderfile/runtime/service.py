@@ -17,9 +17,15 @@ from typing import TYPE_CHECKING, Any
 import encoderfile
 from encoderfile.errors import EncoderfileError
 from encoderfile.runtime.batcher import Batcher
+from encoderfile.runtime.image_service import ImageService
 from encoderfile.runtime.metrics import Metrics
 from encoderfile.runtime.payload import Bundle
-from encoderfile.runtime.serve_errors import InvalidFieldError, NotReadyError, UnauthorizedError
+from encoderfile.runtime.serve_errors import (
+    InvalidFieldError,
+    NotFoundError,
+    NotReadyError,
+    UnauthorizedError,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
@@ -77,6 +83,7 @@ class Service:
         self.limits = limits
         self.metrics = metrics or Metrics()
         self.embedder: Embedder | None = None
+        self.images = ImageService(bundle, limits.max_inputs)
         self.batcher: Batcher | None = None
         self.cold_start_s: float | None = None
         self._api_keys = [k.encode() for k in api_keys]
@@ -97,12 +104,14 @@ class Service:
         """Create the Embedder, run one warm-up inference, then report ready."""
         from encoderfile.runtime.embedder import Embedder
 
-        embedder = Embedder(self.bundle, threads)
-        embedder.embed(["warm up"])
-        self.embedder = embedder
-        self.batcher = Batcher(
-            embedder, max_inflight=self.limits.max_inflight, metrics=self.metrics
-        )
+        self.images.load(threads)
+        if self.manifest.has_text:
+            embedder = Embedder(self.bundle, threads)
+            embedder.embed(["warm up"])
+            self.embedder = embedder
+            self.batcher = Batcher(
+                embedder, max_inflight=self.limits.max_inflight, metrics=self.metrics
+            )
         self.cold_start_s = process_age()
         self._ready.set()
         if self.bundle.source.is_file():
@@ -195,6 +204,7 @@ class Service:
 
     def token_ids(self, rows: Sequence[Sequence[int]], param: str = "input") -> list[TokenIds]:
         """Check token-id inputs (the model's own vocabulary, used as given)."""
+        self._embedder()  # no text model: 404 before the vocabulary is read
         self.check_count(len(rows), param)
         for i, ids in enumerate(rows):
             if not ids:
@@ -246,9 +256,16 @@ class Service:
             "limits": asdict(self.limits),
             "encoderfile_version": encoderfile.__version__,
             "artifact_sha256": self._artifact_sha256,
+            "text_model": m.has_text,
+            "vision_model": self.images.available,
         }
 
     def _embedder(self) -> Embedder:
+        if not self.manifest.has_text:
+            raise NotFoundError(
+                f"{self.manifest.name} has no text model, only an image model. "
+                "Use POST /img/embed or /img/batch (gRPC EmbedImages)."
+            )
         if self.embedder is None:
             raise NotReadyError("The model is still loading. Retry shortly.")
         return self.embedder

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import onnx
 
 from encoderfile.errors import SpliceError
-from encoderfile.recipe import Recipe
+from encoderfile.recipe import Recipe, Step
 from encoderfile.splice import contract, layer_norm, normalize, pooling, truncate
 from encoderfile.splice.editor import MIN_OPSET, GraphEditor
 
@@ -31,42 +32,63 @@ def apply(model: onnx.ModelProto, recipe: Recipe, hidden: int | None, where: str
     `hidden` is the token-state width measured by running the graph, used when the graph's
     declared output shape leaves it symbolic.
     """
+    version = check_opset(model, where)
+    contract.check_inputs(model, where)
+    if recipe.model is None:
+        raise SpliceError(f"{where}: the recipe has no text model. Add 'model'.")
+    states = contract.token_states(model, recipe.model.output, where)
+    hidden = contract.hidden_size(model, states) or hidden
+    hidden = check_dimension(recipe.dimension, hidden, recipe.steps, states, where)
+
+    spliced = onnx.ModelProto()
+    spliced.CopyFrom(model)
+    g = GraphEditor(spliced.graph, version)
+    x = add_steps(g, states, recipe.steps, recipe.dimension, "attention_mask")
+    inputs = contract.finish(spliced, x, recipe.dimension)
+    return Spliced(spliced, inputs, states, hidden, g.added)
+
+
+def check_opset(model: onnx.ModelProto, where: str) -> int:
     version = opset(model)
     if version < MIN_OPSET:
         raise SpliceError(
             f"{where} uses ONNX opset {version}; splicing needs opset {MIN_OPSET} or newer. "
             "Re-export the model with a newer opset (e.g. opset_version=17)."
         )
-    contract.check_inputs(model, where)
-    states = contract.token_states(model, recipe.model.output, where)
-    hidden = contract.hidden_size(model, states) or hidden
+    return version
+
+
+def check_dimension(
+    dimension: int, hidden: int | None, steps: Sequence[Step], states: str, where: str
+) -> int:
+    """The hidden size, once checked against the recipe's dimension and truncate step."""
     if hidden is None:
         raise SpliceError(f"{where}: the width of {states!r} is unknown. Set a static hidden size.")
-    if not 1 <= recipe.dimension <= hidden:
-        problem = "exceeds" if recipe.dimension > hidden else "must be at least 1 and at most"
+    if not 1 <= dimension <= hidden:
+        problem = "exceeds" if dimension > hidden else "must be at least 1 and at most"
         raise SpliceError(
-            f"dimension={recipe.dimension} {problem} the model's hidden size {hidden}. "
+            f"dimension={dimension} {problem} the model's hidden size {hidden}. "
             f"Use a value from 1 to {hidden}."
         )
-    if "truncate" not in [s.op for s in recipe.steps] and recipe.dimension != hidden:
+    if "truncate" not in [s.op for s in steps] and dimension != hidden:
         raise SpliceError(
-            f"dimension={recipe.dimension} differs from the hidden size {hidden} but the recipe "
+            f"dimension={dimension} differs from the hidden size {hidden} but the recipe "
             "has no truncate step. Add '- op: truncate' or set dimension to the hidden size."
         )
+    return hidden
 
-    spliced = onnx.ModelProto()
-    spliced.CopyFrom(model)
-    g = GraphEditor(spliced.graph, version)
+
+def add_steps(g: GraphEditor, states: str, steps: Sequence[Step], dimension: int, mask: str) -> str:
+    """Append the recipe's post-processing steps after `states`; return the last tensor."""
     x = states
-    for step in recipe.steps:
+    for step in steps:
         match step.op:
             case "pooling":
-                x = pooling.add(g, x, "attention_mask", step.mode)
+                x = pooling.add(g, x, mask, step.mode)
             case "layer_norm":
                 x = layer_norm.add(g, x, step.eps)
             case "truncate":
-                x = truncate.add(g, x, recipe.dimension)
+                x = truncate.add(g, x, dimension)
             case "normalize":
                 x = normalize.add(g, x)
-    inputs = contract.finish(spliced, x, recipe.dimension)
-    return Spliced(spliced, inputs, states, hidden, g.added)
+    return x

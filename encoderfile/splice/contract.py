@@ -57,19 +57,19 @@ def hidden_size(model: onnx.ModelProto, states: str) -> int | None:
     return None
 
 
-def finish(model: onnx.ModelProto, x: str, dimension: int) -> list[str]:
-    """Make `x` the only output, named sentence_embedding; drop what no longer feeds it."""
+def finish(model: onnx.ModelProto, x: str, dimension: int, output: str = OUTPUT) -> list[str]:
+    """Make `x` the only output, named `output`; drop what no longer feeds it."""
     graph = model.graph
-    graph.node.append(helper.make_node("Identity", [x], [OUTPUT], name=f"{OUTPUT}/Identity"))
+    graph.node.append(helper.make_node("Identity", [x], [output], name=f"{output}/Identity"))
     del graph.output[:]
     graph.output.append(
-        helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", dimension])
+        helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", dimension])
     )
-    _prune(graph)
+    _prune(graph, output)
     return [i.name for i in graph.input]
 
 
-def _prune(graph: onnx.GraphProto) -> None:
+def _prune(graph: onnx.GraphProto, output: str) -> None:
     needed = {o.name for o in graph.output}
     keep = []
     for node in reversed(graph.node):
@@ -82,7 +82,7 @@ def _prune(graph: onnx.GraphProto) -> None:
     del graph.node[:]
     graph.node.extend(reversed(keep))
     for field in (graph.initializer, graph.input, graph.value_info):
-        kept = [v for v in field if v.name in needed or v.name == OUTPUT]
+        kept = [v for v in field if v.name in needed or v.name == output]
         del field[:]
         field.extend(kept)
 

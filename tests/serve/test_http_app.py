@@ -306,6 +306,7 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
         "/v1/embeddings",
         "/embeddings",
         "/tokenize",
+        "/img/stats",
     }
     assert spec["components"]["schemas"]["OpenAIRequest"]["properties"]["model"]["enum"] == ["tiny"]
     page = client.get("/docs").text

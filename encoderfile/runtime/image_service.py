@@ -1,0 +1,109 @@
+"""What HTTP, gRPC and the CLI share for images: decoding with limits, embedding, stats."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from encoderfile.errors import RequestError
+from encoderfile.runtime.serve_errors import InvalidFieldError, NotFoundError, NotReadyError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL.Image import Image
+
+    from encoderfile.runtime.payload import Bundle
+    from encoderfile.runtime.vision import ImageEmbedder
+
+MAX_IMAGES = 64  # per request
+BODY_BYTES = 32 * 1024 * 1024  # one base64 image of MAX_BYTES (20 MB) fits, with room
+BATCH_BODY_BYTES = 64 * 1024 * 1024
+
+
+class ImageService:
+    """The bundle's image model behind the servers; absent models answer 404."""
+
+    def __init__(self, bundle: Bundle, max_inputs: int):
+        self.bundle = bundle
+        self.max_inputs = min(max_inputs, MAX_IMAGES)
+        self.embedder: ImageEmbedder | None = None
+        self._running = threading.Semaphore(2)  # images are heavy: bound concurrent work
+
+    @property
+    def available(self) -> bool:
+        return self.bundle.vision is not None
+
+    def load(self, threads: int | None = None) -> None:
+        """Create the ImageEmbedder and run one warm-up image (no-op without an image model)."""
+        if not self.available:
+            return
+        import numpy as np
+
+        from encoderfile.runtime.vision import ImageEmbedder
+
+        embedder = ImageEmbedder(self.bundle, threads)
+        embedder.embed([np.zeros((embedder.size, embedder.size, 3), np.uint8)])
+        self.embedder = embedder
+
+    def _embedder(self) -> ImageEmbedder:
+        if not self.available:
+            raise NotFoundError(
+                f"{self.bundle.manifest.name} has no image model. Use the text routes, or an "
+                "artifact built from a recipe with an 'image' section."
+            )
+        if self.embedder is None:
+            raise NotReadyError("The model is still loading. Retry shortly.")
+        return self.embedder
+
+    def check_count(self, n: int, param: str) -> None:
+        if n == 0:
+            raise InvalidFieldError(f"'{param}' is empty. Send at least one image.", param=param)
+        if n > self.max_inputs:
+            raise InvalidFieldError(
+                f"'{param}' has {n} images, over the limit of {self.max_inputs}. "
+                "Split the request.",
+                param=param,
+            )
+
+    def decode(self, content: object, where: str) -> Image:
+        """A data URL or base64 string (HTTP), or raw bytes (gRPC, CLI), as a loaded image."""
+        from encoderfile.runtime import image as pictures
+
+        try:
+            if isinstance(content, bytes):
+                return pictures.decode(content, where)
+            return pictures.from_content(content, where)
+        except RequestError as e:
+            raise InvalidFieldError(str(e), param=where.split("[")[0]) from None
+
+    def embed(
+        self, contents: Sequence[object], dimensions: int | None, param: str, single: bool = False
+    ) -> np.ndarray:
+        """Decode, preprocess and embed images; blocking (call it from a worker thread)."""
+        embedder = self._embedder()
+        self.check_count(len(contents), param)
+        with self._running:
+            pixels = []
+            for i, content in enumerate(contents):
+                where = param if single else f"{param}[{i}]"
+                image = self.decode(content, where)
+                try:
+                    pixels.append(embedder.pixels(image, where))
+                except RequestError as e:
+                    raise InvalidFieldError(str(e), param=param) from None
+            return embedder.embed(pixels, dimensions)
+
+    def stats(self, content: object, averaging_method: str | None, param: str) -> dict[str, Any]:
+        """EXIF and colour statistics of one image; blocking."""
+        from encoderfile.runtime import image as pictures
+
+        method = averaging_method or "arithmetic"
+        if method not in pictures.AVERAGING:
+            raise InvalidFieldError(
+                f"'averaging_method' must be one of {', '.join(pictures.AVERAGING)}, "
+                f"got {method!r}.",
+                param="averaging_method",
+            )
+        with self._running:
+            return pictures.stats(self.decode(content, param), method)
