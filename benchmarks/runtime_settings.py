@@ -23,8 +23,9 @@ from pathlib import Path
 import onnxruntime as ort
 
 from encoderfile.runtime import embedder as embedder_module
-from encoderfile.runtime.embedder import Embedder, available_cpus
+from encoderfile.runtime.embedder import Embedder
 from encoderfile.runtime.payload import open_bundle
+from encoderfile.runtime.session import available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"

@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime.payload import Bundle, Manifest
+from encoderfile.runtime.session import open_session, shorten
 
 # One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
 # longest of them): short texts go 64 at a time, 256-token abstracts 16 at a time.
 BATCH_SIZE = 64
 BATCH_TOKENS = 4096
 OUTPUT = "sentence_embedding"
-
-
-def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota if one is set."""
-    cpus = len(os.sched_getaffinity(0))
-    quota = _cgroup_quota(cgroup)
-    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
-
-
-def _cgroup_quota(cgroup: Path) -> float | None:
-    """CPUs' worth of time per period granted by cgroup v2 cpu.max or v1 cfs_quota_us, if any."""
-    try:
-        if (cgroup / "cpu.max").is_file():  # v2: "max 100000" or "150000 100000"
-            quota, period = (cgroup / "cpu.max").read_text().split()
-        else:
-            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text()  # v1: -1 when unlimited
-            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text()
-        return int(quota) / int(period) if int(quota) > 0 else None
-    except (OSError, ValueError):  # no cgroup files, or "max"
-        return None
 
 
 @dataclass(frozen=True)
@@ -60,18 +37,7 @@ class Embedder:
                 "Embed images (embed --image, POST /img/embed)."
             )
         self.manifest: Manifest = bundle.manifest
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cpus()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only; warnings would pollute stderr
-        try:
-            self._session = ort.InferenceSession(
-                bundle.model, options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # ORT raises its own unrelated exception types
-            raise ArtifactError(
-                f"{bundle.source}: onnxruntime cannot load model.onnx ({e}). Rebuild the bundle."
-            ) from None
+        self._session = open_session(bundle.model, threads, f"{bundle.source}: model.onnx")
         self._inputs = [i.name for i in self._session.get_inputs()]
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown or OUTPUT not in {o.name for o in self._session.get_outputs()}:
@@ -140,11 +106,7 @@ class Embedder:
         """Embed already tokenized inputs (from `tokenize`), rows in input order."""
         width = self.check_dimensions(dimensions)
         vectors = self._run(encodings)
-        if width != self.manifest.dimension:
-            vectors = np.ascontiguousarray(vectors[:, :width])
-            if self.manifest.normalized:
-                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-                vectors /= np.maximum(norms, np.float32(1e-12))
+        vectors = shorten(vectors, width, self.manifest.normalized)
         return Embeddings(
             vectors=vectors,
             tokens=[sum(e.attention_mask) for e in encodings],

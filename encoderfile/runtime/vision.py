@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import onnxruntime as ort
 
 from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime import image as pictures
 from encoderfile.runtime.payload import Bundle
+from encoderfile.runtime.session import open_session, shorten
 
 BATCH_SIZE = 16
 INPUT = "pixel_values"
@@ -30,18 +30,7 @@ class ImageEmbedder:
         self.section = section
         self.size = int(section["size"])
         self.normalized = bool(section.get("normalized", True))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                bundle.vision, options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # ORT raises its own unrelated exception types
-            raise ArtifactError(
-                f"{bundle.source}: onnxruntime cannot load vision.onnx ({e}). Rebuild the bundle."
-            ) from None
+        self._session = open_session(bundle.vision, threads, f"{bundle.source}: vision.onnx")
 
     def pixels(self, image: pictures.Image.Image, where: str = "image") -> np.ndarray:
         """uint8 [size, size, 3] for one decoded image."""
@@ -59,11 +48,7 @@ class ImageEmbedder:
             (out[start : start + len(batch)],) = self._session.run([OUTPUT], {INPUT: batch})
         if not np.isfinite(out).all():
             raise ArtifactError("vision.onnx produced NaN or infinite values. Rebuild the bundle.")
-        if width != self.manifest.dimension:
-            out = np.ascontiguousarray(out[:, :width])
-            if self.normalized:
-                out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
-        return out
+        return shorten(out, width, self.normalized)
 
     def golden(self) -> tuple[np.ndarray, np.ndarray, float]:
         """(expected, recomputed, tolerance) for the golden images stored at build time."""

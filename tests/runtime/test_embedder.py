@@ -10,8 +10,9 @@ import pytest
 
 from encoderfile.errors import RequestError
 from encoderfile.runtime import embedder as embedder_module
-from encoderfile.runtime.embedder import BATCH_SIZE, BATCH_TOKENS, Embedder, available_cpus
+from encoderfile.runtime.embedder import BATCH_SIZE, BATCH_TOKENS, Embedder
 from encoderfile.runtime.payload import open_bundle
+from encoderfile.runtime.session import available_cpus
 from tests.fixtures.tiny_bundle import WORDS, make_tiny_bundle
 
 
