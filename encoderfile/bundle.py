@@ -60,12 +60,15 @@ def write(
     spliced: Spliced,
     tokenizer: Tokenizer,
     golden: Golden,
+    *,
+    precision: dict[str, Any] | None = None,
 ) -> Path:
     """Write the bundle into `out`, replacing it only once every file is complete."""
     model_bytes = _serialize(spliced.model)
     tokenizer_bytes = (tokenizer.to_str(pretty=True) + "\n").encode()
     files = {"model.onnx": model_bytes, "tokenizer.json": tokenizer_bytes}
     manifest = _manifest(recipe, resolved, spliced, golden, files)
+    manifest["precision"] = {"mode": recipe.precision, **(precision or {})}
     files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,28 @@ class TokenizerSpec(_Strict):
     pad_token: str | None = Field(None, description="defaults to the tokenizer's own pad token")
 
 
+class Gate(_Strict):
+    """Build-time quality gate for fp16/int8: held-out texts vs the fp32 graph, and batch invariance."""
+
+    mean_cosine: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.99, description="least mean cosine of a quantized vector to its fp32 vector"
+    )
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.98, description="least cosine of any one held-out text"
+    )
+    batch_max_abs_diff: Annotated[float, Field(ge=0)] = Field(
+        1e-5, description="largest |alone - inside a mixed padded batch| allowed"
+    )
+
+
+Precision = Literal["fp32", "fp16", "int8"]
+REFUSED_PRECISIONS = {
+    "int8-dynamic": "dynamic int8 quantization computes one activation scale per batch (padding "
+    "included), so a text's vector changes with its batch neighbours. Use precision: int8 "
+    "(static, calibrated scales)",
+}
+
+
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
     version: Annotated[str, Field(min_length=1, max_length=50)]
@@ -112,6 +134,20 @@ class Recipe(_Strict):
     tokenizer: TokenizerSpec = TokenizerSpec()
     prompts: dict[str, str] = Field(default_factory=dict, description="task name -> prefix")
     default_prompt: str | None = None
+    precision: Precision = Field(
+        "fp32", description="fp32, fp16 (weights stored in fp16) or int8 (static QDQ calibration)"
+    )
+    calibration_texts: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=4, description="int8 calibration texts; default a built-in varied set"
+    )
+    gate: Gate = Gate()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsafe_precision(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("precision") in REFUSED_PRECISIONS:
+            raise ValueError(REFUSED_PRECISIONS[data["precision"]])
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -128,6 +164,8 @@ class Recipe(_Strict):
                 raise ValueError(f"dimensions value {d} exceeds dimension {self.dimension}")
         if self.default_prompt is not None and self.default_prompt not in self.prompts:
             raise ValueError(f"default_prompt {self.default_prompt!r} is not a key of prompts")
+        if self.calibration_texts is not None and self.precision != "int8":
+            raise ValueError("calibration_texts only apply to precision: int8")
         return self
 
     @property
