@@ -124,7 +124,18 @@ def _inspect_bundle(path: Path) -> dict[str, Any]:
         "added_nodes": manifest["graph"]["added_nodes"],
         "files": manifest["files"],
         "source_files": manifest["model"]["files"],
+        **_precision_summary(manifest.get("precision") or {"mode": "fp32"}),
     }
+
+
+def _precision_summary(precision: dict[str, Any]) -> dict[str, Any]:
+    """precision, and for fp16/int8 what the quantizer changed and the gate's figures."""
+    summary: dict[str, Any] = {"precision": precision.get("mode", "fp32")}
+    if "changes" in precision:
+        summary["quantizer"] = precision["changes"]
+    if "gate" in precision:
+        summary["gate"] = precision["gate"]
+    return summary
 
 
 def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
@@ -140,6 +151,7 @@ def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
         "dimension": spec.dimension,
         "dimensions": spec.allowed_dimensions,
         "steps": [s.model_dump() for s in spec.steps],
+        "precision": spec.precision,
     }
 
 

@@ -73,7 +73,8 @@ def _lower(
     if spec.precision == "fp16":
         return quantize.fp16(model)
     if spec.precision == "int8":
-        texts = spec.calibration_texts or quantize.CALIBRATION_TEXTS
+        options = spec.int8 or recipe.Int8()
+        texts = options.calibration_texts or quantize.CALIBRATION_TEXTS
         feeds = [verify.encode(tokenizer, chunk, inputs).feeds for chunk in quantize.batches(texts)]
-        return quantize.int8(model, feeds, where)
+        return quantize.int8(model, feeds, where, options)
     return None

@@ -111,7 +111,9 @@ def check(
     texts: list[str] = HELD_OUT_TEXTS,
 ) -> GateResult:
     """Fail the build (VerifyError with the worst texts) unless both halves of the gate pass."""
-    cos = _cosines(_embed(reference, tokenizer, texts, inputs), _embed(lowered, tokenizer, texts, inputs))
+    cos = _cosines(
+        _embed(reference, tokenizer, texts, inputs), _embed(lowered, tokenizer, texts, inputs)
+    )
     order = np.argsort(cos)[:WORST_SHOWN]
     worst = [(texts[i], float(cos[i])) for i in order]
     diff = batch_max_abs_diff(lowered, tokenizer, texts, inputs)

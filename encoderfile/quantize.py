@@ -38,13 +38,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from encoderfile.errors import VerifyError
+from encoderfile.recipe import Int8
 
 FP16_MIN_SIZE = 256  # smaller float initializers (scalars, masks' -inf stand-ins) stay fp32
 # Ops whose output feeds a feed-forward down-projection (GELU written out ends in Mul; SwiGLU
 # is a Mul of two branches): those MatMuls keep fp32.
 HEAVY_TAILED_PRODUCERS = {"Mul", "Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
 CALIBRATION_BATCH = 8
-SMOOTH_ALPHA = 0.5
 
 CALIBRATION_TEXTS = [
     "A short sentence.",
@@ -79,8 +79,7 @@ CALIBRATION_TEXTS = [
     "Tokyo, Paris, New York, Lagos, São Paulo and Mumbai are among the largest cities.",
     "The algorithm runs in O(n log n) time and uses linear extra memory.",
     " ".join(
-        ["Calibration also needs long inputs, so this passage repeats until it is truncated."]
-        * 20
+        ["Calibration also needs long inputs, so this passage repeats until it is truncated."] * 20
     ),
     "Climate change increases the frequency of extreme heat waves and droughts.",
 ]
@@ -118,9 +117,7 @@ def fp16(model: onnx.ModelProto) -> Lowered:
         half = np.clip(values, -limit, limit).astype(np.float16)
         name = init.name
         init.CopyFrom(numpy_helper.from_array(half, f"{name}/fp16"))
-        casts.append(
-            helper.make_node("Cast", [f"{name}/fp16"], [name], name=f"fp16/{name}", to=1)
-        )
+        casts.append(helper.make_node("Cast", [f"{name}/fp16"], [name], name=f"fp16/{name}", to=1))
         converted += 1
     nodes = list(out.graph.node)
     del out.graph.node[:]
@@ -136,7 +133,7 @@ def fp16(model: onnx.ModelProto) -> Lowered:
     )
 
 
-def _int8_plan(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+def _int8_plan(model: onnx.ModelProto, ffn_down: bool) -> tuple[list[str], list[str]]:
     """(MatMuls to quantize, weight MatMuls kept fp32): the rule in the module docstring."""
     weights = {i.name for i in model.graph.initializer}
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -144,14 +141,19 @@ def _int8_plan(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     for node in model.graph.node:
         if node.op_type != "MatMul" or len(node.input) != 2 or node.input[1] not in weights:
             continue
-        if producer.get(node.input[0]) in HEAVY_TAILED_PRODUCERS:
+        if not ffn_down and producer.get(node.input[0]) in HEAVY_TAILED_PRODUCERS:
             kept.append(node.name)
         else:
             quantize.append(node.name)
     return quantize, kept
 
 
-def int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], where: str) -> Lowered:
+def int8(
+    model: onnx.ModelProto,
+    calibration: list[dict[str, np.ndarray]],
+    where: str,
+    options: Int8 | None = None,
+) -> Lowered:
     """Static QDQ int8: per-channel weights, activation scales from the calibration feeds."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -161,17 +163,20 @@ def int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], where
         quantize_static,
     )
 
-    quantize, kept = _int8_plan(model)
+    options = options or Int8()
+    quantize, kept = _int8_plan(model, options.ffn_down)
     if any(not n for n in quantize + kept):
         model = _named(model)
-        quantize, kept = _int8_plan(model)
+        quantize, kept = _int8_plan(model, options.ffn_down)
     if not quantize:
         raise VerifyError(
             f"{where} has no MatMul with a weight that int8 quantization could use. "
             "Use precision: fp16 or fp32 for this model."
         )
 
-    model, smoothed = _smooth(model, quantize, calibration)
+    smoothed = 0
+    if options.smooth_alpha > 0:
+        model, smoothed = _smooth(model, quantize, calibration, options.smooth_alpha)
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -198,7 +203,7 @@ def int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], where
                 op_types_to_quantize=["MatMul"],
                 nodes_to_quantize=quantize,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"CalibTensorRangeSymmetric": False},
+                extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"]},
             )
             lowered = onnx.load(str(target))
     finally:
@@ -213,7 +218,8 @@ def int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], where
         lowered,
         {
             "scheme": "static QDQ: int8 per-channel weights, uint8 activations with fixed "
-            "MinMax-calibrated scales, SmoothQuant a=0.5; other float weights stored fp16",
+            f"MinMax-calibrated scales, SmoothQuant alpha={options.smooth_alpha}; other float "
+            "weights stored fp16",
             "calibration_texts": sum(len(f["input_ids"]) for f in calibration),
             "quantized": {"MatMul": len(quantize)},
             "smoothed_inputs": smoothed,
@@ -233,7 +239,10 @@ def int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], where
 
 
 def _smooth(
-    model: onnx.ModelProto, quantize: list[str], calibration: list[dict[str, np.ndarray]]
+    model: onnx.ModelProto,
+    quantize: list[str],
+    calibration: list[dict[str, np.ndarray]],
+    alpha: float,
 ) -> tuple[onnx.ModelProto, int]:
     """SmoothQuant: one `smooth/…` Mul per quantized MatMul input, its inverse folded in W."""
     import onnxruntime as ort
@@ -244,7 +253,9 @@ def _smooth(
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in inputs)
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in inputs
+    )
     options = ort.SessionOptions()
     options.log_severity_level = 3
     sess = ort.InferenceSession(
@@ -266,9 +277,11 @@ def _smooth(
             consumers.setdefault(node.input[0], []).append(node)
     added = []
     for x, users in consumers.items():
-        w_peak = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(1) for n in users], 0)
+        w_peak = np.max(
+            [np.abs(numpy_helper.to_array(weights[n.input[1]])).max(1) for n in users], 0
+        )
         scale = (
-            np.maximum(peak[x], 1e-5) ** SMOOTH_ALPHA / np.maximum(w_peak, 1e-5) ** (1 - SMOOTH_ALPHA)
+            np.maximum(peak[x], 1e-5) ** alpha / np.maximum(w_peak, 1e-5) ** (1 - alpha)
         ).astype(np.float32)
         for n in users:
             w = numpy_helper.to_array(weights[n.input[1]])
@@ -276,7 +289,9 @@ def _smooth(
                 numpy_helper.from_array((w * scale[:, None]).astype(np.float32), n.input[1])
             )
         name = f"smooth/{x}"
-        out.graph.initializer.append(numpy_helper.from_array((1 / scale).astype(np.float32), f"{name}/inv_scale"))
+        out.graph.initializer.append(
+            numpy_helper.from_array((1 / scale).astype(np.float32), f"{name}/inv_scale")
+        )
         added.append(helper.make_node("Mul", [x, f"{name}/inv_scale"], [name], name=name))
         for n in users:
             n.input[0] = name

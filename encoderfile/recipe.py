@@ -113,6 +113,22 @@ class Gate(_Strict):
     )
 
 
+class Int8(_Strict):
+    """Options of precision: int8 (static QDQ calibration; see encoderfile/quantize.py)."""
+
+    calibration_texts: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=4, description="calibration texts; default a built-in varied set"
+    )
+    ffn_down: bool = Field(
+        False,
+        description="also quantize the feed-forward down-projections (after GELU/SwiGLU): "
+        "faster, lower cosine to fp32",
+    )
+    smooth_alpha: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="SmoothQuant migration strength (0 = off)"
+    )
+
+
 Precision = Literal["fp32", "fp16", "int8"]
 REFUSED_PRECISIONS = {
     "int8-dynamic": "dynamic int8 quantization computes one activation scale per batch (padding "
@@ -137,9 +153,7 @@ class Recipe(_Strict):
     precision: Precision = Field(
         "fp32", description="fp32, fp16 (weights stored in fp16) or int8 (static QDQ calibration)"
     )
-    calibration_texts: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        None, min_length=4, description="int8 calibration texts; default a built-in varied set"
-    )
+    int8: Int8 | None = Field(None, description="options of precision: int8")
     gate: Gate = Gate()
 
     @model_validator(mode="before")
@@ -164,8 +178,8 @@ class Recipe(_Strict):
                 raise ValueError(f"dimensions value {d} exceeds dimension {self.dimension}")
         if self.default_prompt is not None and self.default_prompt not in self.prompts:
             raise ValueError(f"default_prompt {self.default_prompt!r} is not a key of prompts")
-        if self.calibration_texts is not None and self.precision != "int8":
-            raise ValueError("calibration_texts only apply to precision: int8")
+        if self.int8 is not None and self.precision != "int8":
+            raise ValueError("the int8 section only applies to precision: int8")
         return self
 
     @property
