@@ -1,7 +1,7 @@
 """fp32 vs fp16 vs int8 bundles: size, throughput, SciFact nDCG@10, gate figures, batch invariance.
 
     .venv/bin/python benchmarks/precision.py [--scifact ../shared/data/scifact]
-        [--models minilm,nomic] [--output docs/precision.md]
+        [--models minilm,nomic] [--output benchmarks/results/precision.md]
 
 For each model the three precisions are compiled through the real builder (recipe -> bundle) with
 the gate's thresholds relaxed, so that the figures are recorded even where a default gate would
@@ -369,7 +369,7 @@ def main() -> int:
     parser.add_argument("--invariance-texts", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-ndcg", action="store_true")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs/precision.md")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/precision.md")
     args = parser.parse_args()
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     data = load_scifact(args.scifact)
