@@ -13,13 +13,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tokenizers import Tokenizer
 
 from encoderfile import gate, quantize, recipe
 from encoderfile.compiler import compile_bundle
 from encoderfile.errors import RecipeError, VerifyError
 from tests.fixtures.models import manifest, real_recipe, tiny_tokenizer
 from tests.test_cli import cli, fails_cleanly
+from tests.test_compiler import embed
 
 MIXED = [
     "Hello!",
@@ -29,18 +29,6 @@ MIXED = [
     "naïve café – 東京 – 😀",
     " ".join(["A long passage repeated to exceed the maximum length."] * 40),
 ]
-
-
-def embed(bundle: Path, texts: list[str]) -> np.ndarray:
-    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    enc = tokenizer.encode_batch(texts)
-    feeds = {
-        "input_ids": np.array([e.ids for e in enc], np.int64),
-        "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
-        "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
-    }
-    return sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
