@@ -135,7 +135,12 @@ def check(
         raise VerifyError(
             f"the {precision} graph failed the quality gate on {len(texts)} held-out texts: "
             f"{', '.join(problems)}. Worst cosines to fp32: {shown}. Use a higher precision "
-            "(fp16 or fp32), give int8 calibration_texts closer to your data, or relax the "
-            "recipe's gate thresholds if this loss is acceptable."
+            f"({'fp16 or ' if precision == 'int8' else ''}fp32)"
+            + (
+                ", keep int8.ffn_down false, give int8.calibration_texts closer to your data"
+                if precision == "int8"
+                else ""
+            )
+            + ", or relax the recipe's gate thresholds if this loss is acceptable."
         )
     return result
