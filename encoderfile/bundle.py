@@ -63,6 +63,8 @@ def write(
     tokenizer: Tokenizer,
     golden: Golden,
     image: VisionBuild | None = None,
+    *,
+    precision: dict[str, Any] | None = None,
 ) -> Path:
     """Write the bundle into `out`, replacing it only once every file is complete."""
     model_bytes = _serialize(spliced.model)
@@ -71,6 +73,7 @@ def write(
     if image is not None:
         files[GRAPH_FILE] = _serialize(image.spliced.model)
     manifest = _manifest(recipe, resolved, spliced, golden, files)
+    manifest["precision"] = {"mode": recipe.precision, **(precision or {})}
     if image is not None:
         manifest["image"] = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
     return _write_files(out, files, manifest)

@@ -134,6 +134,7 @@ def _inspect_bundle(path: Path) -> dict[str, Any]:
         "files": manifest["files"],
         "source_files": manifest["model"]["files"],
         "image": _image_summary(manifest.get("image")),
+        **_precision_summary(manifest.get("precision") or {"mode": "fp32"}),
     }
 
 
@@ -148,6 +149,16 @@ def _image_summary(image: dict[str, Any] | None) -> dict[str, Any] | None:
         **{k: image["graph"][k] for k in keep},
         "source_files": image["model"]["files"],
     }
+
+
+def _precision_summary(precision: dict[str, Any]) -> dict[str, Any]:
+    """precision, and for fp16/int8 what the quantizer changed and the gate's figures."""
+    summary: dict[str, Any] = {"precision": precision.get("mode", "fp32")}
+    if "changes" in precision:
+        summary["quantizer"] = precision["changes"]
+    if "gate" in precision:
+        summary["gate"] = precision["gate"]
+    return summary
 
 
 def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
@@ -173,6 +184,7 @@ def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
         "dimension": spec.dimension,
         "dimensions": spec.allowed_dimensions,
         "steps": [s.model_dump() for s in spec.steps],
+        "precision": spec.precision,
     }
 
 

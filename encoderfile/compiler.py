@@ -1,12 +1,13 @@
-"""The build pipeline: recipe -> resolve -> splice -> verify -> bundle."""
+"""The build pipeline: recipe -> resolve -> [quantize] -> splice -> verify -> [gate] -> bundle."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import onnx
+from tokenizers import Tokenizer
 
-from encoderfile import bundle, recipe, resolve, splice, verify, vision
+from encoderfile import bundle, gate, quantize, recipe, resolve, splice, verify, vision
 from encoderfile.errors import SpliceError
 
 
@@ -33,20 +34,40 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
 
     states_name = splice.contract.token_states(model, spec.model.output, where)
     inputs = splice.contract.check_inputs(model, where)
+    fp32 = model
+    lowered = _lower(model, spec, tokenizer, inputs, where)
+    if lowered is not None:
+        model = lowered.model
     batch = verify.encode(tokenizer, verify.SAMPLE_TEXTS, inputs)
-    states = verify.run(verify.session(resolved.graph), batch, states_name, where)
+    graph: bytes | Path = resolved.graph if lowered is None else model.SerializeToString()
+    states = verify.run(verify.session(graph), batch, states_name, where)
     expected = verify.reference(states, batch.mask, spec)
 
     spliced = splice.apply(model, spec, states.shape[-1], where)
+    spliced_session = verify.session(spliced.model.SerializeToString())
     got = verify.run(
-        verify.session(spliced.model.SerializeToString()),
+        spliced_session,
         verify.encode(tokenizer, verify.SAMPLE_TEXTS, spliced.inputs),
         "sentence_embedding",
         where,
     )
     golden = verify.check(got, expected, verify.SAMPLE_TEXTS)
+    precision = None
+    if lowered is not None:
+        reference = splice.apply(fp32, spec, states.shape[-1], where)
+        result = gate.check(
+            verify.session(reference.model.SerializeToString()),
+            spliced_session,
+            tokenizer,
+            spliced.inputs,
+            spec.precision,
+            spec.gate,
+        )
+        precision = {"changes": lowered.changes, "gate": result.to_manifest()}
     image = _compile_image(spec, recipe_path, allow_unpinned) if spec.image else None
-    return bundle.write(out_dir / spec.name, spec, resolved, spliced, tokenizer, golden, image)
+    return bundle.write(
+        out_dir / spec.name, spec, resolved, spliced, tokenizer, golden, image, precision=precision
+    )
 
 
 def _compile_image(
@@ -56,3 +77,17 @@ def _compile_image(
     assert resolved is not None and spec.image is not None
     where = f"image model {spec.image.model.graph}"
     return vision.build(load_graph(resolved.graph, where), spec, resolved, where)
+
+
+def _lower(
+    model: onnx.ModelProto, spec: recipe.Recipe, tokenizer: Tokenizer, inputs: list[str], where: str
+) -> quantize.Lowered | None:
+    """The base encoder in the recipe's precision (None for fp32), before splicing."""
+    if spec.precision == "fp16":
+        return quantize.fp16(model)
+    if spec.precision == "int8":
+        options = spec.int8 or recipe.Int8()
+        texts = options.calibration_texts or quantize.CALIBRATION_TEXTS
+        feeds = [verify.encode(tokenizer, chunk, inputs).feeds for chunk in quantize.batches(texts)]
+        return quantize.int8(model, feeds, where, options)
+    return None

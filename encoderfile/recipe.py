@@ -155,6 +155,44 @@ def _check_steps(steps: list[Step]) -> None:
         raise ValueError("normalize must be the last step")
 
 
+class Gate(_Strict):
+    """Build-time quality gate for fp16/int8: held-out texts vs the fp32 graph, and batch invariance."""
+
+    mean_cosine: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.99, description="least mean cosine of a quantized vector to its fp32 vector"
+    )
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.98, description="least cosine of any one held-out text"
+    )
+    batch_max_abs_diff: Annotated[float, Field(ge=0)] = Field(
+        1e-5, description="largest |alone - inside a mixed padded batch| allowed"
+    )
+
+
+class Int8(_Strict):
+    """Options of precision: int8 (static QDQ calibration; see encoderfile/quantize.py)."""
+
+    calibration_texts: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=4, description="calibration texts; default a built-in varied set"
+    )
+    ffn_down: bool = Field(
+        False,
+        description="also quantize the feed-forward down-projections (after GELU/SwiGLU): "
+        "faster, lower cosine to fp32",
+    )
+    smooth_alpha: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="SmoothQuant migration strength (0 = off)"
+    )
+
+
+Precision = Literal["fp32", "fp16", "int8"]
+REFUSED_PRECISIONS = {
+    "int8-dynamic": "dynamic int8 quantization computes one activation scale per batch (padding "
+    "included), so a text's vector changes with its batch neighbours. Use precision: int8 "
+    "(static, calibrated scales)",
+}
+
+
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
     version: Annotated[str, Field(min_length=1, max_length=50)]
@@ -176,6 +214,19 @@ class Recipe(_Strict):
         None, description="an image model in the same embedding space (optional)"
     )
 
+    precision: Precision = Field(
+        "fp32", description="fp32, fp16 (weights stored in fp16) or int8 (static QDQ calibration)"
+    )
+    int8: Int8 | None = Field(None, description="options of precision: int8")
+    gate: Gate = Gate()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsafe_precision(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("precision") in REFUSED_PRECISIONS:
+            raise ValueError(REFUSED_PRECISIONS[data["precision"]])
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         if self.model is None:
@@ -183,6 +234,8 @@ class Recipe(_Strict):
                 raise ValueError("set 'model' (text), 'image', or both")
             if self.steps or self.prompts:
                 raise ValueError("'steps' and 'prompts' belong to a text model; add 'model'")
+            if self.precision != "fp32":
+                raise ValueError("'precision' applies to the text model; add 'model' or drop it")
         else:
             if not self.steps:
                 raise ValueError("'steps' is required with a text model")
@@ -192,6 +245,8 @@ class Recipe(_Strict):
                 raise ValueError(f"dimensions value {d} exceeds dimension {self.dimension}")
         if self.default_prompt is not None and self.default_prompt not in self.prompts:
             raise ValueError(f"default_prompt {self.default_prompt!r} is not a key of prompts")
+        if self.int8 is not None and self.precision != "int8":
+            raise ValueError("the int8 section only applies to precision: int8")
         return self
 
     @property

@@ -562,6 +562,7 @@ def _info(args: argparse.Namespace) -> int:
     info["max_length"] = bundle.manifest.max_length
     info["files"] = bundle.hashes
     info["golden"] = {"tolerance": golden.get("tolerance"), "texts": len(golden.get("texts", []))}
+    info["precision"] = _precision(m)
     info["artifact"] = {"path": str(bundle.source.resolve())}
     if bundle.source.is_file():
         info["artifact"]["size"] = bundle.source.stat().st_size
@@ -593,6 +594,7 @@ def _info(args: argparse.Namespace) -> int:
         ),
         ("max_length", f"{info['max_length']} tokens"),
         ("steps", steps),
+        ("precision", _precision_line(info["precision"])),
         (
             "prompts",
             prompts + (f" (default: {m['default_prompt']})" if m.get("default_prompt") else ""),
@@ -607,6 +609,31 @@ def _info(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     return 0
+
+
+def _precision(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's precision and gate figures (bundles from before precision read as fp32)."""
+    precision = manifest.get("precision") or {"mode": "fp32"}
+    shown: dict[str, Any] = {"mode": precision.get("mode", "fp32")}
+    if "gate" in precision:
+        shown["gate"] = precision["gate"]
+    if "changes" in precision:
+        shown["scheme"] = precision["changes"].get("scheme")
+    return shown
+
+
+def _precision_line(precision: dict[str, Any]) -> str:
+    gate = precision.get("gate")
+    if not gate:
+        return str(precision["mode"])
+    limits = gate.get("thresholds", {})
+    return (
+        f"{precision['mode']} (gate passed on {gate.get('held_out_texts')} held-out texts: "
+        f"cosine to fp32 mean {gate.get('mean_cosine'):.4f} >= {limits.get('mean_cosine')}, "
+        f"min {gate.get('min_cosine'):.4f} >= {limits.get('min_cosine')}; "
+        f"batch invariance max |diff| {gate.get('batch_max_abs_diff'):.3g} "
+        f"<= {limits.get('batch_max_abs_diff')})"
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
