@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,9 @@ def _corpus() -> list[str]:
 def _short_pool() -> list[str]:
     """Queries, titles and sentences split from the abstracts: 4 to 40 words, deduplicated."""
     pool: list[str] = []
-    pool += [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open() if line.strip()]
+    pool += [
+        json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open() if line.strip()
+    ]
     with gzip.open(SCIFACT / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
         for line in fh:
             doc = json.loads(line)
@@ -481,15 +484,15 @@ def bulk(
             row = BulkRow(spec.label, name, len(texts), statistics.mean(tokens))
             calibration = texts[: max(64, len(texts) // 10)]
             ort_loop.embed(calibration[:64], 8)  # warm-up
-            trial = {b: timed(lambda b=b: ort_loop.embed(calibration, b))[0] for b in BATCH_SIZES}
+            trial = {b: timed(partial(ort_loop.embed, calibration, b))[0] for b in BATCH_SIZES}
             row.best_batch = min(trial, key=lambda b: trial[b])
             runners: dict[str, Callable[[], np.ndarray]] = {
-                "embed": lambda: run_artifact(artifact, texts, threads, tmp),
-                "ort": lambda: ort_loop.embed(texts, row.best_batch),
-                "st": lambda: st(texts),
+                "embed": partial(run_artifact, artifact, texts, threads, tmp),
+                "ort": partial(ort_loop.embed, texts, row.best_batch),
+                "st": partial(st, texts),
             }
             if fe is not None:
-                runners["fastembed"] = lambda: fe(texts)
+                runners["fastembed"] = partial(fe, texts)
             order = list(runners)
             order = order[w % len(order) :] + order[: w % len(order)]  # rotate per workload
             outputs: dict[str, np.ndarray] = {}
