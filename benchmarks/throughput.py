@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -117,7 +117,7 @@ MODELS = {
         _nomic_dir,
         {"short": 1_000, "scifact": 200, "mixed": 500},
         {"short": 100, "scifact": 20, "mixed": 50},
-        160,
+        256,
     ),
 }
 
@@ -423,17 +423,21 @@ def fastembed_system(
     return lambda texts: np.asarray(list(model.embed(texts, batch_size=32)), np.float32), ""
 
 
-def run_artifact(artifact: Path, texts: Sequence[str], threads: int, tmp: Path) -> np.ndarray:
-    source, target = tmp / "input.jsonl", tmp / "output.npy"
-    with source.open("w", encoding="utf-8") as fh:
+def write_jsonl(texts: Sequence[str], path: Path) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
         for text in texts:
             fh.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def run_artifact(artifact: Path, source: Path, threads: int, target: Path) -> Path:
+    """`<artifact> embed --input SOURCE --format npy --output TARGET`, as a user runs it."""
     command = [str(artifact), "embed", "--threads", str(threads), "--input", str(source)]
     command += ["--format", "npy", "--output", str(target)]
     result = subprocess.run(command, capture_output=True)
     if result.returncode != 0:
         raise SystemExit(f"{artifact.name} embed failed: {result.stderr.decode(errors='replace')}")
-    return np.load(target)
+    return target
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -473,21 +477,23 @@ def bulk(
     rows: list[BulkRow] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        run_artifact(artifact, ["warm up"], threads, tmp)  # extraction cache, page cache
+        one_line, target = write_jsonl(["hello"], tmp / "one.jsonl"), tmp / "out.npy"
+        run_artifact(artifact, one_line, threads, target)  # extraction cache, page cache
         startup = statistics.median(
-            timed(lambda: run_artifact(artifact, ["hello"], threads, tmp))[0] for _ in range(3)
+            timed(partial(run_artifact, artifact, one_line, threads, target))[0] for _ in range(3)
         )
         print(f"[{spec.key}] artifact start-up (1 line): {startup * 1e3:.0f} ms", flush=True)
         for w, name in enumerate(WORKLOADS):
             texts = workload(name, sizes[name], short, docs)
             tokens = [len(e.ids) for e in ort_loop.tokenizer.encode_batch(texts)]
             row = BulkRow(spec.label, name, len(texts), statistics.mean(tokens))
-            calibration = texts[: max(64, len(texts) // 10)]
+            calibration = texts[: min(256, max(64, len(texts) // 10))]
+            source = write_jsonl(texts, tmp / "input.jsonl")
             ort_loop.embed(calibration[:64], 8)  # warm-up
             trial = {b: timed(partial(ort_loop.embed, calibration, b))[0] for b in BATCH_SIZES}
             row.best_batch = min(trial, key=lambda b: trial[b])
-            runners: dict[str, Callable[[], np.ndarray]] = {
-                "embed": partial(run_artifact, artifact, texts, threads, tmp),
+            runners: dict[str, Callable[[], Any]] = {
+                "embed": partial(run_artifact, artifact, source, threads, target),
                 "ort": partial(ort_loop.embed, texts, row.best_batch),
                 "st": partial(st, texts),
             }
@@ -495,7 +501,7 @@ def bulk(
                 runners["fastembed"] = partial(fe, texts)
             order = list(runners)
             order = order[w % len(order) :] + order[: w % len(order)]  # rotate per workload
-            outputs: dict[str, np.ndarray] = {}
+            outputs: dict[str, Any] = {}
             for system in order:
                 seconds, outputs[system] = timed(runners[system])
                 row.rate[system] = len(texts) / seconds
@@ -506,6 +512,7 @@ def bulk(
                     f"{row.rate[system]:8.1f} texts/s",
                     flush=True,
                 )
+            outputs["embed"] = np.load(target)
             for system, vectors in outputs.items():
                 if system != "ort":
                     row.cosine[system] = min_cosine(vectors, outputs["ort"])
@@ -609,14 +616,20 @@ def verdict(ok: bool) -> str:
 
 
 def report(
-    results: dict[str, Any], out_dir: Path, quick: bool, elapsed: float, threads: int, note: str
+    results: dict[str, Any],
+    out_dir: Path,
+    quick: bool,
+    elapsed: float,
+    threads: int,
+    cores_note: str,
+    note: str = "",
 ) -> str:
     lines = [
         "# Benchmarks: bulk embedding and serving",
         "",
         f"`.venv/bin/python benchmarks/throughput.py{' --quick' if quick else ''}` — "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {threads} cores used "
-        f"({note}), {platform.machine()}; the whole run took {elapsed / 60:.1f} min.",
+        f"({cores_note}), {platform.machine()}; the whole run took {elapsed / 60:.1f} min.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         "",
@@ -626,6 +639,8 @@ def report(
         "subtracts the start-up measured alone.",
         "",
     ]
+    if note:
+        lines += [f"**{note}**", ""]
     if quick:
         lines += ["**Quick run: reduced sizes, figures are only a smoke test.**", ""]
     targets: list[str] = []
@@ -766,11 +781,12 @@ def main() -> int:
     parser.add_argument("--no-server", action="store_true", help="bulk only")
     parser.add_argument("--threads", type=int, help="threads for every system (default: cores)")
     parser.add_argument("--out-dir", type=Path, help="default docs/ (build/bench/ with --quick)")
+    parser.add_argument("--note", default="", help="a line for the report, e.g. machine load")
     parser.add_argument("--baseline-server", metavar="BUNDLE", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    cores, note = usable_cores()
+    cores, cores_note = usable_cores()
     threads = args.threads or cores
     if args.baseline_server:
         baseline_server(Path(args.baseline_server), args.port, threads)
@@ -795,7 +811,13 @@ def main() -> int:
         if not args.no_server:
             srows, single = serving(spec, artifact, bundle, requests, threads)
             results[key].update(server=srows, single_ms=single, requests=requests)
-    text = report(results, out_dir, args.quick, time.perf_counter() - started_at, threads, note)
+    elapsed = time.perf_counter() - started_at
+    text = report(results, out_dir, args.quick, elapsed, threads, cores_note, args.note)
+    raw = {
+        key: {k: [asdict(r) for r in v] if isinstance(v, list) else v for k, v in res.items()}
+        for key, res in results.items()
+    }
+    (CACHE / "results.json").write_text(json.dumps(raw, indent=1))
     print(text)
     print(f"wrote {out_dir / 'benchmarks.md'} and {out_dir / 'benchmarks.png'}")
     return 0
