@@ -9,7 +9,8 @@ Workloads, derived deterministically from ../shared/data/scifact (never copied i
 short sentences, the SciFact corpus ("title text", truncated at 256 tokens), and a mixed set
 (70% short, 30% abstracts, shuffled with a fixed seed). Default sizes: MiniLM 10,000 short,
 5,183 SciFact, 5,000 mixed, 400 server requests per client count; NomicBERT 1,000 / 200 / 500 /
-256 (about 25 minutes on an idle 2-core machine); --size MODEL.WORKLOAD=N changes one.
+256 (estimated at about 25 minutes on an idle 2-core machine, not yet measured there);
+--size MODEL.WORKLOAD=N changes one.
 
 Bulk, on the same texts in one run (systems in rotating order, so drift hits them alike):
   embed      the artifact as a user runs it: `dist/<name> embed --input X.jsonl --format npy
@@ -211,6 +212,26 @@ def workload(name: str, n: int, short: list[str], docs: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------------- artifacts
 
 
+FROZEN_PACKAGES = (
+    "onnxruntime",
+    "tokenizers",
+    "numpy",
+    "starlette",
+    "uvicorn",
+    "grpcio",
+    "protobuf",
+    "onnx",
+    "pyinstaller",
+)
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "-"
+
+
 def _tree_hash(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for base in paths:
@@ -236,8 +257,9 @@ def ensure_artifact(spec: ModelSpec) -> tuple[Path, Path]:
     recipe["tokenizer"]["max_length"] = MAX_LENGTH
     text = yaml.safe_dump(recipe, sort_keys=False)
     stamp = (model_dir / "stamp.json").read_text() if (model_dir / "stamp.json").is_file() else ""
+    frozen = {name: _version(name) for name in FROZEN_PACKAGES}  # what the runtime is made of
     key = hashlib.sha256(
-        (text + stamp + _tree_hash([ROOT / "encoderfile", ROOT / "pyproject.toml"])).encode()
+        (text + stamp + _tree_hash([ROOT / "encoderfile"]) + json.dumps(frozen)).encode()
     ).hexdigest()[:12]
     where = CACHE / f"{spec.key}-{key}"
     artifact, bundle = where / "dist" / recipe["name"], where / "build" / recipe["name"]
