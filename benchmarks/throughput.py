@@ -40,6 +40,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -649,6 +650,19 @@ def serving(
 # ------------------------------------------------------------------------------------ report
 
 
+def _command_line() -> str:
+    """This run's arguments, less --note and its text."""
+    args, skip = [], False
+    for token in sys.argv[1:]:
+        if skip or token.startswith("--note="):
+            skip = False
+        elif token == "--note":
+            skip = True
+        else:
+            args.append(token)
+    return "".join(f" {shlex.quote(a)}" for a in args)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -665,9 +679,10 @@ def report(
     lines = [
         "# Benchmarks: bulk embedding and serving",
         "",
-        f"`.venv/bin/python benchmarks/throughput.py{' --quick' if quick else ''}` — "
+        f"`.venv/bin/python benchmarks/throughput.py{_command_line()}` — "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {threads} cores used "
-        f"({cores_note}), {platform.machine()}; the whole run took {elapsed / 60:.1f} min.",
+        f"({cores_note}), {platform.machine()}; the whole run took {elapsed / 60:.1f} min "
+        "(artifact builds included where not cached).",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         "",
@@ -786,6 +801,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax_serve.plot(
                 [s.clients for s in srows], [s.rate[name] for s in srows], "o-", label=label
             )
+        ax_serve.set_ylim(bottom=0)
         ax_serve.set_xscale("log", base=2)
         ax_serve.set_xticks(list(CLIENTS))
         ax_serve.set_xticklabels([str(c) for c in CLIENTS])
