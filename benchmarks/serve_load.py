@@ -65,6 +65,27 @@ async def run_mode(url: str, items: list[str], concurrency: int) -> tuple[float,
     return len(items) / elapsed, latencies
 
 
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Wait until GET /ready answers 200; fail early if the server process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"server at {url} did not become ready in {timeout:.0f} s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank on sorted values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
 def batch_stats(url: str) -> tuple[float, float]:
     """(model calls, texts) so far, from /metrics."""
     text = httpx.get(f"{url}/metrics").text
@@ -91,15 +112,7 @@ def main() -> int:
         argv, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise SystemExit("server did not become ready in 60 s")
+        wait_ready(url, server)
         name = httpx.get(f"{url}/info").json()["name"]
         items = texts(args.requests)
         asyncio.run(run_mode(url, items[:50], 4))  # warm-up
