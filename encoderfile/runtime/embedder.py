@@ -14,9 +14,10 @@ from encoderfile.runtime.payload import Bundle, Manifest
 from encoderfile.runtime.session import open_session, shorten
 
 # One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
-# longest of them): short texts go 64 at a time, 256-token abstracts 16 at a time.
+# longest of them): short texts go 64 at a time, 256-token abstracts 8 at a time
+# (benchmarks/results/runtime_settings_*.md: larger calls were no faster on 2 cores).
 BATCH_SIZE = 64
-BATCH_TOKENS = 4096
+BATCH_TOKENS = 2048
 OUTPUT = "sentence_embedding"
 
 
