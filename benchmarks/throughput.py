@@ -797,6 +797,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax_bulk.set_title(f"{MODELS[key].label}: bulk")
         ax_bulk.legend(fontsize=8)
         srows: list[ServerRow] = res.get("server") or []
+        if not srows:  # --no-server
+            ax_serve.set_axis_off()
+            continue
         for name, label in (("ours", "artifact serve"), ("batch1", "batch-1 server")):
             ax_serve.plot(
                 [s.clients for s in srows], [s.rate[name] for s in srows], "o-", label=label

@@ -14,9 +14,10 @@ from encoderfile.runtime.payload import Bundle, Manifest
 from encoderfile.runtime.session import open_session, shorten
 
 # One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
-# longest of them): short texts go 64 at a time, 256-token abstracts 8 at a time
-# (benchmarks/results/runtime_settings_*.md: larger calls were no faster on 2 cores).
-BATCH_SIZE = 64
+# longest of them), inputs sorted by length: short texts go 16 at a time, 256-token texts 8 at a
+# time. Larger calls were no faster on 2 cores (benchmarks/results/runtime_settings_*.md), and the
+# best batch of a plain ORT loop was 8-16 for MiniLM and NomicBERT (docs/benchmarks.md).
+BATCH_SIZE = 16
 BATCH_TOKENS = 2048
 OUTPUT = "sentence_embedding"
 
