@@ -1,4 +1,5 @@
-"""Freeze a bundle into one executable: sh stub + runtime.tar.gz + bundle files + index + trailer.
+"""Freeze a bundle into one executable: sh stub + runtime.tar.gz + bundle files + SBOM + index +
+trailer.
 
 The runtime (PyInstaller onedir of encoderfile.runtime) does not depend on the bundle, so it is
 built once per encoderfile source + installed packages and cached in the work dir. Every step is
@@ -23,8 +24,10 @@ import tempfile
 from pathlib import Path
 
 import encoderfile
+from encoderfile import sbom
 from encoderfile.errors import ArtifactError, BuildError
 from encoderfile.runtime.payload import MAGIC, OPTIONAL_FILES, TRAILER, open_bundle
+from encoderfile.runtime.sbom import SBOM_FILE
 
 PACKAGE = Path(encoderfile.__file__).resolve().parent
 TEMPLATES = PACKAGE.parent / "templates"
@@ -252,6 +255,7 @@ def render_stub(name: str, runtime_sha256: str, runtime_length: int) -> bytes:
 
 
 def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -> Path:
+    sbom_bytes = sbom.generate(bundle_dir, runtime)
     runtime_bytes = runtime.read_bytes()
     stub = render_stub(name, hashlib.sha256(runtime_bytes).hexdigest(), len(runtime_bytes))
     dist_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +274,10 @@ def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -
                 with open(bundle_dir / file, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
                 files[file] = [start, out.tell() - start]
+            files[SBOM_FILE] = [out.tell(), len(sbom_bytes)]
+            out.write(sbom_bytes)
             index["files"] = files
+            index["sha256"] = {SBOM_FILE: hashlib.sha256(sbom_bytes).hexdigest()}
             index_bytes = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
             index_offset = out.tell()
             out.write(index_bytes)

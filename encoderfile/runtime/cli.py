@@ -1,4 +1,4 @@
-"""The artifact's command line: embed / info / verify / serve.
+"""The artifact's command line: embed / info / verify / sbom / serve.
 
 argparse, not typer, and heavy imports inside the commands: cold start is part of the product.
 User errors print one line `encoderfile: <message>` on stderr and exit 2.
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1024  # inputs read, embedded and written at a time: memory stays bounded
 EXIT_USER = 2
-COMMANDS = ("embed", "stats", "info", "verify", "serve")
+COMMANDS = ("embed", "stats", "info", "verify", "sbom", "serve")
 VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
 
 
@@ -160,6 +160,14 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         "only if they match within the stored tolerance.",
     )
     p.set_defaults(run=_verify)
+
+    p = sub.add_parser(
+        "sbom",
+        parents=[common],
+        help="print the CycloneDX SBOM (JSON) of this artifact",
+        description="Print the CycloneDX 1.6 SBOM embedded at build time, after checking its sha256.",
+    )
+    p.set_defaults(run=_sbom)
 
     p = sub.add_parser(
         "serve",
@@ -535,6 +543,7 @@ class _Progress:
 def _info(args: argparse.Namespace) -> int:
     import platform
 
+    from encoderfile.runtime import sbom
     from encoderfile.runtime.payload import open_bundle
 
     bundle = open_bundle(args.bundle)
@@ -568,6 +577,7 @@ def _info(args: argparse.Namespace) -> int:
         info["artifact"]["size"] = bundle.source.stat().st_size
     info["runtime"] = {"encoderfile": __version__, "python": platform.python_version()}
     info["image"] = _image_info(m.get("image"))
+    info["sbom"] = sbom.describe(bundle.source)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False))
         return 0
@@ -605,6 +615,7 @@ def _info(args: argparse.Namespace) -> int:
         ("built_at", str(m.get("built_at"))),
         ("artifact", info["artifact"]["path"]),
         ("image", _image_summary(info["image"])),
+        ("sbom", sbom.summary_line(info["sbom"])),
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
@@ -671,6 +682,14 @@ def _verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0 if ok else 1
+
+
+def _sbom(args: argparse.Namespace) -> int:
+    from encoderfile.runtime import sbom
+
+    sys.stdout.buffer.write(sbom.read(args.bundle))
+    sys.stdout.buffer.flush()
+    return 0
 
 
 def _server() -> Any:
