@@ -70,12 +70,27 @@ def build(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="a recipe YAML file or a bundle directory")],
+    path: Annotated[Path, typer.Argument(help="a recipe YAML file, bundle directory or artifact")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     allow_unpinned: AllowUnpinned = False,
+    show_sbom: Annotated[
+        bool, typer.Option("--sbom", help="print an artifact's CycloneDX SBOM (JSON) instead")
+    ] = False,
 ) -> None:
-    """Show what a recipe resolves to, or what a bundle contains."""
-    info = _inspect_bundle(path) if path.is_dir() else _inspect_recipe(path, allow_unpinned)
+    """Show what a recipe resolves to, or what a bundle or artifact contains."""
+    from encoderfile import sbom
+    from encoderfile.runtime import sbom as embedded
+
+    if show_sbom:
+        typer.echo(embedded.read(path).decode(), nl=False)
+        return
+    artifact = None if path.is_dir() else sbom.inspect_artifact(path)
+    if artifact is not None:
+        info = artifact
+    elif path.is_dir():
+        info = {**_inspect_bundle(path), "sbom": embedded.summary_line(None)}
+    else:
+        info = _inspect_recipe(path, allow_unpinned)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return

@@ -30,8 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cyclonedx.contrib.hash.factories import HashTypeFactory
 from cyclonedx.contrib.license.factories import LicenseFactory
-from cyclonedx.model import ExternalReference, ExternalReferenceType, HashType, Property, XsUri
+from cyclonedx.model import ExternalReference, ExternalReferenceType, Property, XsUri
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType, Pedigree
 from cyclonedx.model.license import License
@@ -40,6 +41,8 @@ from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
 import encoderfile
+from encoderfile.runtime import sbom as embedded
+from encoderfile.runtime.payload import read_manifest, read_trailer
 
 INTERNAL = "_internal/"  # PyInstaller 6's onedir: everything but the executable lives here
 EXECUTABLE = "encoderfile"  # the bootloader with the PKG archive (and its PYZ) appended
@@ -92,11 +95,11 @@ def inventory(runtime: Path) -> Inventory:
 
 
 def _frozen_modules(executable: Path) -> list[str]:
-    from PyInstaller.archive.readers import CArchiveReader, NotAnArchiveError
+    from PyInstaller.archive.readers import ArchiveReadError, CArchiveReader
 
     try:
         pkg = CArchiveReader(str(executable))
-    except (NotAnArchiveError, ValueError, OSError):
+    except ArchiveReadError:
         return []  # not a PyInstaller executable (tests freeze a shell script)
     modules = [name for name, entry in pkg.toc.items() if entry[-1] in "mMs"]
     for name, entry in pkg.toc.items():
@@ -158,7 +161,7 @@ def _file(name: str, sha256: str, parent: str, **props: str) -> Component:
         type=ComponentType.FILE,
         name=name,
         bom_ref=f"{parent}:{name}",
-        hashes=[HashType.from_hashlib_alg("sha256", sha256)],
+        hashes=[HashTypeFactory().from_hashlib_alg("sha256", sha256)],
         properties=[Property(name=f"encoderfile:{k}", value=v) for k, v in sorted(props.items())],
     )
 
@@ -423,7 +426,7 @@ def _system_library(path: str, sha256: str) -> Component:
         type=ComponentType.LIBRARY,
         name=name,
         bom_ref=f"native:{name}",
-        hashes=[HashType.from_hashlib_alg("sha256", sha256)],
+        hashes=[HashTypeFactory().from_hashlib_alg("sha256", sha256)],
         properties=[Property(name="encoderfile:path", value=path)],
     )
     if package:
@@ -467,3 +470,21 @@ def _sha256_file(path: Path) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def inspect_artifact(path: Path) -> dict[str, Any] | None:
+    """What `encoderfile inspect` shows for an artifact file; None if `path` is not one."""
+    try:
+        with open(path, "rb") as fh:
+            read_trailer(fh, os.fstat(fh.fileno()).st_size)
+    except (OSError, ValueError):
+        return None
+    manifest = read_manifest(path)
+    return {
+        "artifact": str(path),
+        "name": manifest.name,
+        "version": manifest.version,
+        "size": path.stat().st_size,
+        "files": manifest.files,
+        "sbom": embedded.summary(embedded.read(path)),
+    }

@@ -80,8 +80,12 @@ def test_artifact_layout(fake_artifact: Path, tiny_bundle: Path) -> None:
     index = json.loads(data[offset : offset + length])
     start, size = index["runtime"]
     assert start % freeze.STUB_ALIGN == 0 and data[start : start + 2] == b"\x1f\x8b"
-    for name, (start, size) in index["files"].items():
-        assert data[start : start + size] == (tiny_bundle / name).read_bytes()
+    files = index["files"]
+    for name, (start, size) in files.items():
+        expected = (tiny_bundle / name).read_bytes() if name != "sbom.json" else None
+        assert expected is None or data[start : start + size] == expected
+    start, size = files["sbom.json"]
+    assert hashlib.sha256(data[start : start + size]).hexdigest() == index["sha256"]["sbom.json"]
     assert fake_artifact.stat().st_mode & 0o777 == 0o755
     assert [p.name for p in fake_artifact.parent.iterdir()] == ["tiny"]  # no temp file left
     assert open_bundle(fake_artifact).manifest.name == "tiny"
@@ -248,11 +252,16 @@ def test_tampered_artifact_refuses_to_run(
 
 
 @pytest.mark.slow
-def test_build_is_reproducible(tiny_artifact: Path, tmp_path: Path) -> None:
-    """A second PyInstaller run in another work dir gives a byte-identical artifact."""
+def test_build_is_reproducible(
+    tiny_artifact: Path, tmp_path: Path, artifact_env: dict[str, str]
+) -> None:
+    """A second PyInstaller run in another work dir gives a byte-identical artifact and SBOM."""
     bundle = make_tiny_bundle(tmp_path / "tiny")
     again = freeze.build(bundle, tmp_path / "dist", tmp_path / "work")
     assert sha256(again) == sha256(tiny_artifact)
+    sboms = [run_artifact(a, "sbom", env=artifact_env) for a in (tiny_artifact, again)]
+    assert sboms[0].returncode == 0 and sboms[0].stdout.startswith(b"{")
+    assert sboms[0].stdout == sboms[1].stdout
 
 
 # ---------------------------------------------------------------------- MiniLM, frozen
