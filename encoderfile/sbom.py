@@ -12,6 +12,7 @@ timestamp is SOURCE_DATE_EPOCH's or absent.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.metadata as metadata
 import json
@@ -41,6 +42,7 @@ from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
 import encoderfile
+from encoderfile.errors import BuildError
 from encoderfile.runtime import sbom as embedded
 from encoderfile.runtime.payload import read_manifest, read_trailer
 
@@ -62,11 +64,11 @@ class Inventory:
 def generate(bundle_dir: Path, runtime: Path) -> bytes:
     """The SBOM (CycloneDX 1.6 JSON bytes) of `runtime` frozen with the bundle in `bundle_dir`."""
     manifest = json.loads((bundle_dir / "manifest.json").read_bytes())
-    embedded = {
+    shipped = {
         name: _sha256_file(bundle_dir / name) for name in (*manifest["files"], "manifest.json")
     }
-    embedded["runtime.tar.gz"] = _sha256_file(runtime)
-    bom = _bom(manifest, embedded, inventory(runtime))
+    shipped["runtime.tar.gz"] = _sha256_file(runtime)
+    bom = _bom(manifest, shipped, inventory(runtime))
     text = JsonV1Dot6(bom).output_as_string(indent=2)
     # the serial number names this content: a hash of the document with a fixed placeholder
     bom.serial_number = uuid.uuid5(SERIAL_NAMESPACE, hashlib.sha256(text.encode()).hexdigest())
@@ -76,6 +78,8 @@ def generate(bundle_dir: Path, runtime: Path) -> bytes:
 def inventory(runtime: Path) -> Inventory:
     """Hash every regular file of the runtime archive and list the modules of its PYZ."""
     found = Inventory()
+    if not tarfile.is_tarfile(runtime):
+        raise BuildError(f"{runtime} is not a runtime archive (tar.gz). Delete it and build again.")
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(runtime) as tar:
         for member in tar:
             if not member.isfile():
@@ -273,8 +277,8 @@ def _runtime(found: Inventory, owners: _Owners) -> list[Component]:
             files["pyinstaller"][path] = sha  # bootloader + archive of the frozen modules
         elif inner.startswith(("python3", "base_library.zip", "libpython")):
             python[path] = sha
-        elif _dist_of_metadata(inner) in owners.dists:  # a file RECORD does not list
-            files[_dist_of_metadata(inner)][path] = sha
+        elif (listed := _dist_of_metadata(inner)) in owners.dists:  # not in its RECORD
+            files[listed][path] = sha
         else:
             system[path] = sha
     components = [
@@ -391,7 +395,7 @@ def _distribution(dist: metadata.Distribution, files: dict[str, str], modules: i
 
 
 def _licenses(dist: metadata.Distribution) -> list[License]:
-    meta = dist.metadata
+    meta: Any = dist.metadata  # an email.message.Message
     factory = LicenseFactory()
     if expression := meta.get("License-Expression"):
         return [factory.make_from_string(expression)]
@@ -441,27 +445,39 @@ def _system_library(path: str, sha256: str) -> Component:
 
 def _debian_package(soname: str) -> tuple[str, str, str] | None:
     """(package, version, arch) that installed `soname`, via ldconfig and dpkg; None if unknown."""
-    ldconfig, dpkg = shutil.which("ldconfig") or "/sbin/ldconfig", shutil.which("dpkg-query")
-    if dpkg is None or not Path(ldconfig).exists():
+    dpkg = shutil.which("dpkg-query")
+    path = _ldconfig().get(soname)
+    if dpkg is None or path is None:
         return None
-    listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True).stdout
-    paths = [line.rsplit(" => ", 1)[1] for line in listing.splitlines() if f"\t{soname} (" in line]
-    for path in paths[:1]:
-        candidates = {path, os.path.realpath(path)}
-        candidates |= {"/usr" + p for p in candidates if p.startswith("/lib")}
-        for candidate in sorted(candidates):
-            owner = subprocess.run([dpkg, "-S", candidate], capture_output=True, text=True)
-            if owner.returncode == 0:
-                package = owner.stdout.split(":", 1)[0] if ":" in owner.stdout else ""
-                query = subprocess.run(
-                    [dpkg, "-W", "-f", "${Version} ${Architecture}", owner.stdout.split(": ")[0]],
-                    capture_output=True,
-                    text=True,
-                )
-                if query.returncode == 0 and package:
-                    version, arch = query.stdout.split()[:2]
-                    return package, version, arch
+    candidates = {path, os.path.realpath(path)}
+    candidates |= {"/usr" + p for p in candidates if p.startswith("/lib/")}  # merged /usr
+    for candidate in sorted(candidates):
+        owner = subprocess.run([dpkg, "-S", candidate], capture_output=True, text=True)
+        if owner.returncode != 0:
+            continue
+        package = owner.stdout.split(": ", 1)[0]  # e.g. libstdc++6:amd64
+        fields = "${Package} ${Version} ${Architecture}"
+        query = subprocess.run([dpkg, "-W", "-f", fields, package], capture_output=True, text=True)
+        if query.returncode == 0 and len(query.stdout.split()) == 3:
+            name, version, arch = query.stdout.split()
+            return name, version, arch
     return None
+
+
+@functools.cache
+def _ldconfig() -> dict[str, str]:
+    """soname -> path of the system's shared libraries (the first ldconfig lists)."""
+    ldconfig = shutil.which("ldconfig") or "/sbin/ldconfig"
+    try:
+        listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True).stdout
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for line in listing.splitlines()[1:]:
+        if " => " in line:
+            name, path = line.strip().split(" (", 1)[0], line.rsplit(" => ", 1)[1]
+            found.setdefault(name, path)
+    return found
 
 
 def _sha256_file(path: Path) -> str:

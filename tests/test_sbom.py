@@ -20,7 +20,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
 from encoderfile import freeze, sbom
-from encoderfile.errors import ArtifactError
+from encoderfile.errors import ArtifactError, BuildError
 from encoderfile.runtime import cli as runtime_cli
 from encoderfile.runtime import sbom as embedded
 from encoderfile.runtime.payload import TRAILER
@@ -90,9 +90,10 @@ def test_sbom_validates_and_describes_the_bundle(
         assert hashes[f"model:{name}"] == hashes[f"artifact:{name}"] == sha
     for name, sha in manifest["model"]["files"].items():
         assert hashes[f"model:source:{name}"] == sha
-    assert hashes["artifact:runtime.tar.gz"] == hashlib.sha256(
-        runtime_with_numpy.read_bytes()
-    ).hexdigest()
+    assert (
+        hashes["artifact:runtime.tar.gz"]
+        == hashlib.sha256(runtime_with_numpy.read_bytes()).hexdigest()
+    )
     model = next(c for c in bom["components"] if c["bom-ref"] == "model")
     assert model["type"] == "machine-learning-model"
     props = {p["name"]: p["value"] for p in model["properties"]}
@@ -118,12 +119,21 @@ def test_sbom_is_deterministic_and_named_by_its_content(
     first, second = (sbom.generate(tiny_bundle, runtime) for _ in range(2))
     assert first == second
     other = fake_runtime(tmp_path / "other", script="#!/bin/sh\necho other\n")
-    assert json.loads(sbom.generate(tiny_bundle, other))["serialNumber"] != json.loads(first)[
-        "serialNumber"
-    ]
+    assert (
+        json.loads(sbom.generate(tiny_bundle, other))["serialNumber"]
+        != json.loads(first)["serialNumber"]
+    )
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     stamped = validate(sbom.generate(tiny_bundle, runtime))
     assert stamped["metadata"]["timestamp"] == "2023-11-14T22:13:20+00:00"
+
+
+def test_a_runtime_that_is_not_an_archive_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime.tar.gz"
+    runtime.write_bytes(b"not a tar")
+    with pytest.raises(BuildError, match="is not a runtime archive"):
+        freeze.write_artifact(tiny_bundle, "tiny", runtime, tmp_path / "dist")
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 
 
 def test_artifact_embeds_the_sbom_and_the_runtime_prints_it(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from encoderfile.errors import ArtifactError
-from encoderfile.freeze import write_artifact
+from encoderfile.freeze import pack, write_artifact
 from encoderfile.runtime.payload import (
     ARTIFACT_ENV,
     TRAILER,
@@ -21,7 +21,8 @@ from encoderfile.runtime.payload import (
 def fake_artifact(bundle: Path, tmp_path: Path) -> Path:
     """An artifact with a placeholder runtime: the payload layout without PyInstaller."""
     runtime = tmp_path / "runtime.tar.gz"
-    runtime.write_bytes(b"not a real runtime")
+    (tmp_path / "onedir").mkdir()
+    pack(tmp_path / "onedir", runtime)  # an empty runtime archive
     return write_artifact(bundle, "tiny", runtime, tmp_path / "dist")
 
 
