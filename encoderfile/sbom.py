@@ -115,14 +115,14 @@ def _frozen_modules(executable: Path) -> list[str]:
 # ---------------------------------------------------------------------------- the document
 
 
-def _bom(manifest: dict[str, Any], embedded: dict[str, str], found: Inventory) -> Bom:
+def _bom(manifest: dict[str, Any], shipped: dict[str, str], found: Inventory) -> Bom:
     artifact = Component(
         type=ComponentType.APPLICATION,
         name=manifest["name"],
         version=manifest["version"],
         bom_ref="artifact",
         description="encoderfile artifact: an embedding model frozen with its runtime",
-        components=[_file(name, sha, "artifact") for name, sha in sorted(embedded.items())],
+        components=[_file(name, sha, "artifact") for name, sha in sorted(shipped.items())],
     )
     owners = _owners()
     components = [*_models(manifest), *_runtime(found, owners)]

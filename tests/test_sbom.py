@@ -111,6 +111,34 @@ def test_sbom_validates_and_describes_the_bundle(
     assert {"encoderfile", "onnx"} <= set(tools)
 
 
+@pytest.mark.parametrize("fixture", ["image_bundle", "image_only_bundle"])
+def test_sbom_describes_an_image_model(
+    fixture: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    bundle: Path = request.getfixturevalue(fixture)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    bom = validate(sbom.generate(bundle, fake_runtime(tmp_path)))
+    models = {c["bom-ref"] for c in bom["components"] if c["type"] == "machine-learning-model"}
+    assert models == ({"image-model"} if manifest["model"] is None else {"model", "image-model"})
+    hashes = file_hashes(bom)
+    assert hashes["image-model:vision.onnx"] == manifest["files"]["vision.onnx"]
+    for name, sha in manifest["image"]["model"]["files"].items():
+        assert hashes[f"image-model:source:{name}"] == sha
+
+
+def test_a_hub_model_is_named_by_repo_and_revision(tiny_bundle: Path, tmp_path: Path) -> None:
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    files = manifest["model"]["files"]
+    manifest["model"] = {"source": "hub", "repo": "org/tiny", "revision": revision, "files": files}
+    (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
+    bom = validate(sbom.generate(tiny_bundle, fake_runtime(tmp_path)))
+    model = next(c for c in bom["components"] if c["bom-ref"] == "model")
+    source = model["pedigree"]["ancestors"][0]
+    assert (source["name"], source["version"]) == ("org/tiny", revision)
+    assert source["externalReferences"][0]["url"].endswith(f"org/tiny/tree/{revision}")
+
+
 def test_sbom_is_deterministic_and_named_by_its_content(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
