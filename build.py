@@ -2,7 +2,7 @@
 """Project tasks. Run `python3 build.py` for the list; stdlib only, so it works before setup.
 
 python3 build.py demo    set up, build the default recipe (all-MiniLM-L6-v2), embed a line
-python3 build.py test    set up, then run the whole test suite (what CI runs)
+python3 build.py test    set up, lint, then run the whole test suite (what CI runs)
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def demo() -> None:
 
 
 def test() -> None:
-    """Set up, then run every test (slow ones included)."""
+    """Set up, lint (ruff + mypy), then run every test (slow ones included)."""
     setup()
+    check()
     result = subprocess.run([str(BIN / "python"), "-m", "pytest", *sys.argv[2:]], cwd=ROOT)
     if result.returncode == 5:
         print("pytest collected no tests: that is a failure here.", file=sys.stderr)
@@ -62,8 +63,12 @@ def test() -> None:
 
 
 def lint() -> None:
-    """ruff check + format check, mypy on the package."""
+    """ruff check + format check, mypy on the package (strict on the runtime)."""
     setup()
+    check()
+
+
+def check() -> None:
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy", "encoderfile")

@@ -23,8 +23,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from encoderfile.runtime import embedder as embedder_module
+from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder
-from encoderfile.runtime.payload import open_bundle
 from encoderfile.runtime.session import available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,11 +20,22 @@ import encoderfile
 from encoderfile.errors import BuildError, RecipeError, ResolveError
 from encoderfile.recipe import Recipe, Step, TokenizerSpec
 from encoderfile.resolve import ResolvedModel
+from encoderfile.runtime.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TEXT_OUTPUT,
+    TOKENIZER_FILE,
+    VISION_FILE,
+    Golden,
+    GraphInfo,
+    ImageSection,
+    Manifest,
+    Precision,
+    TokenizerSettings,
+)
 from encoderfile.splice import Spliced
-from encoderfile.verify import GOLDEN_TOLERANCE, Golden
-from encoderfile.vision import GRAPH_FILE, VisionBuild, manifest_section
+from encoderfile.vision import VisionBuild, manifest_section
 
-FORMAT_VERSION = 1
 PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>")
 MAX_PROTO_BYTES = 2**31 - 1
 
@@ -64,49 +75,74 @@ def write(
     golden: Golden,
     image: VisionBuild | None = None,
     *,
-    precision: dict[str, Any] | None = None,
+    precision: Precision | None = None,
 ) -> Path:
     """Write the bundle into `out`, replacing it only once every file is complete."""
-    model_bytes = _serialize(spliced.model)
-    tokenizer_bytes = (tokenizer.to_str(pretty=True) + "\n").encode()
-    files = {"model.onnx": model_bytes, "tokenizer.json": tokenizer_bytes}
+    files = {
+        MODEL_FILE: _serialize(spliced.model),
+        TOKENIZER_FILE: (tokenizer.to_str(pretty=True) + "\n").encode(),
+    }
     if image is not None:
-        files[GRAPH_FILE] = _serialize(image.spliced.model)
-    manifest = _manifest(recipe, resolved, spliced, golden, files)
-    manifest["precision"] = {"mode": recipe.precision, **(precision or {})}
-    if image is not None:
-        manifest["image"] = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
+        files[VISION_FILE] = _serialize(image.spliced.model)
+    manifest = Manifest(
+        name=recipe.name,
+        version=recipe.version,
+        dimension=recipe.dimension,
+        dimensions=tuple(recipe.allowed_dimensions),
+        normalized=recipe.steps[-1].op == "normalize",
+        files=_hashes(files),
+        model=resolved.model_source,
+        graph=GraphInfo(
+            inputs=tuple(spliced.inputs),
+            output=TEXT_OUTPUT,
+            token_states=spliced.token_states,
+            hidden_size=spliced.hidden_size,
+            added_nodes=tuple(spliced.added_nodes),
+        ),
+        steps=_steps(recipe.steps, recipe.dimension),
+        prompts=dict(recipe.prompts),
+        default_prompt=recipe.default_prompt,
+        tokenizer=TokenizerSettings.from_dict(recipe.tokenizer.model_dump()),
+        tools=tool_versions(),
+        built_at=_built_at(),
+        golden=golden,
+        precision=precision or Precision(recipe.precision),
+        image=_image_section(image, recipe),
+    )
     return _write_files(out, files, manifest)
 
 
 def write_image_only(out: Path, recipe: Recipe, image: VisionBuild) -> Path:
-    """A bundle with vision.onnx and no text model (manifest: model, graph, tokenizer null)."""
-    files = {GRAPH_FILE: _serialize(image.spliced.model)}
-    section = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "name": recipe.name,
-        "version": recipe.version,
-        "model": None,
-        "graph": None,
-        "steps": [],
-        "dimension": recipe.dimension,
-        "dimensions": recipe.allowed_dimensions,
-        "normalized": section["normalized"],
-        "prompts": {},
-        "default_prompt": None,
-        "tokenizer": None,
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
-        "tools": tool_versions(),
-        "built_at": _built_at(),
-        "golden": None,
-        "image": section,
-    }
+    """A bundle with vision.onnx and no text model (manifest: model, graph, tokenizer None)."""
+    files = {VISION_FILE: _serialize(image.spliced.model)}
+    section = _image_section(image, recipe)
+    assert section is not None
+    manifest = Manifest(
+        name=recipe.name,
+        version=recipe.version,
+        dimension=recipe.dimension,
+        dimensions=tuple(recipe.allowed_dimensions),
+        normalized=section.normalized,
+        files=_hashes(files),
+        tools=tool_versions(),
+        built_at=_built_at(),
+        image=section,
+    )
     return _write_files(out, files, manifest)
 
 
-def _write_files(out: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> Path:
-    files["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+def _image_section(image: VisionBuild | None, recipe: Recipe) -> ImageSection | None:
+    if image is None:
+        return None
+    return manifest_section(image, _steps(image.spec.steps, recipe.dimension))
+
+
+def _hashes(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+
+
+def _write_files(out: Path, files: dict[str, bytes], manifest: Manifest) -> Path:
+    files[MANIFEST_FILE] = manifest.to_json()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -135,45 +171,6 @@ def _serialize(model: onnx.ModelProto) -> bytes:
     return data
 
 
-def _manifest(
-    recipe: Recipe,
-    resolved: ResolvedModel,
-    spliced: Spliced,
-    golden: Golden,
-    files: dict[str, bytes],
-) -> dict[str, Any]:
-    steps = _steps(recipe.steps, recipe.dimension)
-    built_at = _built_at()
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": recipe.name,
-        "version": recipe.version,
-        "model": {**resolved.source, "files": resolved.sha256},
-        "graph": {
-            "inputs": spliced.inputs,
-            "output": "sentence_embedding",
-            "token_states": spliced.token_states,
-            "hidden_size": spliced.hidden_size,
-            "added_nodes": spliced.added_nodes,
-        },
-        "steps": steps,
-        "dimension": recipe.dimension,
-        "dimensions": recipe.allowed_dimensions,
-        "normalized": recipe.steps[-1].op == "normalize",
-        "prompts": recipe.prompts,
-        "default_prompt": recipe.default_prompt,
-        "tokenizer": recipe.tokenizer.model_dump(exclude={"pad_token", "add_special_tokens"}),
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
-        "tools": tool_versions(),
-        "built_at": built_at,
-        "golden": {
-            "tolerance": GOLDEN_TOLERANCE,
-            "texts": golden.texts,
-            "vectors": [[float(v) for v in row] for row in golden.vectors],
-        },
-    }
-
-
 def _built_at() -> str | None:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if not epoch:
@@ -181,14 +178,14 @@ def _built_at() -> str | None:
     return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _steps(steps: Sequence[Step], dimension: int) -> list[dict[str, Any]]:
+def _steps(steps: Sequence[Step], dimension: int) -> tuple[dict[str, Any], ...]:
     entries = []
     for step in steps:
         entry = step.model_dump()
         if step.op == "truncate":
             entry["dimension"] = dimension
         entries.append(entry)
-    return entries
+    return tuple(entries)
 
 
 def tool_versions() -> dict[str, str]:

@@ -56,10 +56,11 @@ def build(
 ) -> None:
     """Resolve, splice, verify and bundle a recipe, then freeze it into dist/<name>."""
     from encoderfile.compiler import compile_bundle
+    from encoderfile.runtime.artifact import read_manifest
 
     bundle_dir = compile_bundle(recipe_path, out, allow_unpinned=allow_unpinned)
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    _say(f"bundle {bundle_dir} (dimension {manifest['dimension']}, verified)")
+    manifest = read_manifest(bundle_dir)
+    _say(f"bundle {bundle_dir} (dimension {manifest.dimension}, verified)")
     if bundle_only:
         return
     from encoderfile import freeze
@@ -70,7 +71,9 @@ def build(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="a recipe YAML file, bundle directory or artifact")],
+    path: Annotated[
+        Path, typer.Argument(help="a recipe YAML file, a bundle directory or an artifact")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     allow_unpinned: AllowUnpinned = False,
     show_sbom: Annotated[
@@ -78,19 +81,13 @@ def inspect(
     ] = False,
 ) -> None:
     """Show what a recipe resolves to, or what a bundle or artifact contains."""
-    from encoderfile import sbom
-    from encoderfile.runtime import sbom as embedded
-
     if show_sbom:
-        typer.echo(embedded.read(path).decode(), nl=False)
+        from encoderfile.runtime import sbom
+
+        typer.echo(sbom.read(path).decode(), nl=False)
         return
-    artifact = None if path.is_dir() else sbom.inspect_artifact(path)
-    if artifact is not None:
-        info = artifact
-    elif path.is_dir():
-        info = {**_inspect_bundle(path), "sbom": embedded.summary_line(None)}
-    else:
-        info = _inspect_recipe(path, allow_unpinned)
+    is_recipe = path.suffix in (".yaml", ".yml")
+    info = _inspect_recipe(path, allow_unpinned) if is_recipe else _inspect_bundle(path)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -99,13 +96,19 @@ def inspect(
         typer.echo(f"{key:<14} {shown}")
 
 
-def _graph_summary(graph_path: Path) -> dict[str, Any]:
+def _graph_summary(graph: Path | bytes) -> dict[str, Any]:
+    """Inputs, outputs and opset of an ONNX file (or its bytes, read from an artifact)."""
     from encoderfile.compiler import load_graph
     from encoderfile.splice import opset
 
-    model = load_graph(graph_path, graph_path.name)
+    if isinstance(graph, Path):
+        model = load_graph(graph, graph.name)
+    else:
+        import onnx
 
-    def describe(values: Any) -> dict[str, list[str | int]]:
+        model = onnx.load_from_string(graph)
+
+    def shapes(values: Any) -> dict[str, list[str | int]]:
         return {
             v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in values
@@ -114,66 +117,26 @@ def _graph_summary(graph_path: Path) -> dict[str, Any]:
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     return {
-        "inputs": describe(inputs),
-        "outputs": describe(model.graph.output),
+        "inputs": shapes(inputs),
+        "outputs": shapes(model.graph.output),
         "opset": opset(model),
     }
 
 
 def _inspect_bundle(path: Path) -> dict[str, Any]:
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise EncoderfileError(
-            f"{path} is not a bundle (no manifest.json). Pass a bundle directory or a recipe."
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("model") is None:  # an image model alone
-        return {
-            "name": manifest["name"],
-            "version": manifest["version"],
-            "dimension": manifest["dimension"],
-            "dimensions": manifest["dimensions"],
-            "files": manifest["files"],
-            "image": _image_summary(manifest.get("image")),
-        }
-    return {
-        "name": manifest["name"],
-        "version": manifest["version"],
-        "model": {k: v for k, v in manifest["model"].items() if k != "files"},
-        **_graph_summary(path / "model.onnx"),
-        "dimension": manifest["dimension"],
-        "dimensions": manifest["dimensions"],
-        "steps": manifest["steps"],
-        "token_states": manifest["graph"]["token_states"],
-        "added_nodes": manifest["graph"]["added_nodes"],
-        "files": manifest["files"],
-        "source_files": manifest["model"]["files"],
-        "image": _image_summary(manifest.get("image")),
-        **_precision_summary(manifest.get("precision") or {"mode": "fp32"}),
-    }
+    """The runtime's own description of a bundle directory or artifact, plus its graph."""
+    from encoderfile.runtime import sbom
+    from encoderfile.runtime.artifact import read_entry, read_manifest
+    from encoderfile.runtime.describe import describe
+    from encoderfile.runtime.manifest import MODEL_FILE
 
-
-def _image_summary(image: dict[str, Any] | None) -> dict[str, Any] | None:
-    if image is None:
-        return None
-    keep = ("inputs", "output", "token_states", "hidden_size", "added_nodes")
-    return {
-        "model": {k: v for k, v in image["model"].items() if k != "files"},
-        "size": image["size"],
-        "steps": image["steps"],
-        **{k: image["graph"][k] for k in keep},
-        "source_files": image["model"]["files"],
-    }
-
-
-def _precision_summary(precision: dict[str, Any]) -> dict[str, Any]:
-    """precision, and for fp16/int8 what the quantizer changed and the gate's figures."""
-    summary: dict[str, Any] = {"precision": precision.get("mode", "fp32")}
-    if "changes" in precision:
-        summary["quantizer"] = precision["changes"]
-    if "gate" in precision:
-        summary["gate"] = precision["gate"]
-    return summary
+    manifest = read_manifest(path)
+    shown = describe(manifest)
+    model = read_entry(MODEL_FILE, path) if manifest.has_text else None
+    if model is not None:
+        shown.update(_graph_summary(model))
+    shown["sbom"] = sbom.describe(path)
+    return shown
 
 
 def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 
 from encoderfile import bundle, gate, quantize, recipe, resolve, splice, verify, vision
 from encoderfile.errors import SpliceError
+from encoderfile.runtime.manifest import Precision
 
 
 def load_graph(path: Path, where: str) -> onnx.ModelProto:
@@ -48,11 +49,11 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
     got = verify.run(
         spliced_session,
         verify.encode(tokenizer, verify.SAMPLE_TEXTS, spliced.inputs),
-        "sentence_embedding",
+        splice.contract.OUTPUT,
         where,
     )
     golden = verify.check(got, expected, verify.SAMPLE_TEXTS)
-    precision = None
+    precision = Precision()
     if lowered is not None:
         reference = splice.apply(fp32, spec, states.shape[-1], where)
         result = gate.check(
@@ -63,7 +64,7 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
             spec.precision,
             spec.gate,
         )
-        precision = {"changes": lowered.changes, "gate": result.to_manifest()}
+        precision = Precision(spec.precision, lowered.changes, result.to_manifest())
     image = _compile_image(spec, recipe_path, allow_unpinned) if spec.image else None
     return bundle.write(
         out_dir / spec.name, spec, resolved, spliced, tokenizer, golden, image, precision=precision

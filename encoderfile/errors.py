@@ -1,8 +1,19 @@
-"""One exception family; every message reads '<what went wrong>. <how to fix it>.'"""
+"""One exception family; every message reads '<what went wrong>. <how to fix it>.'
+
+Each transport maps these classes to its codes in one table (CLI: exit 2; HTTP and gRPC: see
+encoderfile/runtime/serve/). Anything that is not an EncoderfileError is a bug.
+"""
 
 
 class EncoderfileError(Exception):
     """Base of every error a user can cause; the CLI prints it and exits 2."""
+
+
+class UsageError(EncoderfileError):
+    """Bad command line (unknown option, conflicting flags, missing argument)."""
+
+
+# ------------------------------------------------------------------------------------ builder
 
 
 class RecipeError(EncoderfileError):
@@ -25,13 +36,57 @@ class BuildError(EncoderfileError):
     """Freezing the bundle into an executable failed."""
 
 
+# ------------------------------------------------------------------------------------ runtime
+
+
 class ArtifactError(EncoderfileError):
     """A bundle or frozen artifact is incomplete or fails its own hash check."""
 
 
+class NotReadyError(EncoderfileError):
+    """The model is still loading or the server is draining (HTTP 503, gRPC UNAVAILABLE)."""
+
+
 class RequestError(EncoderfileError):
-    """Runtime: the caller sent bad input (HTTP 4xx, gRPC INVALID_ARGUMENT, CLI exit 2)."""
+    """The caller sent bad input (HTTP 4xx, gRPC INVALID_ARGUMENT, CLI exit 2).
+
+    `param` names the field at fault (OpenAI's error `param`), `code` a machine-readable kind.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class InvalidFieldError(RequestError):
+    """A field has the wrong type or value (HTTP 422, gRPC INVALID_ARGUMENT)."""
+
+
+class MalformedRequestError(RequestError):
+    """The body is not UTF-8 JSON (HTTP 400, gRPC INVALID_ARGUMENT)."""
+
+
+class UnauthorizedError(RequestError):
+    """The API key is missing or wrong (HTTP 401, gRPC UNAUTHENTICATED)."""
+
+
+class NotFoundError(RequestError):
+    """No such route, model or model kind in this artifact (HTTP 404, gRPC NOT_FOUND)."""
+
+
+class MethodNotAllowedError(RequestError):
+    """The route exists but not for this HTTP method (HTTP 405)."""
+
+
+class PayloadTooLargeError(RequestError):
+    """The body exceeds --max-body-bytes (HTTP 413, gRPC RESOURCE_EXHAUSTED)."""
 
 
 class OverloadedError(RequestError):
-    """Runtime: too much work in flight (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+    """Too much work in flight (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+
+
+class ClientGoneError(RequestError):
+    """The client disconnected before its answer was ready; its inputs left the queue (HTTP 499,
+    nginx's code: the client never sees it, the access log and metrics do)."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.metadata
-import json
+import importlib.resources
 import os
+import pkgutil
 import platform
 import shutil
 import string
@@ -26,25 +27,33 @@ from pathlib import Path
 import encoderfile
 from encoderfile import sbom
 from encoderfile.errors import ArtifactError, BuildError
-from encoderfile.runtime.payload import MAGIC, OPTIONAL_FILES, TRAILER, open_bundle
-from encoderfile.runtime.sbom import SBOM_FILE
+from encoderfile.runtime import artifact
+from encoderfile.runtime.artifact import BUNDLE_FILES, open_bundle
+from encoderfile.runtime.manifest import MANIFEST_FILE, SBOM_FILE
 
 PACKAGE = Path(encoderfile.__file__).resolve().parent
-TEMPLATES = PACKAGE.parent / "templates"
+TEMPLATES = Path(str(importlib.resources.files("encoderfile.templates")))
 RUNTIME_FORMAT = 1  # bump to invalidate cached runtimes when this module's output changes
 STUB_ALIGN = 4096
 KEEP_RUNTIMES = 3  # cached runtime archives kept per work dir
-# Pulled in by the runtime's dependencies' optional paths but never used by the artifact.
+RUNTIME_SIDE = ("encoderfile.errors", "encoderfile.runtime", "encoderfile.proto")
+
+
+def builder_modules() -> list[str]:
+    """Every encoderfile module outside the runtime, errors and proto: the build side."""
+    found = pkgutil.walk_packages([str(PACKAGE)], prefix="encoderfile.")
+    return sorted(
+        m.name
+        for m in found
+        if not any(m.name == r or m.name.startswith(r + ".") for r in RUNTIME_SIDE)
+    )
+
+
+# The builder, and what the runtime's dependencies pull in on optional paths but never use.
 EXCLUDES = sorted(
     [
-        # builder side of encoderfile and its libraries
-        "encoderfile.cli",
-        "encoderfile.recipe",
-        "encoderfile.resolve",
-        "encoderfile.splice",
-        "encoderfile.verify",
-        "encoderfile.bundle",
-        "encoderfile.freeze",
+        *builder_modules(),
+        # the builder's libraries
         "onnx",
         "yaml",
         "huggingface_hub",
@@ -255,39 +264,23 @@ def render_stub(name: str, runtime_sha256: str, runtime_length: int) -> bytes:
 
 
 def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -> Path:
-    sbom_bytes = sbom.generate(bundle_dir, runtime)
-    runtime_bytes = runtime.read_bytes()
-    stub = render_stub(name, hashlib.sha256(runtime_bytes).hexdigest(), len(runtime_bytes))
+    runtime_sha256, runtime_length = _sha256(runtime), runtime.stat().st_size
+    stub = render_stub(name, runtime_sha256, runtime_length)
     dist_dir.mkdir(parents=True, exist_ok=True)
-    target = dist_dir / name
-    fd, tmp = tempfile.mkstemp(dir=dist_dir, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(stub)
-            index: dict[str, object] = {"runtime": [out.tell(), len(runtime_bytes)]}
-            out.write(runtime_bytes)
-            files: dict[str, list[int]] = {}
-            present = ["model.onnx", "tokenizer.json", *OPTIONAL_FILES]
-            present = [f for f in present if (bundle_dir / f).is_file()]
-            for file in (*present, "manifest.json"):
-                start = out.tell()
-                with open(bundle_dir / file, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                files[file] = [start, out.tell() - start]
-            files[SBOM_FILE] = [out.tell(), len(sbom_bytes)]
-            out.write(sbom_bytes)
-            index["files"] = files
-            index["sha256"] = {SBOM_FILE: hashlib.sha256(sbom_bytes).hexdigest()}
-            index_bytes = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
-            index_offset = out.tell()
-            out.write(index_bytes)
-            out.write(TRAILER.pack(MAGIC, index_offset, len(index_bytes)))
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    present = [f for f in BUNDLE_FILES if (bundle_dir / f).is_file()]
+    entries: list[tuple[str, Path | bytes]] = [
+        (f, bundle_dir / f) for f in (*present, MANIFEST_FILE)
+    ]
+    entries.append((SBOM_FILE, sbom.generate(bundle_dir, runtime)))
+    return artifact.write(dist_dir / name, stub, runtime, entries)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _prune(work_dir: Path) -> None:

@@ -9,7 +9,6 @@ same text inside mixed padded batches (all texts together, and in reverse order 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +17,7 @@ from tokenizers import Tokenizer
 from encoderfile import verify
 from encoderfile.errors import VerifyError
 from encoderfile.recipe import Gate
+from encoderfile.runtime.manifest import TEXT_OUTPUT, GateFigures
 
 WORST_SHOWN = 5
 
@@ -59,16 +59,15 @@ class GateResult:
     batch_max_abs_diff: float
     thresholds: Gate
 
-    def to_manifest(self) -> dict[str, Any]:
-        return {
-            "held_out_texts": self.texts,
-            "mean_cosine": round(self.mean_cosine, 6),
-            "min_cosine": round(self.min_cosine, 6),
-            "worst": [{"text": _short(t), "cosine": round(c, 6)} for t, c in self.worst],
-            "batch_max_abs_diff": self.batch_max_abs_diff,
-            "thresholds": self.thresholds.model_dump(),
-            "passed": True,
-        }
+    def to_manifest(self) -> GateFigures:
+        return GateFigures(
+            held_out_texts=self.texts,
+            mean_cosine=round(self.mean_cosine, 6),
+            min_cosine=round(self.min_cosine, 6),
+            worst=tuple({"text": _short(t), "cosine": round(c, 6)} for t, c in self.worst),
+            batch_max_abs_diff=self.batch_max_abs_diff,
+            thresholds=self.thresholds.model_dump(),
+        )
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -79,7 +78,7 @@ def _embed(
     sess: ort.InferenceSession, tokenizer: Tokenizer, texts: list[str], inputs: list[str]
 ) -> np.ndarray:
     batch = verify.encode(tokenizer, texts, inputs)
-    return verify.run(sess, batch, "sentence_embedding", "the lowered graph")
+    return verify.run(sess, batch, TEXT_OUTPUT, "the lowered graph")
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -8,14 +8,24 @@ from pathlib import Path
 
 from encoderfile.errors import ResolveError
 from encoderfile.recipe import COMMIT, GraphSpec, HubSource, Recipe
+from encoderfile.runtime.manifest import ModelSource
 
 
 @dataclass(frozen=True)
-class ResolvedModel:
+class ResolvedGraph:
     files: dict[str, Path]  # recipe key -> file on disk
     sha256: dict[str, str]  # recipe key -> actual sha256
-    source: dict[str, str]  # what the manifest records: hub repo + commit, or local path
+    source: dict[str, str]  # hub repo + commit, or local path
     graph: Path
+
+    @property
+    def model_source(self) -> ModelSource:
+        """What the manifest records about where the model came from."""
+        return ModelSource.from_dict({**self.source, "files": self.sha256})
+
+
+@dataclass(frozen=True)
+class ResolvedModel(ResolvedGraph):
     tokenizer: Path
 
 
@@ -46,14 +56,6 @@ def resolve(
         graph=files[spec.graph],
         tokenizer=files[spec.tokenizer],
     )
-
-
-@dataclass(frozen=True)
-class ResolvedGraph:
-    files: dict[str, Path]
-    sha256: dict[str, str]
-    source: dict[str, str]
-    graph: Path
 
 
 def resolve_image(

@@ -43,8 +43,7 @@ from packageurl import PackageURL
 
 import encoderfile
 from encoderfile.errors import BuildError
-from encoderfile.runtime import sbom as embedded
-from encoderfile.runtime.payload import read_manifest, read_trailer
+from encoderfile.runtime.manifest import MANIFEST_FILE
 
 INTERNAL = "_internal/"  # PyInstaller 6's onedir: everything but the executable lives here
 EXECUTABLE = "encoderfile"  # the bootloader with the PKG archive (and its PYZ) appended
@@ -63,9 +62,9 @@ class Inventory:
 
 def generate(bundle_dir: Path, runtime: Path) -> bytes:
     """The SBOM (CycloneDX 1.6 JSON bytes) of `runtime` frozen with the bundle in `bundle_dir`."""
-    manifest = json.loads((bundle_dir / "manifest.json").read_bytes())
+    manifest = json.loads((bundle_dir / MANIFEST_FILE).read_bytes())
     shipped = {
-        name: _sha256_file(bundle_dir / name) for name in (*manifest["files"], "manifest.json")
+        name: _sha256_file(bundle_dir / name) for name in (*manifest["files"], MANIFEST_FILE)
     }
     shipped["runtime.tar.gz"] = _sha256_file(runtime)
     bom = _bom(manifest, shipped, inventory(runtime))
@@ -486,21 +485,3 @@ def _sha256_file(path: Path) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def inspect_artifact(path: Path) -> dict[str, Any] | None:
-    """What `encoderfile inspect` shows for an artifact file; None if `path` is not one."""
-    try:
-        with open(path, "rb") as fh:
-            read_trailer(fh, os.fstat(fh.fileno()).st_size)
-    except (OSError, ValueError):
-        return None
-    manifest = read_manifest(path)
-    return {
-        "artifact": str(path),
-        "name": manifest.name,
-        "version": manifest.version,
-        "size": path.stat().st_size,
-        "files": manifest.files,
-        "sbom": embedded.summary(embedded.read(path)),
-    }

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from encoderfile.errors import VerifyError
 from encoderfile.recipe import Recipe, Step
+from encoderfile.runtime.manifest import Golden
 
 BUILD_TOLERANCE = 1e-5  # spliced graph vs numpy reference, same machine
 GOLDEN_TOLERANCE = 1e-4  # artifact self-check on another machine (other CPU kernels)
@@ -32,13 +33,6 @@ SAMPLE_TEXTS = [
 class Batch:
     feeds: dict[str, np.ndarray]
     mask: np.ndarray
-
-
-@dataclass(frozen=True)
-class Golden:
-    texts: list[str]
-    vectors: np.ndarray
-    max_abs_diff: float
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], inputs: list[str]) -> Batch:
@@ -108,8 +102,11 @@ def reference_steps(
     return x
 
 
-def check(spliced: np.ndarray, expected: np.ndarray, texts: Sequence[str]) -> Golden:
-    """Fail the build unless the spliced graph equals the reference within BUILD_TOLERANCE."""
+def check(
+    spliced: np.ndarray, expected: np.ndarray, inputs: Sequence[str], kind: str = "texts"
+) -> Golden:
+    """Fail the build unless the spliced graph equals the reference within BUILD_TOLERANCE;
+    its vectors become the golden ones `verify` recomputes on the user's machine."""
     if spliced.shape != expected.shape:
         raise VerifyError(
             f"the spliced graph returned shape {list(spliced.shape)}, the reference "
@@ -122,4 +119,9 @@ def check(spliced: np.ndarray, expected: np.ndarray, texts: Sequence[str]) -> Go
             f"(tolerance {BUILD_TOLERANCE}). Check the model's precision (fp16 graphs need fp32 "
             "token states) or report the recipe."
         )
-    return Golden(list(texts), spliced, diff)
+    return Golden(
+        tolerance=GOLDEN_TOLERANCE,
+        inputs=tuple(inputs),
+        vectors=tuple(tuple(float(v) for v in row) for row in spliced),
+        kind=kind,
+    )

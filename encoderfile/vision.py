@@ -17,9 +17,14 @@ from encoderfile.errors import VerifyError
 from encoderfile.recipe import ImageSpec, Recipe
 from encoderfile.resolve import ResolvedGraph
 from encoderfile.runtime import image as pictures
+from encoderfile.runtime.manifest import (
+    IMAGE_OUTPUT,
+    VISION_FILE,
+    Golden,
+    GraphInfo,
+    ImageSection,
+)
 from encoderfile.splice import image as image_splice
-
-GRAPH_FILE = "vision.onnx"
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,7 @@ class VisionBuild:
     spec: ImageSpec
     resolved: ResolvedGraph
     spliced: splice.Spliced
-    golden: verify.Golden
+    golden: Golden
 
 
 def golden_pixels(size: int) -> tuple[list[str], np.ndarray]:
@@ -64,7 +69,7 @@ def build(
         {image_splice.PIXELS: pixels},
         where,
     )
-    return VisionBuild(spec, resolved, spliced, verify.check(got, expected, names))
+    return VisionBuild(spec, resolved, spliced, verify.check(got, expected, names, "images"))
 
 
 def _run(session: Any, output: str, feeds: dict[str, np.ndarray], where: str) -> np.ndarray:
@@ -78,28 +83,23 @@ def _run(session: Any, output: str, feeds: dict[str, np.ndarray], where: str) ->
     return result
 
 
-def manifest_section(build: VisionBuild, steps: list[dict[str, Any]]) -> dict[str, Any]:
+def manifest_section(build: VisionBuild, steps: tuple[dict[str, Any], ...]) -> ImageSection:
     """What the manifest records under "image"."""
     spec, spliced = build.spec, build.spliced
-    return {
-        "model": {**build.resolved.source, "files": build.resolved.sha256},
-        "graph": {
-            "file": GRAPH_FILE,
-            "inputs": spliced.inputs,
-            "output": image_splice.OUTPUT,
-            "token_states": spliced.token_states,
-            "hidden_size": spliced.hidden_size,
-            "added_nodes": spliced.added_nodes,
-        },
-        "size": spec.size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "resize": "shortest side, bicubic (PIL), then centre crop",
-        "steps": steps,
-        "normalized": spec.steps[-1].op == "normalize",
-        "golden": {
-            "tolerance": verify.GOLDEN_TOLERANCE,
-            "images": build.golden.texts,
-            "vectors": [[float(v) for v in row] for row in build.golden.vectors],
-        },
-    }
+    return ImageSection(
+        model=build.resolved.model_source,
+        graph=GraphInfo(
+            inputs=tuple(spliced.inputs),
+            output=IMAGE_OUTPUT,
+            token_states=spliced.token_states,
+            hidden_size=spliced.hidden_size,
+            added_nodes=tuple(spliced.added_nodes),
+            file=VISION_FILE,
+        ),
+        size=spec.size,
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        steps=steps,
+        normalized=spec.steps[-1].op == "normalize",
+        golden=build.golden,
+    )

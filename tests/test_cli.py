@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -223,8 +224,29 @@ def test_inspect_recipe_and_bundle(tmp_path, model_dir) -> None:
     assert cli("build", recipe, "--bundle-only", "--out", tmp_path / "b").returncode == 0
     bundle = json.loads(cli("inspect", tmp_path / "b" / "tiny", "--json").stdout)
     assert bundle["outputs"] == {"sentence_embedding": ["batch", 8]}
-    assert bundle["added_nodes"][0].startswith("pooling/")
+    assert bundle["graph"]["added_nodes"][0].startswith("pooling/")
     assert cli("inspect", tmp_path / "b" / "tiny").returncode == 0
+
+
+def test_inspect_bundle_matches_info(tiny_bundle) -> None:
+    """One description: `inspect` on a bundle shows what the runtime's `info --json` does."""
+    shown = json.loads(cli("inspect", tiny_bundle, "--json").stdout)
+    info = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "encoderfile.runtime",
+            "--bundle",
+            str(tiny_bundle),
+            "info",
+            "--json",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    described = json.loads(info.stdout)
+    for key in ("name", "model", "steps", "dimensions", "files", "precision", "graph"):
+        assert shown[key] == described[key], key
 
 
 def test_version_and_help() -> None:
@@ -254,3 +276,23 @@ def test_build_the_shipped_minilm_recipe_into_one_executable(tmp_path, minilm_di
     assert embedded.returncode == 0, embedded.stderr
     row = json.loads(embedded.stdout)
     assert len(row["embedding"]) == 384 and row["tokens"] == 3
+
+
+def test_architecture_doc_names_only_modules_that_exist() -> None:
+    """docs/architecture.md names modules by path and dotted name: each must exist."""
+    root = Path(__file__).parent.parent
+    text = (root / "docs" / "architecture.md").read_text()
+    paths = set(re.findall(r"(encoderfile/[\w/]+\.py)", text))
+    dotted = set(re.findall(r"\b(encoderfile(?:\.\w+)+)", text))
+    assert len(paths) > 15 and len(dotted) > 10
+    missing = [p for p in paths if not (root / p).is_file()]
+    for name in dotted:
+        parts = name.split(".")
+        # a module, or an attribute of one (encoderfile.freeze.builder_modules)
+        if not any(
+            (root / Path(*parts[:n])).with_suffix(".py").is_file()
+            or (root / Path(*parts[:n]) / "__init__.py").is_file()
+            for n in (len(parts), len(parts) - 1)
+        ):
+            missing.append(name)
+    assert missing == []

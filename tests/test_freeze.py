@@ -17,7 +17,7 @@ import pytest
 
 from encoderfile import freeze
 from encoderfile.errors import BuildError
-from encoderfile.runtime.payload import MAGIC, TRAILER, open_bundle
+from encoderfile.runtime.artifact import MAGIC, TRAILER, open_bundle
 from tests.fixtures.artifacts import run_artifact
 from tests.fixtures.tiny_bundle import make_tiny_bundle
 

@@ -13,8 +13,9 @@ from PIL import Image, ImageOps
 
 from encoderfile.errors import RecipeError, RequestError, SpliceError
 from encoderfile.recipe import load
+from encoderfile.runtime import golden
 from encoderfile.runtime import image as pictures
-from encoderfile.runtime.payload import open_bundle
+from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.vision import ImageEmbedder
 from tests.fixtures.image_bundle import WIDTH, image_recipe, make_image_bundle
 from tests.fixtures.images import (
@@ -155,9 +156,9 @@ def test_dimensions_are_a_renormalised_prefix(embedder: ImageEmbedder) -> None:
 
 
 def test_verify_golden_images(image_bundle: Path) -> None:
-    expected, got, tolerance = ImageEmbedder(open_bundle(image_bundle)).golden()
-    assert expected.shape == got.shape == (4, WIDTH)
-    assert np.abs(expected - got).max() <= tolerance
+    text, result = golden.check(open_bundle(image_bundle))
+    assert (text.kind, result.kind, result.count) == ("texts", "images", 4)
+    assert result.ok and result.max_abs_diff <= result.tolerance
 
 
 # ----------------------------------------------------------------------------- stats
@@ -305,7 +306,7 @@ def test_inspect_shows_the_image_graph(image_bundle: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     image = json.loads(result.stdout)["image"]
-    assert image["inputs"] == ["pixel_values"] and image["hidden_size"] == WIDTH
+    assert image["graph"]["inputs"] == ["pixel_values"] and image["graph"]["hidden_size"] == WIDTH
 
 
 def test_image_only_bundle(image_only_bundle: Path, image_bundle: Path) -> None:

@@ -64,7 +64,10 @@ def test_minilm_truncated_to_128(tmp_path, minilm_dir, sentence_transformer) -> 
     )
 
 
-@pytest.mark.parametrize("bundle_fixture", ["minilm_bundle", "nomic_full_bundle"])
+@pytest.mark.parametrize(
+    "bundle_fixture",
+    ["minilm_bundle", pytest.param("nomic_full_bundle", marks=pytest.mark.slow)],
+)
 def test_vectors_do_not_depend_on_batch_neighbours(request, bundle_fixture) -> None:
     """Bitwise: alone, in a padded batch, and among other neighbours (nomic-serve's bug)."""
     bundle = request.getfixturevalue(bundle_fixture)

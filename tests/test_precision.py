@@ -163,6 +163,7 @@ def minilm_fp16(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> P
     return compile_bundle(real_recipe(tmp, "all-minilm-l6-v2-fp16.yaml", minilm_dir), tmp / "b")
 
 
+@pytest.mark.slow  # quantizes the real MiniLM
 def test_minilm_int8_passes_the_default_gate(minilm_int8: Path, minilm_bundle: Path) -> None:
     precision = manifest(minilm_int8)["precision"]
     assert precision["mode"] == "int8"
@@ -181,6 +182,7 @@ def test_minilm_int8_passes_the_default_gate(minilm_int8: Path, minilm_bundle: P
     assert cos.min() >= 0.98
 
 
+@pytest.mark.slow  # quantizes the real MiniLM
 def test_minilm_int8_is_batch_invariant(minilm_int8: Path) -> None:
     """A text's vector alone == inside padded batches of other compositions (static scales)."""
     alone = np.concatenate([embed(minilm_int8, [t]) for t in MIXED])
@@ -196,6 +198,7 @@ def test_minilm_int8_is_batch_invariant(minilm_int8: Path) -> None:
     assert not any(n.op_type == "DynamicQuantizeLinear" for n in model.graph.node)
 
 
+@pytest.mark.slow  # quantizes the real MiniLM
 def test_minilm_fp16_halves_the_size(minilm_fp16: Path, minilm_bundle: Path) -> None:
     g = manifest(minilm_fp16)["precision"]["gate"]
     assert g["passed"] and g["min_cosine"] > 0.9999 and g["batch_max_abs_diff"] == 0.0
@@ -205,6 +208,7 @@ def test_minilm_fp16_halves_the_size(minilm_fp16: Path, minilm_bundle: Path) -> 
     assert cos.min() > 0.9999
 
 
+@pytest.mark.slow  # quantizes the real MiniLM
 def test_info_and_inspect_show_precision(minilm_int8: Path) -> None:
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
     run = [sys.executable, "-m", "encoderfile.runtime", "--bundle", str(minilm_int8)]
@@ -219,13 +223,14 @@ def test_info_and_inspect_show_precision(minilm_int8: Path) -> None:
     verified = subprocess.run([*run, "verify"], capture_output=True, text=True, env=env)
     assert verified.returncode == 0, verified.stderr
     shown = json.loads(cli("inspect", minilm_int8, "--json").stdout)
-    assert shown["precision"] == "int8"
-    assert shown["quantizer"]["quantized"] == {"MatMul": 36}
+    assert shown["precision"]["mode"] == "int8"
+    assert shown["precision"]["changes"]["quantized"] == {"MatMul": 36}
     # one smoothed input per distinct MatMul input (q, k and v share one)
-    assert shown["quantizer"]["smoothed_inputs"] == 24
-    assert shown["gate"]["min_cosine"] >= 0.98
+    assert shown["precision"]["changes"]["smoothed_inputs"] == 24
+    assert shown["precision"]["gate"]["min_cosine"] >= 0.98
 
 
+@pytest.mark.slow  # quantizes the real MiniLM
 def test_gate_failure_stops_the_build_with_a_report(tmp_path: Path, minilm_dir: Path) -> None:
     recipe_path = real_recipe(
         tmp_path,

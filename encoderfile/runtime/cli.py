@@ -10,34 +10,22 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from encoderfile import __version__
-from encoderfile.errors import ArtifactError, EncoderfileError, RequestError
+from encoderfile.errors import ArtifactError, EncoderfileError, RequestError, UsageError
+from encoderfile.runtime import records
+from encoderfile.runtime.arguments import positive_int
 
 if TYPE_CHECKING:
     import numpy as np
 
     from encoderfile.runtime.embedder import Embedder
 
-CHUNK = 1024  # inputs read, embedded and written at a time: memory stays bounded
 EXIT_USER = 2
 COMMANDS = ("embed", "stats", "info", "verify", "sbom", "serve")
 VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
-
-
-class UsageError(EncoderfileError):
-    """Bad command line."""
-
-
-class Record(NamedTuple):
-    where: str  # "stdin line 3", "data.jsonl line 3", "argument 2": for error messages
-    id: Any
-    text: str
 
 
 class _Parser(argparse.ArgumentParser):
@@ -195,11 +183,11 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
 
 class _Version(argparse.Action):
     def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
-        from encoderfile.runtime.payload import read_manifest
+        from encoderfile.runtime.artifact import read_manifest
 
         try:
             m = read_manifest(namespace.bundle)
-            fmt = m.raw["format_version"]
+            fmt = m.format_version
             print(f"{m.name} {m.version} (encoderfile {__version__}, format {fmt})")
         except ArtifactError:
             print(f"encoderfile runtime {__version__}")
@@ -224,17 +212,6 @@ def _command(argv: list[str]) -> str | None:
     return None
 
 
-def positive_int(value: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
-
-
 # ---------------------------------------------------------------------------------------- embed
 
 
@@ -250,18 +227,18 @@ def _embed(args: argparse.Namespace) -> int:
     if args.input not in (None, "-") and not os.path.isfile(args.input):
         raise UsageError(f"--input {args.input} does not exist or is not a file")
 
+    from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.embedder import Embedder
-    from encoderfile.runtime.payload import open_bundle
 
-    with _output(args.output) as out:
+    with records.output(args.output) as out:
         embedder = Embedder(open_bundle(args.bundle), args.threads)
         embedder.prefix(args.prompt)  # unknown prompt / dimensions fail before reading input
-        width = embedder.check_dimensions(args.dimensions)
-        writer = _WRITERS[args.format](out, width)
-        progress = _Progress(enabled=not args.texts and sys.stderr.isatty())
-        truncated = _Truncations()
+        width = embedder.manifest.width(args.dimensions)
+        writer = records.WRITERS[args.format](out, width)
+        progress = records.Progress(enabled=not args.texts and sys.stderr.isatty())
+        truncated = records.Truncations()
         try:
-            for chunk in _chunks(_records(args), CHUNK):
+            for chunk in records.chunks(records.read_records(args), records.CHUNK):
                 vectors, tokens = _embed_chunk(embedder, chunk, args, width, truncated)
                 writer.write(chunk, vectors, tokens)
                 progress.update(len(chunk))
@@ -278,25 +255,12 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Truncations:
-    """How many inputs were truncated, and where the first three were (memory stays bounded)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: list[str] = []
-
-    def add(self, where: str) -> None:
-        self.count += 1
-        if len(self.first) < 3:
-            self.first.append(where)
-
-
 def _embed_chunk(
     embedder: Embedder,
-    chunk: list[Record],
+    chunk: list[records.Record],
     args: argparse.Namespace,
     width: int,
-    truncated: _Truncations,
+    truncated: records.Truncations,
 ) -> tuple[np.ndarray, list[int]]:
     encodings = embedder.tokenize([r.text for r in chunk], prompt=args.prompt)
     for record, encoding in zip(chunk, encodings, strict=True):
@@ -312,231 +276,6 @@ def _embed_chunk(
     return result.vectors, result.tokens
 
 
-def _records(args: argparse.Namespace) -> Iterator[Record]:
-    """Validated inputs in order, from arguments, stdin lines or a JSONL file."""
-    if args.texts:
-        for i, text in enumerate(args.texts, 1):
-            raw = text.encode("utf-8", "surrogateescape")  # argv keeps invalid bytes as escapes
-            text = _decode(raw, args.errors, f"argument {i}")
-            if _keep(text, f"argument {i}", args.skip_empty):
-                yield Record(f"argument {i}", None, text)
-    elif args.input is None:
-        if sys.stdin.isatty():
-            print(
-                "encoderfile: reading texts from stdin, one per line; end with Ctrl-D",
-                file=sys.stderr,
-            )
-        for n, line in enumerate(sys.stdin.buffer, 1):
-            where = f"stdin line {n}"
-            text = _decode(line.rstrip(b"\n").rstrip(b"\r"), args.errors, where)
-            if _keep(text, where, args.skip_empty):
-                yield Record(where, None, text)
-    else:
-        yield from _jsonl(args)
-
-
-def _jsonl(args: argparse.Namespace) -> Iterator[Record]:
-    name = "stdin" if args.input == "-" else args.input
-    with _open_input(args.input) as fh:
-        for n, line in enumerate(fh, 1):
-            where = f"{name} line {n}"
-            raw = _decode(line, args.errors, where)
-            if not raw.strip():
-                if args.skip_empty:
-                    continue
-                raise RequestError(f"{where} is blank. Remove it or pass --skip-empty.")
-            try:
-                obj = json.loads(raw)
-            except ValueError as e:
-                raise RequestError(f"{where} is not valid JSON ({e}). Fix the line.") from None
-            if not isinstance(obj, dict):
-                raise RequestError(
-                    f"{where} is a JSON {type(obj).__name__}, not an object. Write one object "
-                    f'per line, e.g. {{"{args.text_field}": "…"}}.'
-                )
-            text = obj.get(args.text_field)
-            if not isinstance(text, str):
-                keys = ", ".join(obj) or "none"
-                problem = "has no" if text is None else "has a non-string"
-                raise RequestError(
-                    f"{where} {problem} field {args.text_field!r} (keys: {keys}). "
-                    "Pick the field with --text-field."
-                )
-            record_id = None
-            if args.id_field:
-                if args.id_field not in obj:
-                    raise RequestError(
-                        f"{where} has no id field {args.id_field!r}. Add it or drop --id-field."
-                    )
-                record_id = obj[args.id_field]
-            if _valid_unicode(text, where) and _keep(text, where, args.skip_empty):
-                yield Record(where, record_id, text)
-
-
-@contextmanager
-def _open_input(path: str) -> Iterator[IO[bytes]]:
-    if path == "-":
-        yield sys.stdin.buffer
-        return
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as e:
-        raise RequestError(f"cannot read --input {path}: {e.strerror}. Check the path.") from None
-    with fh:
-        yield fh
-
-
-def _decode(raw: bytes, errors: str, where: str) -> str:
-    try:
-        return raw.decode("utf-8", errors)
-    except UnicodeDecodeError as e:
-        raise RequestError(
-            f"{where} is not valid UTF-8 (byte {e.start + 1}). Fix the encoding or pass "
-            "--errors replace."
-        ) from None
-
-
-def _valid_unicode(text: str, where: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RequestError(f"{where} contains a lone surrogate escape. Fix the text.") from None
-    return True
-
-
-def _keep(text: str, where: str, skip_empty: bool) -> bool:
-    if text.strip():
-        return True
-    if skip_empty:
-        return False
-    raise RequestError(f"{where} is empty. Remove it or pass --skip-empty.")
-
-
-def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
-    chunk: list[Record] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-@contextmanager
-def _output(path: str | None) -> Iterator[IO[bytes]]:
-    """stdout, or a temp file beside `path` renamed over it only when everything succeeded."""
-    if path is None:
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise RequestError(f"--output {path} is a directory. Name a file.")
-    import tempfile
-
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as e:
-        raise RequestError(
-            f"cannot write --output {path}: {e.strerror}. Choose a writable location."
-        ) from None
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
-            yield fh
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, target)
-    except OSError as e:
-        os.unlink(tmp)
-        raise RequestError(f"cannot write --output {path}: {e.strerror}. Check the disk.") from None
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-class _JsonlWriter:
-    def __init__(self, out: IO[bytes], width: int):
-        self.out = out
-
-    def line(self, record: Record, vector: np.ndarray, tokens: int) -> str:
-        # %.9g round-trips float32 exactly and is ~3x shorter than float64 repr
-        values = ",".join([f"{x:.9g}" for x in vector.tolist()])
-        prefix = "" if record.id is None else f'"id":{json.dumps(record.id)},'
-        return f'{{{prefix}"embedding":[{values}],"tokens":{tokens}}}'
-
-    def write(self, chunk: list[Record], vectors: np.ndarray, tokens: list[int]) -> None:
-        lines = [self.line(r, v, t) for r, v, t in zip(chunk, vectors, tokens, strict=True)]
-        self.out.write(("\n".join(lines) + "\n").encode())
-
-    def close(self) -> None:
-        pass
-
-
-class _JsonWriter(_JsonlWriter):
-    def __init__(self, out: IO[bytes], width: int):
-        super().__init__(out, width)
-        self.first = True
-
-    def write(self, chunk: list[Record], vectors: np.ndarray, tokens: list[int]) -> None:
-        lines = [self.line(r, v, t) for r, v, t in zip(chunk, vectors, tokens, strict=True)]
-        self.out.write(("[\n" if self.first else ",\n").encode() + ",\n".join(lines).encode())
-        self.first = False
-
-    def close(self) -> None:
-        self.out.write(b"[]\n" if self.first else b"\n]\n")
-
-
-class _NpyWriter:
-    """Rows are spooled to a temp file: the .npy header needs the row count up front."""
-
-    def __init__(self, out: IO[bytes], width: int):
-        import tempfile
-
-        self.out, self.width, self.rows = out, width, 0
-        self.spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-
-    def write(self, chunk: list[Record], vectors: np.ndarray, tokens: list[int]) -> None:
-        self.spool.write(vectors.astype("<f4", copy=False).tobytes())
-        self.rows += len(vectors)
-
-    def close(self) -> None:
-        from numpy.lib import format as npy
-
-        header = {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.width)}
-        npy.write_array_header_1_0(self.out, header)
-        self.spool.seek(0)
-        while block := self.spool.read(1 << 20):
-            self.out.write(block)
-        self.spool.close()
-
-
-_WRITERS: dict[str, Any] = {"jsonl": _JsonlWriter, "json": _JsonWriter, "npy": _NpyWriter}
-
-
-class _Progress:
-    """`\\r<n> texts <rate>/s` on stderr, only when it is a terminal."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.done = enabled, 0
-        self.start = self.shown = time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self.shown >= 0.2:
-            rate = self.done / max(now - self.start, 1e-9)
-            sys.stderr.write(f"\r{self.done} texts embedded, {rate:.0f}/s")
-            sys.stderr.flush()
-            self.shown = now
-
-    def close(self) -> None:
-        if self.enabled and self.shown != self.start:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
 # ---------------------------------------------------------------------------------- info/verify
 
 
@@ -544,144 +283,43 @@ def _info(args: argparse.Namespace) -> int:
     import platform
 
     from encoderfile.runtime import sbom
-    from encoderfile.runtime.payload import open_bundle
+    from encoderfile.runtime.artifact import open_bundle
+    from encoderfile.runtime.describe import describe, rows
 
     bundle = open_bundle(args.bundle)
-    m = bundle.manifest.raw
-    golden = m.get("golden") or {}
-    info: dict[str, Any] = {
-        key: m.get(key)
-        for key in (
-            "name",
-            "version",
-            "format_version",
-            "model",
-            "graph",
-            "steps",
-            "dimension",
-            "dimensions",
-            "normalized",
-            "prompts",
-            "default_prompt",
-            "tokenizer",
-            "tools",
-            "built_at",
-        )
-    }
-    info["max_length"] = bundle.manifest.max_length
-    info["files"] = bundle.hashes
-    info["golden"] = {"tolerance": golden.get("tolerance"), "texts": len(golden.get("texts", []))}
-    info["precision"] = _precision(m)
+    info = describe(bundle.manifest)
     info["artifact"] = {"path": str(bundle.source.resolve())}
     if bundle.source.is_file():
         info["artifact"]["size"] = bundle.source.stat().st_size
     info["runtime"] = {"encoderfile": __version__, "python": platform.python_version()}
-    info["image"] = _image_info(m.get("image"))
     info["sbom"] = sbom.describe(bundle.source)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False))
         return 0
-    model = m.get("model") or {}
-    source = (
-        f"{model.get('repo')}@{model.get('revision')}"
-        if model.get("source") == "hub"
-        else f"local {model.get('path')}"
-        if model
-        else "none (image model only)"
-    )
-    steps = " → ".join(
-        s.get("op", "?") + "(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "op") + ")"
-        for s in m.get("steps", [])
-    )
-    prompts = "; ".join(f"{k}: {v!r}" for k, v in info["prompts"].items()) or "none"
-    rows = [
-        ("name", f"{info['name']} {info['version']}"),
-        ("model", source),
-        (
-            "dimension",
-            f"{info['dimension']} (request: {', '.join(map(str, info['dimensions']))}"
-            f"; normalized: {'yes' if info['normalized'] else 'no'})",
-        ),
-        ("max_length", f"{info['max_length']} tokens"),
-        ("steps", steps),
-        ("precision", _precision_line(info["precision"])),
-        (
-            "prompts",
-            prompts + (f" (default: {m['default_prompt']})" if m.get("default_prompt") else ""),
-        ),
-        *[(f"sha256 {k}", v) for k, v in sorted(bundle.hashes.items())],
-        *[(f"source {k}", v) for k, v in sorted((model.get("files") or {}).items())],
-        ("tools", ", ".join(f"{k} {v}" for k, v in sorted((m.get("tools") or {}).items()))),
-        ("built_at", str(m.get("built_at"))),
+    lines = rows(info) + [
         ("artifact", info["artifact"]["path"]),
-        ("image", _image_summary(info["image"])),
         ("sbom", sbom.summary_line(info["sbom"])),
     ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    width = max(len(k) for k, _ in lines)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in lines))
     return 0
 
 
-def _precision(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's precision and gate figures (bundles from before precision read as fp32)."""
-    precision = manifest.get("precision") or {"mode": "fp32"}
-    shown: dict[str, Any] = {"mode": precision.get("mode", "fp32")}
-    if "gate" in precision:
-        shown["gate"] = precision["gate"]
-    if "changes" in precision:
-        shown["scheme"] = precision["changes"].get("scheme")
-    return shown
-
-
-def _precision_line(precision: dict[str, Any]) -> str:
-    gate = precision.get("gate")
-    if not gate:
-        return str(precision["mode"])
-    limits = gate.get("thresholds", {})
-    return (
-        f"{precision['mode']} (gate passed on {gate.get('held_out_texts')} held-out texts: "
-        f"cosine to fp32 mean {gate.get('mean_cosine'):.4f} >= {limits.get('mean_cosine')}, "
-        f"min {gate.get('min_cosine'):.4f} >= {limits.get('min_cosine')}; "
-        f"batch invariance max |diff| {gate.get('batch_max_abs_diff'):.3g} "
-        f"<= {limits.get('batch_max_abs_diff')})"
-    )
-
-
 def _verify(args: argparse.Namespace) -> int:
-    import numpy as np
+    from encoderfile.runtime import golden
+    from encoderfile.runtime.artifact import open_bundle
 
-    from encoderfile.runtime.embedder import Embedder
-    from encoderfile.runtime.payload import open_bundle
-
-    bundle = open_bundle(args.bundle)
-    if not bundle.manifest.has_text:  # an image model alone
-        return 0 if _verify_images(bundle, args.threads) else 1
-    golden = bundle.manifest.golden
-    if not golden or not golden.get("texts"):
-        raise ArtifactError("manifest.json has no golden vectors. Rebuild the bundle.")
-    expected = np.asarray(golden["vectors"], dtype=np.float32)
-    got = Embedder(bundle, args.threads).embed_raw(golden["texts"])
-    if got.shape != expected.shape:
-        raise ArtifactError(
-            f"golden vectors have shape {expected.shape}, the model gives {got.shape}. "
-            "Rebuild the bundle."
-        )
-    diff = float(np.abs(got - expected).max())
-    tolerance = float(golden["tolerance"])
-    ok = diff <= tolerance
+    results = golden.check(open_bundle(args.bundle), args.threads)
+    for result in results:
+        print(result.line())
+    if all(r.ok for r in results):
+        return 0
     print(
-        f"{'ok' if ok else 'FAILED'}: max |diff| {diff:.3g} over {len(expected)} golden texts "
-        f"(tolerance {tolerance:g})"
+        "encoderfile: this machine computes embeddings that differ from the build's. "
+        "Report it with the output of 'info --json'.",
+        file=sys.stderr,
     )
-    if bundle.vision is not None:
-        ok = _verify_images(bundle, args.threads) and ok
-    if not ok:
-        print(
-            "encoderfile: this machine computes embeddings that differ from the build's. "
-            "Report it with the output of 'info --json'.",
-            file=sys.stderr,
-        )
-    return 0 if ok else 1
+    return 1
 
 
 def _sbom(args: argparse.Namespace) -> int:
@@ -693,22 +331,22 @@ def _sbom(args: argparse.Namespace) -> int:
 
 
 def _server() -> Any:
-    """encoderfile.runtime.server, or None if this build lacks it (its own imports must work)."""
+    """encoderfile.runtime.serve.server, or None if this build lacks it (its own imports must work)."""
     try:
-        import encoderfile.runtime.server as server
+        import encoderfile.runtime.serve.server as server
     except ModuleNotFoundError as e:
-        if e.name != "encoderfile.runtime.server":
+        if e.name != "encoderfile.runtime.serve.server":
             raise
         return None
     return server
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from encoderfile.runtime.payload import open_bundle
+    from encoderfile.runtime.artifact import open_bundle
 
     server = _server()
     if server is None:
-        raise UsageError("this build has no server (encoderfile.runtime.server is missing)")
+        raise UsageError("this build has no server (encoderfile.runtime.serve.server is missing)")
 
     return int(server.run(args, open_bundle(args.bundle)))
 
@@ -723,20 +361,19 @@ def _embed_images(args: argparse.Namespace) -> int:
         raise UsageError("--prompt applies to texts, not images")
     if args.format == "npy" and not args.output and sys.stdout.isatty():
         raise UsageError("refusing to write binary .npy to a terminal; pass --output FILE.npy")
-    from encoderfile.runtime.payload import open_bundle
+    from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.vision import ImageEmbedder
 
     bundle = open_bundle(args.bundle)
     embedder = ImageEmbedder(bundle, args.threads)
-    width = args.dimensions or bundle.manifest.dimension
-    embedder.embed([], width)  # an unknown width fails before any file is read
-    with _output(args.output) as out:
-        writer = _WRITERS[args.format](out, width)
+    width = bundle.manifest.width(args.dimensions)  # fails before any file is read
+    with records.output(args.output) as out:
+        writer = records.WRITERS[args.format](out, width)
         for start in range(0, len(args.image), 64):
             files = args.image[start : start + 64]
             pixels = [embedder.pixels(_read_image(path), path) for path in files]
-            records = [Record(path, path, "") for path in files]
-            writer.write(records, embedder.embed(pixels, width), [0] * len(files))
+            rows = [records.Record(path, path, "") for path in files]
+            writer.write(rows, embedder.embed(pixels, width), [0] * len(files))
         writer.close()
     return 0
 
@@ -758,53 +395,3 @@ def _stats(args: argparse.Namespace) -> int:
     result = pictures.stats(_read_image(args.file), args.averaging_method)
     print(json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False))
     return 0
-
-
-def _image_info(section: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not section:
-        return None
-    golden = section.get("golden") or {}
-    return {
-        "model": {k: v for k, v in (section.get("model") or {}).items()},
-        "size": section.get("size"),
-        "mean": section.get("mean"),
-        "std": section.get("std"),
-        "steps": section.get("steps"),
-        "graph": section.get("graph"),
-        "golden": {"tolerance": golden.get("tolerance"), "images": len(golden.get("images", []))},
-    }
-
-
-def _image_summary(info: dict[str, Any] | None) -> str:
-    if info is None:
-        return "none (text only)"
-    model = info["model"]
-    source = (
-        f"{model.get('repo')}@{model.get('revision')}"
-        if model.get("source") == "hub"
-        else f"local {model.get('path')}"
-        if model
-        else "none (image model only)"
-    )
-    steps = " → ".join(s.get("op", "?") for s in info.get("steps") or [])
-    return f"{source}; {info['size']} px, bicubic + centre crop; steps {steps}"
-
-
-def _verify_images(bundle: Any, threads: int | None) -> bool:
-    import numpy as np
-
-    from encoderfile.runtime.vision import ImageEmbedder
-
-    expected, got, tolerance = ImageEmbedder(bundle, threads).golden()
-    if got.shape != expected.shape:
-        raise ArtifactError(
-            f"image golden vectors have shape {expected.shape}, the model gives {got.shape}. "
-            "Rebuild the bundle."
-        )
-    diff = float(np.abs(got - expected).max())
-    ok = diff <= tolerance
-    print(
-        f"{'ok' if ok else 'FAILED'}: max |diff| {diff:.3g} over {len(expected)} golden images "
-        f"(tolerance {tolerance:g})"
-    )
-    return ok

@@ -10,7 +10,8 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from encoderfile.errors import ArtifactError, RequestError
-from encoderfile.runtime.payload import Bundle, Manifest
+from encoderfile.runtime.artifact import Bundle
+from encoderfile.runtime.manifest import TEXT_INPUTS, TEXT_OUTPUT, Manifest
 from encoderfile.runtime.session import open_session, shorten
 
 # One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
@@ -19,7 +20,6 @@ from encoderfile.runtime.session import open_session, shorten
 # best batch of a plain ORT loop was 8-16 for MiniLM and NomicBERT (docs/benchmarks.md).
 BATCH_SIZE = 16
 BATCH_TOKENS = 2048
-OUTPUT = "sentence_embedding"
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,17 @@ class Embedder:
         self.manifest: Manifest = bundle.manifest
         self._session = open_session(bundle.model, threads, f"{bundle.source}: model.onnx")
         self._inputs = [i.name for i in self._session.get_inputs()]
-        unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
-        if unknown or OUTPUT not in {o.name for o in self._session.get_outputs()}:
+        unknown = set(self._inputs) - set(TEXT_INPUTS)
+        if unknown or TEXT_OUTPUT not in {o.name for o in self._session.get_outputs()}:
             raise ArtifactError(
                 f"{bundle.source}: model.onnx must take input_ids/attention_mask[/token_type_ids] "
-                f"and output {OUTPUT!r} (inputs: {', '.join(self._inputs)}). Rebuild the bundle."
+                f"and output {TEXT_OUTPUT!r} (inputs: {', '.join(self._inputs)}). Rebuild the bundle."
             )
         self._tokenizer = Tokenizer.from_str(bundle.tokenizer)
         padding = self._tokenizer.padding or {}
         self._pad_id = int(padding.get("pad_id", 0))
         self._pad_type_id = int(padding.get("pad_type_id", 0))
-        self._pad_left = (padding.get("direction") or self.manifest.padding_side) == "left"
+        self._pad_left = padding.get("direction") == "left"
         self._tokenizer.no_padding()  # padded per batch below, after sorting by length
 
     def prefix(self, prompt: str | None) -> str:
@@ -63,15 +63,6 @@ class Embedder:
             names = ", ".join(self.manifest.prompts) or "none"
             raise RequestError(f"unknown prompt {name!r}. Use one of: {names}.")
         return self.manifest.prompts[name]
-
-    def check_dimensions(self, dimensions: int | None) -> int:
-        """The output width for a request; raises unless `dimensions` is allowed."""
-        if dimensions is None:
-            return self.manifest.dimension
-        if dimensions not in self.manifest.dimensions:
-            allowed = ", ".join(map(str, self.manifest.dimensions))
-            raise RequestError(f"dimensions={dimensions} is not offered. Use one of: {allowed}.")
-        return dimensions
 
     def tokenize(self, texts: Sequence[str], *, prompt: str | None = None) -> list[Encoding]:
         """Unpadded encodings, truncated to max_length (`len(e.overflowing) > 0` if cut)."""
@@ -91,7 +82,7 @@ class Embedder:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise RequestError(f"input {i} is empty. Send non-empty texts.")
-        width = self.check_dimensions(dimensions)
+        width = self.manifest.width(dimensions)
         encodings = self.tokenize(texts, prompt=prompt)
         if not truncate:
             for i, enc in enumerate(encodings):
@@ -106,7 +97,7 @@ class Embedder:
         self, encodings: Sequence[Encoding], *, dimensions: int | None = None
     ) -> Embeddings:
         """Embed already tokenized inputs (from `tokenize`), rows in input order."""
-        width = self.check_dimensions(dimensions)
+        width = self.manifest.width(dimensions)
         vectors = self._run(encodings)
         vectors = shorten(vectors, width, self.manifest.normalized)
         return Embeddings(
@@ -122,7 +113,7 @@ class Embedder:
     def _run(self, encodings: Sequence[Encoding]) -> np.ndarray:
         out = np.empty((len(encodings), self.manifest.dimension), dtype=np.float32)
         for rows in _batches([len(e.ids) for e in encodings]):
-            (result,) = self._session.run([OUTPUT], self._feed([encodings[i] for i in rows]))
+            (result,) = self._session.run([TEXT_OUTPUT], self._feed([encodings[i] for i in rows]))
             out[rows] = result
         if not np.isfinite(out).all():
             raise ArtifactError("model.onnx produced NaN or infinite values. Rebuild the bundle.")

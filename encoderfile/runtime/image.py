@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, ImageOps, UnidentifiedImageError
+from PIL import Image as Image  # re-exported: callers name Image.Image through this module
 
 from encoderfile.errors import RequestError
 
@@ -221,9 +222,9 @@ def average_color(pixels: np.ndarray, method: str) -> np.ndarray:
     """Mean RGB in [0, 1]: arithmetic, or geometric (exp of the mean log, epsilon 1e-8)."""
     rgb = pixels[:, :3].astype(np.float64)
     if method == "geometric":
-        return np.exp(np.log(np.maximum(rgb, 1e-8)).mean(axis=0)) / 255.0
-    mean: np.ndarray = rgb.mean(axis=0) / 255.0
-    return mean
+        rgb = np.log(np.maximum(rgb, 1e-8))
+    mean: np.ndarray = rgb.mean(axis=0)
+    return (np.exp(mean) if method == "geometric" else mean) / 255.0
 
 
 def dominant_color(pixels: np.ndarray) -> np.ndarray:

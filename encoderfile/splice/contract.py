@@ -6,11 +6,11 @@ import onnx
 from onnx import TensorProto, helper
 
 from encoderfile.errors import SpliceError
+from encoderfile.runtime.manifest import TEXT_INPUTS as INPUTS
+from encoderfile.runtime.manifest import TEXT_OUTPUT as OUTPUT
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 REQUIRED_INPUTS = INPUTS[:2]
 TOKEN_STATE_NAMES = ("last_hidden_state", "token_embeddings")
-OUTPUT = "sentence_embedding"
 
 
 def check_inputs(model: onnx.ModelProto, where: str) -> list[str]:

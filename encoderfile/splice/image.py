@@ -15,11 +15,10 @@ from onnx import TensorProto, helper
 
 from encoderfile.errors import SpliceError
 from encoderfile.recipe import ImageSpec
+from encoderfile.runtime.manifest import IMAGE_INPUT as PIXELS
+from encoderfile.runtime.manifest import IMAGE_OUTPUT as OUTPUT
 from encoderfile.splice import Spliced, add_steps, check_dimension, check_opset, contract
 from encoderfile.splice.editor import GraphEditor
-
-PIXELS = "pixel_values"
-OUTPUT = "image_embedding"
 
 
 def pixel_input(model: onnx.ModelProto, where: str) -> str:

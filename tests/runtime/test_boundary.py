@@ -1,30 +1,31 @@
-"""The runtime imports nothing from the builder: checked in a fresh interpreter."""
+"""The runtime imports nothing from the builder, and its layers import only downwards.
+
+The build side is derived, not listed: every encoderfile module outside the runtime, errors and
+proto (encoderfile.freeze.builder_modules, which also feeds the freeze step's exclude list).
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from encoderfile import freeze
+
 ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN = [
-    "onnx",
-    "yaml",
-    "huggingface_hub",
-    "torch",
-    "typer",
-    "pydantic",
-    "encoderfile.recipe",
-    "encoderfile.resolve",
-    "encoderfile.splice",
-    "encoderfile.verify",
-    "encoderfile.bundle",
-    "encoderfile.cli",
-    "encoderfile.compiler",
-    "encoderfile.freeze",
+RUNTIME = ROOT / "encoderfile" / "runtime"
+BUILDER_LIBRARIES = ["onnx", "yaml", "huggingface_hub", "torch", "typer", "pydantic", "PyInstaller"]
+SERVING = ["uvicorn", "starlette", "grpc", "google.protobuf", "encoderfile.runtime.serve"]
+# Layers, lowest first: a module may import its own layer and those below, never above.
+LAYERS = [
+    [],  # the core: every other runtime module
+    ["encoderfile.runtime.serve"],
+    ["encoderfile.runtime.cli", "encoderfile.runtime.__main__"],
 ]
-SERVING = ["uvicorn", "starlette", "grpc", "google.protobuf", "encoderfile.runtime.server"]
 
 PROBE = """
 import json, sys
@@ -53,28 +54,88 @@ def matching(modules: list[str], prefixes: list[str]) -> list[str]:
     return [m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes)]
 
 
+def build_side(modules: list[str]) -> list[str]:
+    """encoderfile modules that are not runtime-side (errors, runtime, proto, the package)."""
+    own = [m for m in modules if m.startswith("encoderfile.")]
+    return [m for m in own if not matching([m], list(freeze.RUNTIME_SIDE))]
+
+
+def test_builder_modules_are_derived_and_excluded_from_the_freeze() -> None:
+    builder = freeze.builder_modules()
+    assert {"encoderfile.recipe", "encoderfile.cli", "encoderfile.splice.pooling"} <= set(builder)
+    assert not matching(builder, list(freeze.RUNTIME_SIDE))
+    assert set(builder) <= set(freeze.EXCLUDES)
+
+
 def test_embed_imports_no_builder_and_no_server(tiny_bundle: Path, tmp_path: Path) -> None:
     modules = loaded_modules(tmp_path, "--bundle", str(tiny_bundle), "embed", "hello world")
     assert "onnxruntime" in modules and "tokenizers" in modules  # the probe did run
-    assert matching(modules, FORBIDDEN + SERVING) == []
+    assert build_side(modules) == []
+    assert matching(modules, BUILDER_LIBRARIES + SERVING) == []
 
 
 def test_info_and_verify_import_no_builder(tiny_bundle: Path, tmp_path: Path) -> None:
     for command in ("info", "verify"):
         modules = loaded_modules(tmp_path, "--bundle", str(tiny_bundle), command)
-        assert matching(modules, FORBIDDEN + SERVING) == []
+        assert build_side(modules) == []
+        assert matching(modules, BUILDER_LIBRARIES + SERVING) == []
 
 
-def test_runtime_sources_import_only_the_runtime() -> None:
-    """Static check that catches an import on a path the probes above do not take."""
-    allowed = ("encoderfile.errors", "encoderfile.runtime", "encoderfile.proto", "encoderfile")
-    for path in sorted((ROOT / "encoderfile" / "runtime").glob("*.py")):
-        for line in path.read_text().splitlines():
-            words = line.strip().split()
-            if len(words) >= 2 and words[0] in ("import", "from"):
-                name = words[1].rstrip(",")
-                if name.startswith("encoderfile"):
-                    assert name.startswith(allowed) and name not in FORBIDDEN, (path, line)
-                    assert not matching([name], FORBIDDEN), (path, line)
-                else:
-                    assert not matching([name], FORBIDDEN[:6]), (path, line)
+def imports(source: str, module: str) -> list[str]:
+    """Absolute names a module's source imports, `from encoderfile import X` as encoderfile.X."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(module.split(".")[: -node.level] + ([base] if base else []))
+            names.append(base)
+            names += [f"{base}.{alias.name}" for alias in node.names]
+    return names
+
+
+def layer(module: str) -> int:
+    return max((i for i, names in enumerate(LAYERS) if matching([module], names)), default=0)
+
+
+def violations(source: str, module: str) -> list[str]:
+    """Imports of the build side or of a higher runtime layer in one runtime module."""
+    found = []
+    builder = freeze.builder_modules()
+    for name in imports(source, module):
+        if matching([name], builder) or matching([name], BUILDER_LIBRARIES):
+            found.append(f"{module} imports the build side: {name}")
+        elif name.startswith("encoderfile.runtime") and layer(name) > layer(module):
+            found.append(f"{module} imports {name} from a higher layer")
+    return found
+
+
+def runtime_modules() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted(RUNTIME.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out.append((name, path.read_text()))
+    return out
+
+
+def test_runtime_sources_import_only_the_runtime_and_downwards() -> None:
+    """Static: catches imports on paths the probes above do not take (lazy ones included)."""
+    problems = [v for name, source in runtime_modules() for v in violations(source, name)]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("source", "module"),
+    [
+        ("from encoderfile import recipe", "encoderfile.runtime.embedder"),
+        ("import encoderfile.splice.pooling", "encoderfile.runtime.cli"),
+        ("def f():\n    import yaml", "encoderfile.runtime.artifact"),
+        ("from encoderfile.runtime.serve import service", "encoderfile.runtime.embedder"),
+        ("from ..cli import main", "encoderfile.runtime.serve.server"),
+    ],
+)
+def test_the_static_check_can_fail(source: str, module: str) -> None:
+    assert violations(source, module)

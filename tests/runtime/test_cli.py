@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoderfile.runtime import cli
+from encoderfile.runtime import cli, records
+from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder
-from encoderfile.runtime.payload import open_bundle
 
 
 @dataclass
@@ -82,7 +82,7 @@ def test_stdin_one_text_per_line(run: Run, tiny_bundle: Path) -> None:
 def test_streams_in_chunks_keeping_order(
     run: Run, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "CHUNK", 3)
+    monkeypatch.setattr(records, "CHUNK", 3)
     texts = [" ".join(["a"] * (1 + i % 7)) + f" {w}" for i, w in enumerate("b c fox dog " * 5)]
     texts = [t.strip() for t in texts if t.strip()]
     result = run("embed", stdin="\n".join(texts).encode())
@@ -319,11 +319,11 @@ class _Terminal(io.StringIO):
 def test_progress_only_on_a_terminal(
     run: Run, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "CHUNK", 2)
+    monkeypatch.setattr(records, "CHUNK", 2)
     stdin = b"fox\ndog\nhello\nworld\na\n"
     assert run("embed", stdin=stdin).err == ""  # stderr is not a terminal
     clock = iter(range(100))
-    monkeypatch.setattr(cli.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(records.time, "monotonic", lambda: float(next(clock)))
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), write_through=True))

@@ -10,8 +10,8 @@ import pytest
 
 from encoderfile.errors import RequestError
 from encoderfile.runtime import embedder as embedder_module
+from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import BATCH_SIZE, BATCH_TOKENS, Embedder
-from encoderfile.runtime.payload import open_bundle
 from encoderfile.runtime.session import available_cpus
 from tests.fixtures.tiny_bundle import WORDS, make_tiny_bundle
 
@@ -34,8 +34,8 @@ def test_golden_vectors_reproduce(tmp_path: Path, overrides: dict) -> None:
     e = embedder(tmp_path, **overrides)
     golden = e.manifest.golden
     assert golden is not None
-    got = e.embed_raw(golden["texts"])
-    np.testing.assert_allclose(got, np.array(golden["vectors"]), atol=1e-6)
+    got = e.embed_raw(list(golden.inputs))
+    np.testing.assert_allclose(got, np.array(golden.vectors), atol=1e-6)
 
 
 def test_rows_keep_input_order_and_ignore_batch_neighbours(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_matryoshka_prefix_without_normalisation(tmp_path: Path) -> None:
 
 
 def test_dimension_not_offered_lists_the_allowed(tmp_path: Path) -> None:
-    with pytest.raises(RequestError, match="dimensions=3 is not offered. Use one of: 8, 4"):
+    with pytest.raises(RequestError, match="dimensions=3 is not offered by tiny. Use one of: 8, 4"):
         embedder(tmp_path).embed(["fox"], dimensions=3)
 
 

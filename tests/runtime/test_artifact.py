@@ -9,13 +9,13 @@ import pytest
 
 from encoderfile.errors import ArtifactError
 from encoderfile.freeze import pack, write_artifact
-from encoderfile.runtime.payload import (
+from encoderfile.runtime.artifact import (
     ARTIFACT_ENV,
     TRAILER,
-    Manifest,
     open_bundle,
     read_manifest,
 )
+from encoderfile.runtime.manifest import Manifest
 
 
 def fake_artifact(bundle: Path, tmp_path: Path) -> Path:

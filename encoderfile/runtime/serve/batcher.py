@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from encoderfile.errors import OverloadedError
-from encoderfile.runtime.metrics import Metrics
-from encoderfile.runtime.serve_errors import NotReadyError
+from encoderfile.errors import NotReadyError, OverloadedError
+from encoderfile.runtime.serve.metrics import Metrics
 
 if TYPE_CHECKING:
     from tokenizers import Encoding

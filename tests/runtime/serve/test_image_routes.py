@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from encoderfile.runtime.http_app import create_app
-from encoderfile.runtime.payload import open_bundle
-from encoderfile.runtime.service import Service
+from encoderfile.runtime.artifact import open_bundle
+from encoderfile.runtime.serve.http_app import create_app
+from encoderfile.runtime.serve.service import Service
 from tests.fixtures.image_bundle import WIDTH
 from tests.fixtures.images import bomb_png, data_url, encode, varied_images
-from tests.serve.conftest import Server, serving
-from tests.serve.test_docs import BLOCK, json_values, run_block
+from tests.runtime.serve.conftest import Server, serving
+from tests.runtime.serve.test_docs import BLOCK, json_values, run_block
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def image_server(image_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_readme_image_examples_run(image_server: Server, tmp_path: Path) -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     block = next(code for kind, code in BLOCK.findall(readme) if "/img/embed" in code)
     (tmp_path / "photo.jpg").write_bytes(varied_images()["rotated.jpg"])
     embed, batch, stats = json_values(run_block("sh", block, image_server, tmp_path))

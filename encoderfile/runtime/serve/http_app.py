@@ -23,27 +23,29 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from encoderfile.errors import EncoderfileError, OverloadedError, RequestError
-from encoderfile.runtime import metrics as prom
-from encoderfile.runtime.image_service import BATCH_BODY_BYTES, BODY_BYTES
-from encoderfile.runtime.openapi import spec
-from encoderfile.runtime.serve_errors import (
+from encoderfile.errors import (
     ClientGoneError,
+    EncoderfileError,
     InvalidFieldError,
     MalformedRequestError,
     MethodNotAllowedError,
     NotFoundError,
     NotReadyError,
+    OverloadedError,
     PayloadTooLargeError,
+    RequestError,
     UnauthorizedError,
 )
-from encoderfile.runtime.service import Service
+from encoderfile.runtime.serve import metrics as prom
+from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES, BODY_BYTES
+from encoderfile.runtime.serve.openapi import spec
+from encoderfile.runtime.serve.service import Service
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
 
     from encoderfile.runtime.embedder import Embeddings
-    from encoderfile.runtime.service import TokenIds
+    from encoderfile.runtime.serve.service import TokenIds
 
 log = logging.getLogger("encoderfile.serve")
 

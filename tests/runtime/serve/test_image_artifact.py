@@ -22,7 +22,7 @@ from tests.fixtures.images import (
     reference_vectors,
     varied_images,
 )
-from tests.serve.conftest import Server
+from tests.runtime.serve.conftest import Server
 
 pytestmark = pytest.mark.slow
 

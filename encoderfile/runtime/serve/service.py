@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import encoderfile
-from encoderfile.errors import EncoderfileError
-from encoderfile.runtime.batcher import Batcher
-from encoderfile.runtime.image_service import ImageService
-from encoderfile.runtime.metrics import Metrics
-from encoderfile.runtime.payload import Bundle
-from encoderfile.runtime.serve_errors import (
+from encoderfile.errors import (
+    EncoderfileError,
     InvalidFieldError,
     NotFoundError,
     NotReadyError,
     UnauthorizedError,
 )
+from encoderfile.runtime.artifact import Bundle
+from encoderfile.runtime.describe import describe
+from encoderfile.runtime.serve.batcher import Batcher
+from encoderfile.runtime.serve.image_service import ImageService
+from encoderfile.runtime.serve.metrics import Metrics
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
@@ -149,15 +150,8 @@ class Service:
                 param=param,
             )
 
-    def check_dimensions(self, dimensions: int | None, param: str = "dimensions") -> int | None:
-        if dimensions is not None and dimensions not in self.manifest.dimensions:
-            allowed = ", ".join(map(str, self.manifest.dimensions))
-            raise InvalidFieldError(
-                f"{param}={dimensions} is not offered by {self.manifest.name}. "
-                f"Use one of: {allowed}.",
-                param=param,
-            )
-        return dimensions
+    def check_dimensions(self, dimensions: int | None, param: str = "dimensions") -> int:
+        return self.manifest.width(dimensions, param)
 
     def check_prompt(self, prompt: str | None) -> str | None:
         if prompt is not None and prompt not in self.manifest.prompts:
@@ -239,25 +233,11 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """Everything a client needs to know about the model and this server."""
-        m = self.manifest
-        model = m.raw.get("model") or {}
         return {
-            "name": m.name,
-            "version": m.version,
-            "model_id": model.get("repo") or model.get("path"),
-            "revision": model.get("revision"),
-            "sha256": m.files.get("model.onnx"),
-            "dimension": m.dimension,
-            "dimensions": list(m.dimensions),
-            "normalized": m.normalized,
-            "prompts": m.prompts,
-            "default_prompt": m.default_prompt,
-            "max_length": m.max_length,
+            **describe(self.manifest),
             "limits": asdict(self.limits),
             "encoderfile_version": encoderfile.__version__,
             "artifact_sha256": self._artifact_sha256,
-            "text_model": m.has_text,
-            "vision_model": self.images.available,
         }
 
     def _embedder(self) -> Embedder:

@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
-from tests.serve.conftest import HOST, Server, runtime_command
+from tests.runtime.serve.conftest import HOST, Server, runtime_command
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 TEXTS = ["hello world", "the quick brown fox jumps over the lazy dog", "a"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import encoderfile
-from encoderfile.runtime.payload import Manifest
+from encoderfile.runtime.manifest import Manifest
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -9,24 +9,27 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from encoderfile.errors import EncoderfileError, OverloadedError, RequestError
-from encoderfile.proto import embed_pb2, embed_pb2_grpc
-from encoderfile.runtime.image_service import BATCH_BODY_BYTES
-from encoderfile.runtime.serve_errors import (
+from encoderfile.errors import (
+    EncoderfileError,
     NotFoundError,
     NotReadyError,
+    OverloadedError,
     PayloadTooLargeError,
+    RequestError,
     UnauthorizedError,
 )
-from encoderfile.runtime.service import Service
+from encoderfile.proto import embed_pb2, embed_pb2_grpc
+from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES
+from encoderfile.runtime.serve.service import Service
 
 log = logging.getLogger("encoderfile.serve")
+Reply = TypeVar("Reply")
 SERVICE_NAME = embed_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 
 # The one table from error class to status code; the first class in the MRO wins.
@@ -160,12 +163,12 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             time_ms=(time.perf_counter() - started) * 1000,
         )
 
-    async def _call(
+    async def _call(  # type: ignore[return]  # context.abort() always raises
         self,
         method: str,
         context: grpc.aio.ServicerContext,
-        work: Callable[[dict[str, int]], Awaitable[Any]],
-    ) -> Any:
+        work: Callable[[dict[str, int]], Awaitable[Reply]],
+    ) -> Reply:
         """Run one request with auth, the error table, metrics and the log line."""
         started = time.perf_counter()
         metadata = dict(context.invocation_metadata() or ())
@@ -218,7 +221,9 @@ def create_server(service: Service, address: str) -> tuple[grpc.aio.Server, Any]
             ("grpc.so_reuseport", 0),
         ]
     )
-    embed_pb2_grpc.add_EmbedderServicer_to_server(EmbedderServicer(service), server)
+    embed_pb2_grpc.add_EmbedderServicer_to_server(  # type: ignore[no-untyped-call]
+        EmbedderServicer(service), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder
-from encoderfile.runtime.http_app import create_app
-from encoderfile.runtime.payload import open_bundle
-from encoderfile.runtime.service import Limits, Service
+from encoderfile.runtime.serve.http_app import create_app
+from encoderfile.runtime.serve.service import Limits, Service
 from tests.fixtures.models import TINY_VOCAB
 
 LIMITS = Limits(max_body_bytes=2048, max_inputs=4, max_chars=200, max_inflight=8)

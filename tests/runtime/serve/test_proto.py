@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 PROTO = "encoderfile/proto/embed.proto"
 STUBS = ("embed_pb2.py", "embed_pb2.pyi", "embed_pb2_grpc.py")
 

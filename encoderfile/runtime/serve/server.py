@@ -18,9 +18,9 @@ from typing import Any
 import uvicorn
 
 from encoderfile.errors import EncoderfileError
-from encoderfile.runtime.cli import positive_int
-from encoderfile.runtime.payload import Bundle
-from encoderfile.runtime.service import Limits, Service, read_api_keys
+from encoderfile.runtime.arguments import positive_int
+from encoderfile.runtime.artifact import Bundle
+from encoderfile.runtime.serve.service import Limits, Service, read_api_keys
 
 log = logging.getLogger("encoderfile.serve")
 GRACE_S = 30.0  # longest wait for in-flight requests on shutdown
@@ -84,13 +84,13 @@ async def _serve(args: argparse.Namespace, service: Service) -> int:
 
     grpc_server = health = http = http_task = None
     if not args.no_grpc:
-        from encoderfile.runtime.grpc_service import create_server, set_serving
+        from encoderfile.runtime.serve.grpc_service import create_server, set_serving
 
         grpc_server, health = create_server(service, _join(args.host, args.grpc_port))
         await set_serving(health, False)
         await grpc_server.start()
     if not args.no_http:
-        from encoderfile.runtime.http_app import create_app
+        from encoderfile.runtime.serve.http_app import create_app
 
         sock = _bind(args.host, args.port)
         config = uvicorn.Config(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.conftest import Server, serving
+from tests.runtime.serve.conftest import Server, serving
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 DOC = ROOT / "docs" / "serve.md"
 BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)
 

@@ -6,14 +6,13 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from encoderfile.errors import RequestError
-from encoderfile.runtime.serve_errors import InvalidFieldError, NotFoundError, NotReadyError
+from encoderfile.errors import InvalidFieldError, NotFoundError, NotReadyError, RequestError
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL.Image import Image
 
-    from encoderfile.runtime.payload import Bundle
+    from encoderfile.runtime.artifact import Bundle
     from encoderfile.runtime.vision import ImageEmbedder
 
 MAX_IMAGES = 64  # per request

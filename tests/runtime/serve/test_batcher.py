@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from encoderfile.errors import OverloadedError
-from encoderfile.runtime.batcher import Batcher
+from encoderfile.errors import NotReadyError, OverloadedError
+from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder, Embeddings
-from encoderfile.runtime.payload import open_bundle
-from encoderfile.runtime.serve_errors import NotReadyError
+from encoderfile.runtime.serve.batcher import Batcher
 
 TEXTS = [
     "hello",

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
+from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder
-from encoderfile.runtime.payload import open_bundle
-from tests.serve.conftest import HOST, Server, serving
+from tests.runtime.serve.conftest import HOST, Server, serving
 
 WORDS = [
     "the",

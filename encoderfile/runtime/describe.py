@@ -1,0 +1,134 @@
+"""The one description of a bundle, shared by `info`, HTTP /info, gRPC Info and `inspect`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from encoderfile.runtime.manifest import MODEL_FILE, Manifest, ModelSource, Precision
+
+
+def describe(manifest: Manifest) -> dict[str, Any]:
+    """What the bundle computes and where it came from, as JSON-ready values."""
+    model = manifest.model
+    golden = manifest.golden
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "format_version": manifest.format_version,
+        "model": _source(model),
+        "model_id": (model.repo or model.path) if model else None,
+        "revision": model.revision if model else None,
+        "sha256": manifest.files.get(MODEL_FILE),
+        "graph": manifest.graph.to_dict() if manifest.graph else None,
+        "steps": list(manifest.steps),
+        "dimension": manifest.dimension,
+        "dimensions": list(manifest.dimensions),
+        "normalized": manifest.normalized,
+        "prompts": dict(manifest.prompts),
+        "default_prompt": manifest.default_prompt,
+        "max_length": manifest.max_length,
+        "tokenizer": manifest.tokenizer.to_dict() if manifest.tokenizer else None,
+        "files": dict(manifest.files),
+        "source_files": dict(model.files) if model else {},
+        "tools": dict(manifest.tools),
+        "built_at": manifest.built_at,
+        "golden": {
+            "tolerance": golden.tolerance if golden else None,
+            "texts": len(golden.inputs) if golden else 0,
+        },
+        "precision": _precision(manifest.precision),
+        "text_model": manifest.has_text,
+        "vision_model": manifest.image is not None,
+        "image": _image(manifest),
+    }
+
+
+def rows(description: dict[str, Any]) -> list[tuple[str, str]]:
+    """The description as (label, value) lines for people."""
+    d = description
+    steps = " → ".join(
+        s.get("op", "?") + "(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "op") + ")"
+        for s in d["steps"]
+    )
+    prompts = "; ".join(f"{k}: {v!r}" for k, v in d["prompts"].items()) or "none"
+    if d["default_prompt"]:
+        prompts += f" (default: {d['default_prompt']})"
+    normalized = "yes" if d["normalized"] else "no"
+    return [
+        ("name", f"{d['name']} {d['version']}"),
+        ("model", _label(d["model"]) if d["model"] else "none (image model only)"),
+        (
+            "dimension",
+            f"{d['dimension']} (request: {', '.join(map(str, d['dimensions']))}; "
+            f"normalized: {normalized})",
+        ),
+        ("max_length", f"{d['max_length']} tokens"),
+        ("steps", steps),
+        ("precision", _precision_line(d["precision"])),
+        ("prompts", prompts),
+        *[(f"sha256 {k}", v) for k, v in sorted(d["files"].items())],
+        *[(f"source {k}", v) for k, v in sorted(d["source_files"].items())],
+        ("tools", ", ".join(f"{k} {v}" for k, v in sorted(d["tools"].items()))),
+        ("built_at", str(d["built_at"])),
+        ("image", _image_line(d["image"])),
+    ]
+
+
+def _source(model: ModelSource | None) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    return {k: v for k, v in model.to_dict().items() if k != "files"}
+
+
+def _label(source: dict[str, Any]) -> str:
+    if source.get("source") == "hub":
+        return f"{source.get('repo')}@{source.get('revision')}"
+    return f"local {source.get('path')}"
+
+
+def _precision(precision: Precision) -> dict[str, Any]:
+    shown: dict[str, Any] = {"mode": precision.mode}
+    if precision.gate is not None:
+        shown["gate"] = precision.gate.to_dict()
+    if precision.changes is not None:
+        shown["scheme"] = precision.changes.get("scheme")
+        shown["changes"] = precision.changes
+    return shown
+
+
+def _precision_line(precision: dict[str, Any]) -> str:
+    gate = precision.get("gate")
+    if not gate:
+        return str(precision["mode"])
+    limits = gate["thresholds"]
+    return (
+        f"{precision['mode']} (gate passed on {gate['held_out_texts']} held-out texts: "
+        f"cosine to fp32 mean {gate['mean_cosine']:.4f} >= {limits.get('mean_cosine')}, "
+        f"min {gate['min_cosine']:.4f} >= {limits.get('min_cosine')}; "
+        f"batch invariance max |diff| {gate['batch_max_abs_diff']:.3g} "
+        f"<= {limits.get('batch_max_abs_diff')})"
+    )
+
+
+def _image(manifest: Manifest) -> dict[str, Any] | None:
+    image = manifest.image
+    if image is None:
+        return None
+    return {
+        "model": _source(image.model),
+        "source_files": dict(image.model.files),
+        "size": image.size,
+        "mean": list(image.mean),
+        "std": list(image.std),
+        "resize": image.resize,
+        "steps": list(image.steps),
+        "graph": image.graph.to_dict(),
+        "golden": {"tolerance": image.golden.tolerance, "images": len(image.golden.inputs)},
+    }
+
+
+def _image_line(image: dict[str, Any] | None) -> str:
+    if image is None:
+        return "none (text only)"
+    steps = " → ".join(s.get("op", "?") for s in image["steps"])
+    return f"{_label(image['model'])}; {image['size']} px, bicubic + centre crop; steps {steps}"

@@ -1,0 +1,60 @@
+"""The one golden check: recompute the vectors the build stored and compare within tolerance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from encoderfile.errors import ArtifactError
+from encoderfile.runtime import image as pictures
+from encoderfile.runtime.artifact import Bundle
+from encoderfile.runtime.manifest import Golden
+
+
+@dataclass(frozen=True)
+class GoldenResult:
+    kind: str  # "texts" | "images"
+    count: int
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+    def line(self) -> str:
+        return (
+            f"{'ok' if self.ok else 'FAILED'}: max |diff| {self.max_abs_diff:.3g} over "
+            f"{self.count} golden {self.kind} (tolerance {self.tolerance:g})"
+        )
+
+
+def check(bundle: Bundle, threads: int | None = None) -> list[GoldenResult]:
+    """One result per model in the bundle (text first, then image)."""
+    from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.vision import ImageEmbedder
+
+    manifest, results = bundle.manifest, []
+    if manifest.has_text:
+        if manifest.golden is None or not manifest.golden.inputs:
+            raise ArtifactError("manifest.json has no golden vectors. Rebuild the bundle.")
+        got = Embedder(bundle, threads).embed_raw(list(manifest.golden.inputs))
+        results.append(_compare(manifest.golden, got))
+    if manifest.image is not None and bundle.vision is not None:
+        embedder = ImageEmbedder(bundle, threads)
+        images = [pictures.Image.fromarray(a) for a in pictures.sample_images(embedder.size)]
+        got = embedder.embed([embedder.pixels(i) for i in images])
+        results.append(_compare(manifest.image.golden, got))
+    return results
+
+
+def _compare(golden: Golden, got: np.ndarray) -> GoldenResult:
+    expected = np.asarray(golden.vectors, dtype=np.float32)
+    if got.shape != expected.shape:
+        raise ArtifactError(
+            f"golden {golden.kind} vectors have shape {expected.shape}, the model gives "
+            f"{got.shape}. Rebuild the bundle."
+        )
+    diff = float(np.abs(got - expected).max()) if expected.size else 0.0
+    return GoldenResult(golden.kind, len(expected), diff, golden.tolerance)

@@ -1,0 +1,1 @@
+"""The servers: HTTP and gRPC transports over one Service and Batcher (imported only by `serve`)."""
