@@ -79,8 +79,9 @@ def hey(url: str, clients: int, seconds: int, body: Path) -> dict[str, float]:
         raise SystemExit(f"hey saw error answers from {url}:\n{out}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
-    def ms(p: str) -> float:  # hey prints 0 for a percentile it has too few samples for
-        return float(re.search(rf"{p}% in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+    def ms(p: str) -> float:  # hey leaves out a percentile it has too few samples for
+        found = re.search(rf"{p}% in ([\d.]+) secs", out)
+        return float(found.group(1)) * 1000 if found else float("nan")
 
     return {"rate": rate, "p50": ms("50"), "p99": ms("99")}
 
