@@ -51,12 +51,11 @@ def builder_modules() -> list[str]:
 EXCLUDES = sorted(
     [
         *builder_modules(),
-        # the builder's libraries
+        # the builder's libraries (pydantic stays: the MCP SDK needs it, for `mcp` only)
         "onnx",
         "yaml",
         "huggingface_hub",
         "typer",
-        "pydantic",
         "torch",
         "transformers",
         "sentence_transformers",
@@ -75,6 +74,8 @@ EXCLUDES = sorted(
         "scipy",
         "pandas",
         "matplotlib",
+        "rich",  # the MCP SDK's optional log handler
+        "mcp.cli",  # the SDK's developer CLI (needs typer)
         "IPython",
         "PIL.ImageTk",
         "PIL.ImageQt",
