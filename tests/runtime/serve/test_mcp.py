@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -179,7 +180,10 @@ def test_frozen_artifact_stdio_tools_match_embed(
                 np.float32(result.structured_content["embeddings"]),
                 cli_vectors(command, "--dimensions", "128", *TEXTS, env=artifact_env),
             )
-            pairs = [["a cat sits on the mat", "a kitten rests on a rug"], ["a cat", "stock prices"]]
+            pairs = [
+                ["a cat sits on the mat", "a kitten rests on a rug"],
+                ["a cat", "stock prices"],
+            ]
             scores = (await client.call_tool("similarity", {"pairs": pairs})).structured_content
             assert scores is not None and scores["scores"][0] > scores["scores"][1]
             documents = ["The stock market fell today.", "Cats are small furry pets.", "Rain."]
@@ -268,3 +272,43 @@ def test_mcp_command_is_listed() -> None:
         [sys.executable, "-m", "encoderfile.runtime", "--help"], capture_output=True, text=True
     ).stdout
     assert "mcp" in out and "serve MCP tools over stdio" in out
+
+
+# ------------------------------------------------------------------------------------------ docs
+
+ROOT = Path(__file__).parents[3]
+
+
+def doc_blocks(path: Path, kind: str) -> list[str]:
+    return re.findall(rf"^```{kind}\n(.*?)^```", path.read_text(), re.S | re.M)
+
+
+def test_documented_client_configs_launch_mcp() -> None:
+    for doc in (ROOT / "README.md", ROOT / "docs" / "serve.md"):
+        configs = [json.loads(block) for block in doc_blocks(doc, "json")]
+        servers = [s for c in configs for s in c.get("mcpServers", {}).values()]
+        assert servers, f"{doc.name} lost its MCP client configuration"
+        assert all(s["args"] == ["mcp"] and s["command"].startswith("/") for s in servers)
+
+
+@pytest.mark.slow
+def test_documented_session_runs_against_the_artifact(
+    minilm_artifact: Path, artifact_env: dict[str, str], tmp_path: Path
+) -> None:
+    doc = ROOT / "docs" / "serve.md"
+    (code,) = doc_blocks(doc, "py")
+    printed = next(b for b in doc_blocks(doc, "text") if b.startswith("['embed'"))
+    code = code.replace("./dist/all-minilm-l6-v2", str(minilm_artifact))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=artifact_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    tools, ranked, error = result.stdout.splitlines()
+    shown = printed.splitlines()
+    assert tools == shown[0] and error == shown[2], "the documented session drifted"
+    assert ranked.startswith(shown[1].split("0.")[0])  # same order; scores abridged in the doc
