@@ -94,7 +94,7 @@ def create_server(service: Service) -> MCPServer:
     server = MCPServer(
         m.name,
         version=m.version,
-        instructions=f"Local, offline text embeddings. {facts} Tool 'info' describes the model.",
+        instructions=f"Local, offline embeddings. {facts} Tool 'info' describes the model.",
         log_level="WARNING",
     )
 

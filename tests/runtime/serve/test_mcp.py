@@ -27,6 +27,7 @@ from tests.fixtures.artifacts import run_artifact
 from tests.fixtures.images import varied_images
 from tests.runtime.serve.conftest import Server, runtime_command
 
+ROOT = Path(__file__).parents[3]
 TEXTS = ["hello world", "the quick brown fox jumps over the lazy dog", "a"]
 KEY = "mcp-test-key"
 TOOLS = {"embed", "similarity", "rank", "info"}
@@ -275,8 +276,6 @@ def test_mcp_command_is_listed() -> None:
 
 
 # ------------------------------------------------------------------------------------------ docs
-
-ROOT = Path(__file__).parents[3]
 
 
 def doc_blocks(path: Path, kind: str) -> list[str]:
