@@ -53,12 +53,11 @@ def builder_modules() -> list[str]:
 EXCLUDES = sorted(
     [
         *builder_modules(),
-        # the builder's libraries
+        # the builder's libraries (pydantic stays: the MCP SDK needs it, for `mcp` only)
         "onnx",
         "yaml",
         "huggingface_hub",
         "typer",
-        "pydantic",
         "torch",
         "transformers",
         "sentence_transformers",
@@ -77,6 +76,29 @@ EXCLUDES = sorted(
         "scipy",
         "pandas",
         "matplotlib",
+        # what the MCP SDK and pydantic reach on paths the server never takes: the SDK's
+        # developer CLI and client-side schema validation, pydantic's mypy plugin, rich logging
+        "mcp.cli",
+        "rich",
+        "pygments",
+        "jsonschema",
+        "jsonschema_specifications",
+        "referencing",
+        "rpds",
+        "attr",
+        "attrs",
+        "jwt",
+        "mypy",
+        "mypy_extensions",
+        "ast_serialize",
+        "librt",
+        "pydantic.mypy",
+        "pydantic.v1",
+        "requests",
+        "urllib3",
+        "truststore",
+        "toml",
+        "curses",
         "IPython",
         "PIL.ImageTk",
         "PIL.ImageQt",

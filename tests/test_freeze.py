@@ -306,7 +306,7 @@ def test_minilm_artifact_matches_the_venv(
 @pytest.mark.slow
 def test_minilm_artifact_size(minilm_artifact: Path, minilm_bundle: Path) -> None:
     model = (minilm_bundle / "model.onnx").stat().st_size
-    assert minilm_artifact.stat().st_size <= model + 60_000_000
+    assert minilm_artifact.stat().st_size <= model + 65_000_000
 
 
 @pytest.mark.slow

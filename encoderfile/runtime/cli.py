@@ -1,4 +1,4 @@
-"""The artifact's command line: embed / info / verify / sbom / serve.
+"""The artifact's command line: embed / info / verify / sbom / serve / mcp.
 
 argparse, not typer, and heavy imports inside the commands: cold start is part of the product.
 User errors print one line `encoderfile: <message>` on stderr and exit 2.
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from encoderfile.runtime.embedder import Embedder
 
 EXIT_USER = 2
-COMMANDS = ("embed", "stats", "info", "verify", "sbom", "serve")
+COMMANDS = ("embed", "stats", "info", "verify", "sbom", "serve", "mcp")
 VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
 
 
@@ -166,6 +166,15 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     p.set_defaults(run=_serve)
     if with_serve and (server := _server()) is not None:
         server.add_arguments(p)
+
+    p = sub.add_parser(
+        "mcp",
+        parents=[common],
+        help="serve MCP tools over stdio (for desktop MCP clients)",
+        description="Answer the Model Context Protocol on stdin/stdout: tools embed, "
+        "similarity, rank and info. For MCP over HTTP use 'serve --mcp'.",
+    )
+    p.set_defaults(run=_mcp)
     return parser
 
 
@@ -349,6 +358,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("this build has no server (encoderfile.runtime.serve.server is missing)")
 
     return int(server.run(args, open_bundle(args.bundle)))
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from encoderfile.runtime.artifact import open_bundle
+    from encoderfile.runtime.serve import mcp
+
+    return mcp.run_stdio(open_bundle(args.bundle), args.threads)
 
 
 # ---------------------------------------------------------------------------------------- images

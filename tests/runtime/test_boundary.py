@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = ROOT / "encoderfile" / "runtime"
 BUILDER_LIBRARIES = ["onnx", "yaml", "huggingface_hub", "torch", "typer", "pydantic", "PyInstaller"]
 SERVING = ["uvicorn", "starlette", "grpc", "google.protobuf", "encoderfile.runtime.serve"]
+# The MCP SDK and what it needs: only `mcp` and `serve --mcp` load them, through this module.
+MCP = ["mcp", "mcp_types", "pydantic", "pydantic_core", "cryptography", "httpx2", "sse_starlette"]
+MCP_MODULE = "encoderfile.runtime.serve.mcp"
 # Layers, lowest first: a module may import its own layer and those below, never above.
 LAYERS = [
     [],  # the core: every other runtime module
@@ -58,6 +62,55 @@ def build_side(modules: list[str]) -> list[str]:
     """encoderfile modules that are not runtime-side (errors, runtime, proto, the package)."""
     own = [m for m in modules if m.startswith("encoderfile.")]
     return [m for m in own if not matching([m], list(freeze.RUNTIME_SIDE))]
+
+
+# `serve` in-process until /ready answers, then the loaded modules, then SIGTERM to itself.
+SERVE_PROBE = """
+import json, os, signal, sys, threading, time, urllib.request
+from encoderfile.runtime.cli import main
+report, url = sys.argv[1], sys.argv[2]
+
+def watch():
+    while True:
+        try:
+            urllib.request.urlopen(url + "/ready", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    with open(report, "w") as fh:
+        json.dump({"rc": 0, "modules": sorted(sys.modules)}, fh)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=watch, daemon=True).start()
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def serve_modules(tmp_path: Path, bundle: Path, *args: str) -> list[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    report = tmp_path / "serve-modules.json"
+    argv = ["--bundle", str(bundle), "serve", "--no-grpc", "--port", str(port), *args]
+    subprocess.run(
+        [sys.executable, "-c", SERVE_PROBE, str(report), f"http://127.0.0.1:{port}", *argv],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    modules: list[str] = json.loads(report.read_text())["modules"]
+    return modules
+
+
+def test_only_mcp_commands_import_the_mcp_sdk(tiny_bundle: Path, tmp_path: Path) -> None:
+    for command in (["embed", "hello world"], ["info"]):
+        modules = loaded_modules(tmp_path, "--bundle", str(tiny_bundle), *command)
+        assert matching(modules, MCP) == [], command
+    plain = serve_modules(tmp_path, tiny_bundle)
+    assert "uvicorn" in plain and matching(plain, MCP) == []
+    with_mcp = serve_modules(tmp_path, tiny_bundle, "--mcp")
+    assert {"mcp", "pydantic", MCP_MODULE} <= set(with_mcp)
 
 
 def test_builder_modules_are_derived_and_excluded_from_the_freeze() -> None:
@@ -105,7 +158,10 @@ def violations(source: str, module: str) -> list[str]:
     found = []
     builder = freeze.builder_modules()
     for name in imports(source, module):
-        if matching([name], builder) or matching([name], BUILDER_LIBRARIES):
+        if matching([name], MCP):
+            if module != MCP_MODULE:
+                found.append(f"{module} imports an MCP library outside {MCP_MODULE}: {name}")
+        elif matching([name], builder) or matching([name], BUILDER_LIBRARIES):
             found.append(f"{module} imports the build side: {name}")
         elif name.startswith("encoderfile.runtime") and layer(name) > layer(module):
             found.append(f"{module} imports {name} from a higher layer")
@@ -135,6 +191,8 @@ def test_runtime_sources_import_only_the_runtime_and_downwards() -> None:
         ("def f():\n    import yaml", "encoderfile.runtime.artifact"),
         ("from encoderfile.runtime.serve import service", "encoderfile.runtime.embedder"),
         ("from ..cli import main", "encoderfile.runtime.serve.server"),
+        ("def f():\n    from mcp.server.mcpserver import MCPServer", "encoderfile.runtime.cli"),
+        ("from pydantic import Field", "encoderfile.runtime.serve.http_app"),
     ],
 )
 def test_the_static_check_can_fail(source: str, module: str) -> None:

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-import orjson
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -102,8 +102,12 @@ def _is_openai(path: str) -> bool:
     return path.startswith("/v1/") or path == "/embeddings"
 
 
-def create_app(service: Service, *, cors_origins: Sequence[str] = ()) -> Starlette:
-    """The Starlette app over `service`; it answers 503 on model routes until service.ready."""
+def create_app(
+    service: Service, *, cors_origins: Sequence[str] = (), extra_routes: Sequence[BaseRoute] = ()
+) -> Starlette:
+    """The Starlette app over `service`; it answers 503 on model routes until service.ready.
+
+    `extra_routes` (serve --mcp's /mcp) share the API key, request log and metrics."""
     api = _Api(service)
     post = ["POST"]
     routes: list[BaseRoute] = [
@@ -123,6 +127,7 @@ def create_app(service: Service, *, cors_origins: Sequence[str] = ()) -> Starlet
         Route("/img/embed", api.img_embed, methods=post),
         Route("/img/batch", api.img_batch, methods=post),
         Route("/img/stats", api.img_stats, methods=post),
+        *extra_routes,
     ]
     assets = _swagger_ui_assets()
     if assets is not None:  # without them /docs is a blank page; the API works the same

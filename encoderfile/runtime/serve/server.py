@@ -13,8 +13,8 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -22,6 +22,9 @@ from encoderfile.errors import EncoderfileError
 from encoderfile.runtime.arguments import positive_int
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.serve.service import Limits, Service, read_api_keys
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
 
 log = logging.getLogger("encoderfile.serve")
 GRACE_S = 30.0  # longest wait for in-flight requests on shutdown
@@ -36,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--grpc-port", type=_port, default=50051, help="gRPC port (default 50051)")
     net.add_argument("--no-http", action="store_true", help="serve gRPC only")
     net.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    net.add_argument(
+        "--mcp", action="store_true", help="also serve MCP (streamable HTTP) at /mcp on --port"
+    )
     net.add_argument(
         "--api-key-file",
         metavar="FILE",
@@ -74,12 +80,24 @@ def run(args: argparse.Namespace, bundle: Bundle) -> int:
     limits = Limits(args.max_body_bytes, args.max_inputs, args.max_chars, args.max_inflight)
     keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
     service = Service(bundle, limits, api_keys=keys)
+    if args.mcp and args.no_http:
+        raise EncoderfileError("--mcp serves over HTTP, which --no-http turns off. Drop one.")
     import uvloop  # libuv's event loop: less loop CPU per request than asyncio's
 
-    return uvloop.run(_serve(args, service))
+    return uvloop.run(_serve_with_mcp(args, service) if args.mcp else _serve(args, service))
 
 
-async def _serve(args: argparse.Namespace, service: Service) -> int:
+async def _serve_with_mcp(args: argparse.Namespace, service: Service) -> int:
+    from encoderfile.runtime.serve.mcp import HttpTransport
+
+    mcp = HttpTransport(service, args.host)
+    async with mcp.running():
+        return await _serve(args, service, mcp.routes)
+
+
+async def _serve(
+    args: argparse.Namespace, service: Service, extra_routes: Sequence[BaseRoute] = ()
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,7 +115,7 @@ async def _serve(args: argparse.Namespace, service: Service) -> int:
 
         sock = _bind(args.host, args.port)
         config = uvicorn.Config(
-            create_app(service, cors_origins=args.cors_origin),
+            create_app(service, cors_origins=args.cors_origin, extra_routes=extra_routes),
             http="httptools",  # explicit, so a frozen build that lacks it fails loudly
             log_config=None,
             access_log=False,
