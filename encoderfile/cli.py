@@ -53,13 +53,20 @@ def build(
         bool, typer.Option("--bundle-only", help="stop after the bundle directory")
     ] = False,
     allow_unpinned: AllowUnpinned = False,
+    show_progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="each stage and its time on stderr (default: when stderr is a terminal)",
+        ),
+    ] = None,
 ) -> None:
     """Resolve, splice, verify and bundle a recipe, then freeze it into dist/<name>."""
     from encoderfile import progress
     from encoderfile.compiler import compile_bundle
     from encoderfile.runtime.artifact import read_manifest
 
-    stages = progress.stderr()
+    stages = progress.stderr(show_progress)
     bundle_dir = compile_bundle(recipe_path, out, allow_unpinned=allow_unpinned, stages=stages)
     manifest = read_manifest(bundle_dir)
     _say(f"bundle {bundle_dir} (dimension {manifest.dimension}, verified)")

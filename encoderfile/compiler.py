@@ -33,15 +33,13 @@ def compile_bundle(
     stages = stages or progress.Stages()
     spec = recipe.load(recipe_path)
     unpinned = progress.unpinned(spec)
-    if unpinned:
-        stages.warn(progress.unpinned_warning(recipe_path, unpinned))
     if spec.model is None:  # an image model alone
         stages.next("image", spec.image.model.graph if spec.image else "")
         image_only = _compile_image(spec, recipe_path, allow_unpinned)
         stages.next("bundle")
-        return bundle.write_image_only(
-            out_dir / spec.name, spec, image_only, pinned=not unpinned
-        )
+        out = bundle.write_image_only(out_dir / spec.name, spec, image_only, pinned=not unpinned)
+        _warn_unpinned(stages, recipe_path, unpinned)
+        return out
     stages.next("resolve", progress.where(spec.model))
     resolved = resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned)
     where = spec.model.graph
@@ -89,7 +87,7 @@ def compile_bundle(
         stages.next("image", spec.image.model.graph)
     image = _compile_image(spec, recipe_path, allow_unpinned) if spec.image else None
     stages.next("bundle")
-    return bundle.write(
+    out = bundle.write(
         out_dir / spec.name,
         spec,
         resolved,
@@ -100,6 +98,14 @@ def compile_bundle(
         precision=precision,
         pinned=not unpinned,
     )
+    _warn_unpinned(stages, recipe_path, unpinned)
+    return out
+
+
+def _warn_unpinned(stages: progress.Stages, recipe_path: Path, unpinned: list[str]) -> None:
+    """After a successful build only, so that a failed one still prints one line."""
+    if unpinned:
+        stages.warn(progress.unpinned_warning(recipe_path, unpinned))
 
 
 def _compile_image(

@@ -14,10 +14,12 @@ STAGES = ("resolve", "quantize", "splice", "verify", "gate", "image", "bundle", 
 
 
 class Stages:
-    """`next(name)` ends the running stage (printing its time) and starts `name`."""
+    """`next(name)` ends the running stage (printing its time) and starts `name`. Stage lines go
+    to `stream` (None: nowhere); warnings always go to `warnings`."""
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, warnings: TextIO | None = None):
         self._stream = stream
+        self._warnings = warnings
         self._name: str | None = None
         self._started = 0.0
         self._first = time.perf_counter()
@@ -35,7 +37,8 @@ class Stages:
         self._say(f"[done] {total:.1f} s ({shown})")
 
     def warn(self, message: str) -> None:
-        self._say(f"warning: {message}")
+        if self._warnings is not None:
+            print(f"warning: {message}", file=self._warnings, flush=True)
 
     def _end(self) -> None:
         if self._name is not None:
@@ -49,8 +52,10 @@ class Stages:
             print(line, file=self._stream, flush=True)
 
 
-def stderr() -> Stages:
-    return Stages(sys.stderr)
+def stderr(progress: bool | None = None) -> Stages:
+    """Warnings on stderr; stage lines too when `progress`, or (None) when it is a terminal."""
+    show = sys.stderr.isatty() if progress is None else progress
+    return Stages(sys.stderr if show else None, warnings=sys.stderr)
 
 
 def where(graph: GraphSpec) -> str:

@@ -211,6 +211,7 @@ def extend_spec(doc: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
             "responses": {"200": _ok({"type": "object"})},
         }
     }
+    schemas["OpenAIRequest"]["properties"]["model"]["enum"] = model_ids(manifest)
     if not manifest.restrict_dimensions:
         width = {
             "type": "integer",
