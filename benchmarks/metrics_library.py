@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/metrics_library.md"))
     args = parser.parse_args()
     times: dict[str, list[float]] = {name: [] for name in CANDIDATES}
-    for name, module in CANDIDATES.items():  # warm the .pyc caches
+    for module in CANDIDATES.values():  # warm the .pyc caches
         import_ms(module)
     for _ in range(args.runs):
         for name, module in CANDIDATES.items():

@@ -42,7 +42,9 @@ def test_build_reports_stages_and_unpinned_files(tmp_path: Path) -> None:
     assert cli("pin", recipe_path).returncode == 0
     quiet = cli("build", recipe_path, "--bundle-only", "--no-progress", "--out", tmp_path / "c")
     assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stderr.splitlines() == [f"bundle {tmp_path / 'c' / 'tiny'} (dimension 8, verified)"]
+    assert quiet.stderr.splitlines() == [
+        f"bundle {tmp_path / 'c' / 'tiny'} (dimension 8, verified)"
+    ]
     described, text = info(tmp_path / "c" / "tiny")
     assert described["pinned"] is True and re.search(r"^pinned\s+yes$", text, re.M)
 

@@ -232,7 +232,15 @@ def test_inspect_bundle_matches_info(tiny_bundle) -> None:
     """One description: `inspect` on a bundle shows what the runtime's `info --json` does."""
     shown = json.loads(cli("inspect", tiny_bundle, "--json").stdout)
     info = subprocess.run(
-        [sys.executable, "-m", "encoderfile.runtime", "--bundle", str(tiny_bundle), "info", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "encoderfile.runtime",
+            "--bundle",
+            str(tiny_bundle),
+            "info",
+            "--json",
+        ],
         capture_output=True,
         check=True,
     )

@@ -43,13 +43,18 @@ def readme_rows(first_cell: str) -> list[list[str]]:
 
 
 def test_readme_bulk_table_is_the_benchmarks_bulk_rerun() -> None:
-    rerun = section((ROOT / "docs/benchmarks.md").read_text(), "## Bulk again, after model calls went from 64 to 16 texts")
+    rerun = section(
+        (ROOT / "docs/benchmarks.md").read_text(),
+        "## Bulk again, after model calls went from 64 to 16 texts",
+    )
     rows = readme_rows(r"\| (MiniLM|NomicBERT), (short|SciFact|mixed) \(")
     assert len(rows) == 6
     for row in rows:
         model, workload = re.match(r"(\w+), (\w+)", row[0]).groups()  # type: ignore[union-attr]
         table = section(rerun, f"### {MODELS[model]}")
-        source = next(cells(l) for l in table.splitlines() if l.startswith(f"| {workload.lower()} |"))
+        source = next(
+            cells(line) for line in table.splitlines() if line.startswith(f"| {workload.lower()} |")
+        )
         # README: embed (minus start-up), ORT, torch, fastembed, embed/ORT, embed/torch; the
         # table has them in that order, ORT with its best batch size in brackets.
         measured = [*source[3:5], source[5].split(" (")[0], *source[6:10]]
@@ -63,5 +68,7 @@ def test_readme_serving_table_is_the_benchmarks_serving_run() -> None:
     assert len(rows) == 5
     for row in rows:
         table = section(benchmarks, f"## {MODELS[row[0]]}")
-        source = next(cells(l) for l in table.splitlines() if l.startswith(f"| {row[1]} |"))
+        source = next(
+            cells(line) for line in table.splitlines() if line.startswith(f"| {row[1]} |")
+        )
         assert same(numbers(" ".join(row[2:])), numbers(" ".join(source[1:]))), row

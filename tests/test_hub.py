@@ -4,8 +4,8 @@ rebuild from the cache, and one-line refusals of a wrong sha256 and an unknown r
 
 from __future__ import annotations
 
-import hashlib
 import fcntl
+import hashlib
 import json
 import os
 import pty
@@ -112,7 +112,13 @@ def test_pin_build_resume_offline_rebuild(hub: HubServer, tmp_path: Path) -> Non
     assert again["files"] == manifest["files"]
 
     # The artifact answers OpenAI clients that name the repo it was built from.
-    command = [sys.executable, "-m", "encoderfile.runtime", "--bundle", str(tmp_path / "b" / "tiny")]
+    command = [
+        sys.executable,
+        "-m",
+        "encoderfile.runtime",
+        "--bundle",
+        str(tmp_path / "b" / "tiny"),
+    ]
     server = Server(command, tmp_path / "serve.log", "--no-grpc").wait_ready()
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)

@@ -41,6 +41,7 @@ def error_kind(exc: BaseException) -> str:
             return ERROR_KINDS[cls]
     return "internal_error"
 
+
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 

@@ -147,7 +147,9 @@ async def _serve(args: argparse.Namespace, service: Service) -> int:
         await set_serving(health, False)
     if args.shutdown_delay > 0 and not _http_stopped(http_task):
         service.drain()
-        log.info("shutdown delay: /ready answers 503 for %.1f s; still serving", args.shutdown_delay)
+        log.info(
+            "shutdown delay: /ready answers 503 for %.1f s; still serving", args.shutdown_delay
+        )
         await asyncio.sleep(args.shutdown_delay)
     log.info(
         "draining: finishing %d in-flight inputs",

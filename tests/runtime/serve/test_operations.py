@@ -44,8 +44,10 @@ def test_embed_stream_goes_through_the_batcher(minilm_server: Server) -> None:
     with grpc.insecure_channel(minilm_server.grpc_target) as channel:
         api = embed_pb2_grpc.EmbedderStub(channel)
         alone = np.float32(
-            [api.Embed(embed_pb2.EmbedRequest(inputs=[t]), timeout=30).embeddings[0].values
-             for t in texts]  # fmt: skip
+            [
+                api.Embed(embed_pb2.EmbedRequest(inputs=[t]), timeout=30).embeddings[0].values
+                for t in texts
+            ]  # fmt: skip
         )
         before = model_calls(minilm_server)
         messages = (embed_pb2.EmbedRequest(inputs=[t]) for t in texts)
@@ -85,9 +87,8 @@ def test_error_kinds_are_the_same_on_both_transports(tiny_server: Server) -> Non
     ):
         assert metrics.error_kind(cls("x")) == http_app.status_of(cls("x"))[1], cls
     httpx.post(f"{tiny_server.url}/embed", json={"input": ""}, timeout=10)
-    with grpc.insecure_channel(tiny_server.grpc_target) as channel:
-        with pytest.raises(grpc.RpcError):
-            embed_pb2_grpc.EmbedderStub(channel).Embed(embed_pb2.EmbedRequest(), timeout=10)
+    with grpc.insecure_channel(tiny_server.grpc_target) as channel, pytest.raises(grpc.RpcError):
+        embed_pb2_grpc.EmbedderStub(channel).Embed(embed_pb2.EmbedRequest(), timeout=10)
     text = scrape(tiny_server)
     for transport, route in (("http", "/embed"), ("grpc", "Embed")):
         labels = f'kind="invalid_request_error",route="{route}",transport="{transport}"'
