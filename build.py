@@ -77,7 +77,7 @@ def check() -> None:
 def schema() -> None:
     """Regenerate recipes/recipe.schema.json from the code."""
     setup()
-    run(BIN / "encoderfile", "schema")
+    run(BIN / "encoderfile", "schema", "--out", "recipes/recipe.schema.json")
 
 
 TARGETS = {f.__name__: f for f in (demo, test, setup, lint, schema)}

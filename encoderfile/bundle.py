@@ -76,6 +76,7 @@ def write(
     image: VisionBuild | None = None,
     *,
     precision: Precision | None = None,
+    pinned: bool = True,
 ) -> Path:
     """Write the bundle into `out`, replacing it only once every file is complete."""
     files = {
@@ -89,6 +90,7 @@ def write(
         version=recipe.version,
         dimension=recipe.dimension,
         dimensions=tuple(recipe.allowed_dimensions),
+        restrict_dimensions=recipe.restrict_dimensions,
         normalized=recipe.steps[-1].op == "normalize",
         files=_hashes(files),
         model=resolved.model_source,
@@ -108,11 +110,12 @@ def write(
         golden=golden,
         precision=precision or Precision(recipe.precision),
         image=_image_section(image, recipe),
+        pinned=pinned,
     )
     return _write_files(out, files, manifest)
 
 
-def write_image_only(out: Path, recipe: Recipe, image: VisionBuild) -> Path:
+def write_image_only(out: Path, recipe: Recipe, image: VisionBuild, pinned: bool = True) -> Path:
     """A bundle with vision.onnx and no text model (manifest: model, graph, tokenizer None)."""
     files = {VISION_FILE: _serialize(image.spliced.model)}
     section = _image_section(image, recipe)
@@ -122,11 +125,13 @@ def write_image_only(out: Path, recipe: Recipe, image: VisionBuild) -> Path:
         version=recipe.version,
         dimension=recipe.dimension,
         dimensions=tuple(recipe.allowed_dimensions),
+        restrict_dimensions=recipe.restrict_dimensions,
         normalized=section.normalized,
         files=_hashes(files),
         tools=tool_versions(),
         built_at=_built_at(),
         image=section,
+        pinned=pinned,
     )
     return _write_files(out, files, manifest)
 

@@ -53,20 +53,30 @@ def build(
         bool, typer.Option("--bundle-only", help="stop after the bundle directory")
     ] = False,
     allow_unpinned: AllowUnpinned = False,
+    show_progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="each stage and its time on stderr (default: when stderr is a terminal)",
+        ),
+    ] = None,
 ) -> None:
     """Resolve, splice, verify and bundle a recipe, then freeze it into dist/<name>."""
+    from encoderfile import progress
     from encoderfile.compiler import compile_bundle
     from encoderfile.runtime.artifact import read_manifest
 
-    bundle_dir = compile_bundle(recipe_path, out, allow_unpinned=allow_unpinned)
+    stages = progress.stderr(show_progress)
+    bundle_dir = compile_bundle(recipe_path, out, allow_unpinned=allow_unpinned, stages=stages)
     manifest = read_manifest(bundle_dir)
     _say(f"bundle {bundle_dir} (dimension {manifest.dimension}, verified)")
-    if bundle_only:
-        return
-    from encoderfile import freeze
+    if not bundle_only:
+        from encoderfile import freeze
 
-    artifact = freeze.build(bundle_dir, dist)
-    _say(f"executable {artifact}")
+        stages.next("freeze", "PyInstaller")
+        artifact = freeze.build(bundle_dir, dist)
+        _say(f"executable {artifact}")
+    stages.done()
 
 
 @app.command()
@@ -208,12 +218,21 @@ def _pin_lines(recipe_path: Path, text: str, pins: dict[str, str]) -> str:
 
 @app.command()
 def schema(
-    out: Annotated[Path, typer.Option(help="where to write it")] = Path(
-        "recipes/recipe.schema.json"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="file to write (default: print to stdout)")
+    ] = None,
 ) -> None:
-    """Write the recipe's JSON schema (generated from the code)."""
-    out.write_text(recipe.json_schema(), encoding="utf-8")
+    """Print the recipe's JSON schema (generated from the code), or write it to --out."""
+    text = recipe.json_schema()
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise EncoderfileError(
+            f"cannot write {out} ({e.strerror}). Pass an --out path in a writable directory."
+        ) from None
     _say(f"wrote {out}")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from tokenizers import Tokenizer
 
-from encoderfile import bundle, gate, quantize, recipe, resolve, splice, verify, vision
+from encoderfile import bundle, gate, progress, quantize, recipe, resolve, splice, verify, vision
 from encoderfile.errors import SpliceError
 from encoderfile.runtime.manifest import Precision
 
@@ -22,12 +22,25 @@ def load_graph(path: Path, where: str) -> onnx.ModelProto:
         ) from e
 
 
-def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = False) -> Path:
-    """Build `out_dir/<name>` from the recipe and return its path."""
+def compile_bundle(
+    recipe_path: Path,
+    out_dir: Path,
+    *,
+    allow_unpinned: bool = False,
+    stages: progress.Stages | None = None,
+) -> Path:
+    """Build `out_dir/<name>` from the recipe and return its path; `stages` reports progress."""
+    stages = stages or progress.Stages()
     spec = recipe.load(recipe_path)
+    unpinned = progress.unpinned(spec)
     if spec.model is None:  # an image model alone
+        stages.next("image", spec.image.model.graph if spec.image else "")
         image_only = _compile_image(spec, recipe_path, allow_unpinned)
-        return bundle.write_image_only(out_dir / spec.name, spec, image_only)
+        stages.next("bundle")
+        out = bundle.write_image_only(out_dir / spec.name, spec, image_only, pinned=not unpinned)
+        _warn_unpinned(stages, recipe_path, unpinned)
+        return out
+    stages.next("resolve", progress.where(spec.model))
     resolved = resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned)
     where = spec.model.graph
     model = load_graph(resolved.graph, where)
@@ -36,15 +49,19 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
     states_name = splice.contract.token_states(model, spec.model.output, where)
     inputs = splice.contract.check_inputs(model, where)
     fp32 = model
+    if spec.precision != "fp32":
+        stages.next("quantize", spec.precision)
     lowered = _lower(model, spec, tokenizer, inputs, where)
     if lowered is not None:
         model = lowered.model
+    stages.next("splice", " → ".join(s.op for s in spec.steps))
     batch = verify.encode(tokenizer, verify.SAMPLE_TEXTS, inputs)
     graph: bytes | Path = resolved.graph if lowered is None else model.SerializeToString()
     states = verify.run(verify.session(graph), batch, states_name, where)
     expected = verify.reference(states, batch.mask, spec)
 
     spliced = splice.apply(model, spec, states.shape[-1], where)
+    stages.next("verify", f"{len(verify.SAMPLE_TEXTS)} texts against the numpy reference")
     spliced_session = verify.session(spliced.model.SerializeToString())
     got = verify.run(
         spliced_session,
@@ -55,6 +72,7 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
     golden = verify.check(got, expected, verify.SAMPLE_TEXTS)
     precision = Precision()
     if lowered is not None:
+        stages.next("gate", f"{spec.precision} against fp32")
         reference = splice.apply(fp32, spec, states.shape[-1], where)
         result = gate.check(
             verify.session(reference.model.SerializeToString()),
@@ -65,10 +83,29 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
             spec.gate,
         )
         precision = Precision(spec.precision, lowered.changes, result.to_manifest())
+    if spec.image:
+        stages.next("image", spec.image.model.graph)
     image = _compile_image(spec, recipe_path, allow_unpinned) if spec.image else None
-    return bundle.write(
-        out_dir / spec.name, spec, resolved, spliced, tokenizer, golden, image, precision=precision
+    stages.next("bundle")
+    out = bundle.write(
+        out_dir / spec.name,
+        spec,
+        resolved,
+        spliced,
+        tokenizer,
+        golden,
+        image,
+        precision=precision,
+        pinned=not unpinned,
     )
+    _warn_unpinned(stages, recipe_path, unpinned)
+    return out
+
+
+def _warn_unpinned(stages: progress.Stages, recipe_path: Path, unpinned: list[str]) -> None:
+    """After a successful build only, so that a failed one still prints one line."""
+    if unpinned:
+        stages.warn(progress.unpinned_warning(recipe_path, unpinned))
 
 
 def _compile_image(

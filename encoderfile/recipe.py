@@ -205,7 +205,12 @@ class Recipe(_Strict):
     # Range-checked against the model's hidden size when splicing, where both numbers are known.
     dimension: int = Field(description="width of the output vectors, 1 to the hidden size")
     dimensions: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="request-time dimensions allowed (each <= dimension); default [dimension]"
+        None,
+        description="recommended request widths (each <= dimension; default [dimension]); a "
+        "request may ask for any width from 1 to dimension unless restrict_dimensions is true",
+    )
+    restrict_dimensions: bool = Field(
+        False, description="true: a request may ask only for dimension or a width in dimensions"
     )
     tokenizer: TokenizerSpec = TokenizerSpec()
     prompts: dict[str, str] = Field(default_factory=dict, description="task name -> prefix")

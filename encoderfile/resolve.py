@@ -134,7 +134,13 @@ def _from_hub(
             "Pin a commit for a reproducible build, or pass --allow-unpinned."
         )
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     files = {}
     for key in hub.files:
@@ -145,9 +151,25 @@ def _from_hub(
                 f"{hub.repo}@{hub.revision}: {key} is not in the local cache and the Hub is "
                 "unreachable or offline mode is on. Connect once, or use a 'local' source."
             ) from e
-        except (HfHubHTTPError, OSError) as e:
+        except RevisionNotFoundError as e:
             raise ResolveError(
-                f"{hub.repo}@{hub.revision}: downloading {key} failed ({e}). "
+                f"{recipe_path}: {hub.repo} has no revision {hub.revision}. "
+                f"Fix {section}.hub.revision (a commit of the repo)."
+            ) from e
+        except RepositoryNotFoundError as e:
+            raise ResolveError(
+                f"{recipe_path}: the Hub has no repo {hub.repo} (or it needs a token: set HF_TOKEN). "
+                f"Fix {section}.hub.repo."
+            ) from e
+        except RemoteEntryNotFoundError as e:
+            raise ResolveError(
+                f"{recipe_path}: {hub.repo}@{hub.revision} has no file {key}. "
+                f"Fix {section}.hub.files."
+            ) from e
+        except (HfHubHTTPError, OSError) as e:
+            reason = " ".join(str(e).split())  # one line
+            raise ResolveError(
+                f"{hub.repo}@{hub.revision}: downloading {key} failed ({reason}). "
                 "Check the repo id, revision and file path, and your network."
             ) from e
     # Hub cache paths are .../snapshots/<commit>/<file>: the commit actually used.

@@ -152,7 +152,7 @@ def test_dimensions_are_a_renormalised_prefix(embedder: ImageEmbedder) -> None:
     prefix = full[:, : WIDTH // 2]
     np.testing.assert_allclose(half, prefix / np.linalg.norm(prefix), atol=1e-6)
     with pytest.raises(RequestError, match="not offered"):
-        embedder.embed(pixels, 5)
+        embedder.embed(pixels, WIDTH + 1)
 
 
 def test_verify_golden_images(image_bundle: Path) -> None:

@@ -183,6 +183,19 @@ def test_minilm_int8_passes_the_default_gate(minilm_int8: Path, minilm_bundle: P
 
 
 @pytest.mark.slow  # quantizes the real MiniLM
+def test_quoted_gate_figures_are_the_shipped_recipes(minilm_int8: Path) -> None:
+    """The recipe's comment and the README quote what building the recipe measures."""
+    gate_figures = manifest(minilm_int8)["precision"]["gate"]
+    quoted = f"{gate_figures['mean_cosine']:.4f} / {gate_figures['min_cosine']:.4f}"
+    root = Path(__file__).parents[1]
+    comment = (root / "recipes" / "all-minilm-l6-v2-int8.yaml").read_text()
+    mean, _, low = quoted.partition(" / ")
+    assert f"mean {mean} / min {low}" in comment, comment
+    row = next(line for line in (root / "README.md").read_text().splitlines() if "ffn_down" in line)
+    assert f"| {quoted} (the shipped recipe's gate" in row, row
+
+
+@pytest.mark.slow  # quantizes the real MiniLM
 def test_minilm_int8_is_batch_invariant(minilm_int8: Path) -> None:
     """A text's vector alone == inside padded batches of other compositions (static scales)."""
     alone = np.concatenate([embed(minilm_int8, [t]) for t in MIXED])

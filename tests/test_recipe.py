@@ -34,7 +34,7 @@ def test_nomic_recipe_is_pinned_and_matryoshka() -> None:
 
 def test_checked_in_schema_is_current() -> None:
     checked_in = (ROOT / "recipes" / "recipe.schema.json").read_text()
-    assert checked_in == recipe.json_schema(), "run: encoderfile schema"
+    assert checked_in == recipe.json_schema(), "run: python3 build.py schema"
     assert json.loads(checked_in)["additionalProperties"] is False  # unknown keys are refused
 
 

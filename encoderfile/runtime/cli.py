@@ -95,7 +95,11 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         metavar="FILE",
         help="write here (atomically: nothing partial on failure) instead of stdout",
     )
-    p.add_argument("--prompt", metavar="NAME", help="prompt prefix from the manifest (see info)")
+    p.add_argument(
+        "--prompt",
+        metavar="NAME",
+        help="prompt prefix from the manifest (see info); 'none' for no prefix over a default",
+    )
     p.add_argument(
         "--dimensions",
         type=positive_int,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from encoderfile.runtime.manifest import MODEL_FILE, Manifest, ModelSource, Precision
+from encoderfile.runtime.manifest import (
+    MIN_DIMENSION,
+    MODEL_FILE,
+    Manifest,
+    ModelSource,
+    Precision,
+)
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:
@@ -23,6 +29,8 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         "steps": list(manifest.steps),
         "dimension": manifest.dimension,
         "dimensions": list(manifest.dimensions),
+        "restrict_dimensions": manifest.restrict_dimensions,
+        "min_dimension": MIN_DIMENSION,
         "normalized": manifest.normalized,
         "prompts": dict(manifest.prompts),
         "default_prompt": manifest.default_prompt,
@@ -32,6 +40,7 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         "source_files": dict(model.files) if model else {},
         "tools": dict(manifest.tools),
         "built_at": manifest.built_at,
+        "pinned": manifest.pinned,
         "golden": {
             "tolerance": golden.tolerance if golden else None,
             "texts": len(golden.inputs) if golden else 0,
@@ -59,8 +68,7 @@ def rows(description: dict[str, Any]) -> list[tuple[str, str]]:
         ("model", _label(d["model"]) if d["model"] else "none (image model only)"),
         (
             "dimension",
-            f"{d['dimension']} (request: {', '.join(map(str, d['dimensions']))}; "
-            f"normalized: {normalized})",
+            f"{d['dimension']} (request: {_widths(d)}; normalized: {normalized})",
         ),
         ("max_length", f"{d['max_length']} tokens"),
         ("steps", steps),
@@ -70,8 +78,16 @@ def rows(description: dict[str, Any]) -> list[tuple[str, str]]:
         *[(f"source {k}", v) for k, v in sorted(d["source_files"].items())],
         ("tools", ", ".join(f"{k} {v}" for k, v in sorted(d["tools"].items()))),
         ("built_at", str(d["built_at"])),
+        ("pinned", "yes" if d["pinned"] else "NO: some source files had no sha256 pin"),
         ("image", _image_line(d["image"])),
     ]
+
+
+def _widths(d: dict[str, Any]) -> str:
+    listed = ", ".join(map(str, d["dimensions"]))
+    if d["restrict_dimensions"]:
+        return f"only {listed}"
+    return f"any {d['min_dimension']} to {d['dimension']}, recommended {listed}"
 
 
 def _source(model: ModelSource | None) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from tokenizers import Encoding, Tokenizer
 
 from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime.artifact import Bundle
-from encoderfile.runtime.manifest import TEXT_INPUTS, TEXT_OUTPUT, Manifest
+from encoderfile.runtime.manifest import NO_PROMPT, TEXT_INPUTS, TEXT_OUTPUT, Manifest
 from encoderfile.runtime.session import open_session, shorten
 
 # One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
@@ -57,11 +57,11 @@ class Embedder:
     def prefix(self, prompt: str | None) -> str:
         """The text prepended for `prompt`, or for the manifest's default_prompt when None."""
         name = prompt if prompt is not None else self.manifest.default_prompt
-        if name is None:
+        if name is None or name in NO_PROMPT:
             return ""
         if name not in self.manifest.prompts:
             names = ", ".join(self.manifest.prompts) or "none"
-            raise RequestError(f"unknown prompt {name!r}. Use one of: {names}.")
+            raise RequestError(f"unknown prompt {name!r}. Use one of: {names}; or 'none'.")
         return self.manifest.prompts[name]
 
     def tokenize(self, texts: Sequence[str], *, prompt: str | None = None) -> list[Encoding]:

@@ -25,6 +25,8 @@ TEXT_OUTPUT = "sentence_embedding"  # float32 [batch, dimension]
 IMAGE_INPUT = "pixel_values"  # uint8 [batch, size, size, 3]
 IMAGE_OUTPUT = "image_embedding"  # float32 [batch, dimension]
 IMAGE_RESIZE = "shortest side, bicubic (PIL), then centre crop"
+NO_PROMPT = ("none", "")  # prompt names that ask for no prefix, even over a default_prompt
+MIN_DIMENSION = 1  # the narrowest width a request may ask for (as nomic-serve, TEI and OpenAI)
 
 
 def _plain(section: Any) -> dict[str, Any]:
@@ -238,7 +240,7 @@ class Manifest:
     name: str
     version: str
     dimension: int  # width of the graphs' output
-    dimensions: tuple[int, ...]  # widths a request may ask for (prefix, re-normalised)
+    dimensions: tuple[int, ...]  # recommended request widths (prefix, re-normalised)
     normalized: bool  # the last step is L2
     files: dict[str, str]  # sha256 of each bundle file
     model: ModelSource | None = None
@@ -252,6 +254,8 @@ class Manifest:
     golden: Golden | None = None
     precision: Precision = field(default_factory=Precision)
     image: ImageSection | None = None
+    restrict_dimensions: bool = False  # True: requests may ask only for `dimensions`
+    pinned: bool = True  # False: some source file had no sha256 pin in the recipe
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -293,6 +297,8 @@ class Manifest:
                 golden=Golden.from_dict(raw["golden"]) if raw.get("golden") else None,
                 precision=Precision.from_dict(raw.get("precision")),
                 image=ImageSection.from_dict(raw["image"]) if raw.get("image") else None,
+                restrict_dimensions=bool(raw.get("restrict_dimensions", False)),
+                pinned=bool(raw.get("pinned", True)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(
@@ -316,13 +322,24 @@ class Manifest:
 
     def width(self, dimensions: int | None, param: str = "dimensions") -> int:
         """The one request-width rule (text and image, CLI, HTTP and gRPC): None means the
-        built dimension, which is always allowed; otherwise one of `dimensions`."""
+        built dimension; otherwise any width from MIN_DIMENSION to it, or, when the recipe
+        set `restrict_dimensions`, only the built dimension and the listed `dimensions`."""
         if dimensions is None or dimensions == self.dimension:
             return self.dimension
-        if dimensions not in self.dimensions:
-            allowed = ", ".join(map(str, sorted({self.dimension, *self.dimensions}, reverse=True)))
+        if self.restrict_dimensions:
+            if dimensions not in self.dimensions:
+                allowed = ", ".join(
+                    map(str, sorted({self.dimension, *self.dimensions}, reverse=True))
+                )
+                raise InvalidFieldError(
+                    f"{param}={dimensions} is not offered by {self.name}. Use one of: {allowed}.",
+                    param=param,
+                )
+        elif not MIN_DIMENSION <= dimensions <= self.dimension:
             raise InvalidFieldError(
-                f"{param}={dimensions} is not offered by {self.name}. Use one of: {allowed}.",
+                f"{param}={dimensions} is not offered by {self.name}. Use a width from "
+                f"{MIN_DIMENSION} to {self.dimension} (recommended: "
+                f"{', '.join(map(str, self.dimensions))}).",
                 param=param,
             )
         return dimensions

@@ -232,7 +232,7 @@ def test_long_text_is_truncated_with_a_count(run: Run) -> None:
 
 def test_unknown_prompt_lists_names(run: Run) -> None:
     message = run("embed", "--prompt", "nope", "fox").one_error_line()
-    assert "unknown prompt 'nope'. Use one of: document, query." in message
+    assert "unknown prompt 'nope'. Use one of: document, query; or 'none'." in message
 
 
 def test_prompt_and_dimensions(run: Run, tiny_bundle: Path) -> None:

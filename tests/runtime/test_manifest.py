@@ -105,14 +105,33 @@ def test_a_real_bundle_manifest_round_trips(tiny_bundle: Path) -> None:
     assert Manifest.from_dict(raw).to_dict() == raw
 
 
-def test_width_rule_is_the_same_for_text_and_image() -> None:
-    """dimension 512 with dimensions [256, 128]: the built width is always allowed."""
+def test_width_rule_is_any_width_up_to_the_built_one() -> None:
+    """dimension 512, recommended [256, 128]: any width from 1 to 512 (prefix, re-normalised)."""
     m = manifest()
+    assert [m.width(w) for w in (None, 512, 300, 128, 1)] == [512, 512, 300, 128, 1]
+    for width in (0, -1, 513):
+        with pytest.raises(InvalidFieldError, match=f"dim={width} is not offered by m") as e:
+            m.width(width, "dim")
+        assert e.value.param == "dim"
+        assert "Use a width from 1 to 512 (recommended: 256, 128)" in str(e.value)
+
+
+def test_width_rule_restricted_by_the_recipe() -> None:
+    """restrict_dimensions: only the built width and the listed ones."""
+    m = manifest(restrict_dimensions=True)
     assert m.width(None) == 512 and m.width(512) == 512 and m.width(128) == 128
     with pytest.raises(InvalidFieldError, match="dimensions=300 is not offered by m") as e:
         m.width(300)
     assert e.value.param == "dimensions"
     assert "512, 256, 128" in str(e.value)
+
+
+def test_manifests_written_before_the_open_rule_and_pinned_still_load() -> None:
+    raw = manifest().to_dict()
+    del raw["restrict_dimensions"], raw["pinned"]
+    old = Manifest.from_dict(raw)
+    assert old.restrict_dimensions is False and old.pinned is True
+    assert manifest(pinned=False).to_dict()["pinned"] is False
 
 
 def test_width_rule_reaches_text_and_image_embedders(image_bundle: Path) -> None:
@@ -128,7 +147,12 @@ def test_width_rule_reaches_text_and_image_embedders(image_bundle: Path) -> None
     pixels = [np.zeros((image.size, image.size, 3), np.uint8)]
     assert text.embed(["a"], dimensions=full).vectors.shape == (1, full)
     assert image.embed(pixels, full).shape == (1, full)
-    for call in (lambda: text.embed(["a"], dimensions=full + 1), lambda: image.embed(pixels, 3)):
+    assert text.embed(["a"], dimensions=3).vectors.shape == (1, 3)  # off the recommended list
+    assert image.embed(pixels, 3).shape == (1, 3)
+    for call in (
+        lambda: text.embed(["a"], dimensions=full + 1),
+        lambda: image.embed(pixels, full + 1),
+    ):
         with pytest.raises(InvalidFieldError, match="not offered"):
             call()
 

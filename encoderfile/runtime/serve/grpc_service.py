@@ -9,7 +9,8 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,7 +27,12 @@ from encoderfile.errors import (
 )
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES
+from encoderfile.runtime.serve.metrics import error_kind
 from encoderfile.runtime.serve.service import Service
+from encoderfile.runtime.serve.stream import Pipeline
+
+if TYPE_CHECKING:
+    from encoderfile.runtime.embedder import Embeddings
 
 log = logging.getLogger("encoderfile.serve")
 Reply = TypeVar("Reply")
@@ -60,15 +66,21 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
     async def Embed(  # noqa: N802 - gRPC method names
         self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.EmbedResponse:
-        return await self._call("Embed", context, functools.partial(self._embed, request))
+        submitted = self._submit(request, context)
+        return await self._call("Embed", context, functools.partial(self._embed, submitted))
 
     async def EmbedStream(  # noqa: N802
         self,
         requests: AsyncIterator[embed_pb2.EmbedRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[embed_pb2.EmbedResponse]:
-        async for request in requests:
-            yield await self._call("EmbedStream", context, functools.partial(self._embed, request))
+        """Each message is queued in the Batcher as it arrives (up to stream.WINDOW ahead of
+        the replies), so messages share model calls; replies keep the messages' order."""
+        pipeline = Pipeline(
+            requests, lambda request: self._submit(request, context), lambda work: work.cancel()
+        )
+        async for work in pipeline:
+            yield await self._call("EmbedStream", context, functools.partial(self._embed, work))
 
     async def Info(  # noqa: N802
         self, request: embed_pb2.InfoRequest, context: grpc.aio.ServicerContext
@@ -138,21 +150,34 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             vision_model=info["vision_model"],
         )
 
-    async def _embed(
-        self, request: embed_pb2.EmbedRequest, stats: dict[str, int]
-    ) -> embed_pb2.EmbedResponse:
+    def _submit(
+        self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> _Submitted:
+        """Check, tokenize and queue the request now; the reply is awaited by _call."""
         started = time.perf_counter()
-        dimensions = self.service.check_dimensions(
-            request.dimensions if request.HasField("dimensions") else None
-        )
-        encodings = self.service.tokenize(
-            list(request.inputs),
-            prompt=request.prompt if request.HasField("prompt") else None,
-            truncate=request.truncate if request.HasField("truncate") else True,
-            param="inputs",
-        )
-        result = await asyncio.wrap_future(self.service.submit(encodings, dimensions))
-        stats["inputs"], stats["tokens"] = len(encodings), sum(result.tokens)
+        try:
+            self.service.authorize(dict(context.invocation_metadata() or ()).get("authorization"))
+            dimensions = self.service.check_dimensions(
+                request.dimensions if request.HasField("dimensions") else None
+            )
+            encodings = self.service.tokenize(
+                list(request.inputs),
+                prompt=request.prompt if request.HasField("prompt") else None,
+                truncate=request.truncate if request.HasField("truncate") else True,
+                param="inputs",
+            )
+            job = self.service.submit(encodings, dimensions)
+        except EncoderfileError as e:
+            return _Submitted(started, error=e)
+        return _Submitted(started, job=job, inputs=len(encodings))
+
+    async def _embed(self, submitted: _Submitted, stats: dict[str, int]) -> embed_pb2.EmbedResponse:
+        started = submitted.started
+        if submitted.error is not None:
+            raise submitted.error
+        assert submitted.job is not None
+        result = await asyncio.wrap_future(submitted.job)
+        stats["inputs"], stats["tokens"] = submitted.inputs, sum(result.tokens)
         return embed_pb2.EmbedResponse(
             embeddings=[
                 embed_pb2.Embedding(values=v, tokens=t, truncated=c)
@@ -180,14 +205,14 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             return await work(stats)
         except EncoderfileError as e:
             code = status_of(e)
-            self.service.metrics.errors.inc(kind=code.name.lower())
+            self.service.metrics.errors.inc(kind=error_kind(e), transport="grpc", route=method)
             await context.abort(code, str(e))
         except asyncio.CancelledError:  # the client cancelled or its deadline passed
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
-            self.service.metrics.errors.inc(kind="internal")
+            self.service.metrics.errors.inc(kind="internal_error", transport="grpc", route=method)
             log.exception("gRPC %s failed (request %s)", method, request_id)
             await context.abort(code, f"Internal error in request {request_id}. Report this bug.")
         finally:
@@ -195,7 +220,7 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             inputs, tokens = stats["inputs"], stats["tokens"]
             m = self.service.metrics
             m.requests.inc(transport="grpc", route=method, status=code.name)
-            m.request_seconds.observe(seconds)
+            m.request_seconds.observe(seconds, transport="grpc", route=method)
             m.inputs.inc(inputs)
             m.tokens.inc(tokens)
             log.info(
@@ -206,7 +231,35 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
                 tokens,
                 seconds * 1000,
                 request_id,
+                extra={
+                    "transport": "grpc",
+                    "method": "GRPC",
+                    "route": method,
+                    "status": code.name,
+                    "inputs": inputs,
+                    "tokens": tokens,
+                    "ms": round(seconds * 1000, 3),
+                    "request_id": request_id,
+                },
             )
+
+
+class _Submitted:
+    """A request queued in the Batcher (or refused before queueing): awaiting it answers it."""
+
+    def __init__(
+        self,
+        started: float,
+        *,
+        job: Future[Embeddings] | None = None,
+        inputs: int = 0,
+        error: EncoderfileError | None = None,
+    ):
+        self.started, self.job, self.inputs, self.error = started, job, inputs, error
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
 
 
 def create_server(service: Service, address: str) -> tuple[grpc.aio.Server, Any]:

@@ -37,6 +37,7 @@ from encoderfile.errors import (
     RequestError,
     UnauthorizedError,
 )
+from encoderfile.runtime.serve import compat
 from encoderfile.runtime.serve import metrics as prom
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES, BODY_BYTES
 from encoderfile.runtime.serve.openapi import spec
@@ -85,6 +86,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
 def error_response(exc: BaseException, scope: Scope) -> Json:
     """Native shape {"error": {message, type}}; on /v1 and /embeddings OpenAI's, with param/code."""
     status, kind = status_of(exc)
+    if status == 422 and _is_openai(scope["path"]):
+        status = 400  # OpenAI answers 400 for every invalid request; its SDK raises BadRequestError
     scope.setdefault("state", {})["error_kind"] = kind
     error: dict[str, Any] = {"message": str(exc), "type": kind}
     if _is_openai(scope["path"]):
@@ -123,6 +126,8 @@ def create_app(
             for path in ("/embed/batch", "/batch", "/txt/batch")
         ],
         *[Route(path, api.openai, methods=post) for path in ("/v1/embeddings", "/embeddings")],
+        *[Route(path, api.query, methods=post) for path in ("/query", "/txt/query")],
+        *compat.CompatRoutes(service.manifest, api.openapi).routes(),
         Route("/tokenize", api.tokenize, methods=post),
         Route("/img/embed", api.img_embed, methods=post),
         Route("/img/batch", api.img_batch, methods=post),
@@ -235,9 +240,9 @@ class _Frame:
         state, m = scope["state"], self.service.metrics
         route = path if path in self.routes else "other"
         m.requests.inc(transport="http", route=route, status=str(status))
-        m.request_seconds.observe(seconds)
+        m.request_seconds.observe(seconds, transport="http", route=route)
         if status >= 400:
-            m.errors.inc(kind=state.get("error_kind", str(status)))
+            m.errors.inc(kind=state.get("error_kind", str(status)), transport="http", route=route)
         inputs, tokens = state.get("inputs", 0), state.get("tokens", 0)
         m.inputs.inc(inputs)
         m.tokens.inc(tokens)
@@ -250,6 +255,16 @@ class _Frame:
             tokens,
             seconds * 1000,
             state["request_id"],
+            extra={
+                "transport": "http",
+                "method": scope["method"],
+                "route": path,
+                "status": status,
+                "inputs": inputs,
+                "tokens": tokens,
+                "ms": round(seconds * 1000, 3),
+                "request_id": state["request_id"],
+            },
         )
 
 
@@ -260,7 +275,14 @@ class _Api:
 
     async def health(self, request: Request) -> Response:
         text, vision = self.service.manifest.has_text, self.service.images.available
-        return Json({"status": "OK", "text_model": text, "vision_model": vision})
+        return Json(
+            {
+                "status": "OK",
+                "text_model": text,
+                "vision_model": vision,
+                "gpu_enabled": compat.GPU_ENABLED,
+            }
+        )
 
     async def ready(self, request: Request) -> Response:
         if not self.service.ready:
@@ -268,13 +290,14 @@ class _Api:
         return Json({"status": "ready"})
 
     async def info(self, request: Request) -> Response:
-        return Json(self.service.info())
+        source = str(self.service.bundle.source)
+        return Json({**compat.nomic_info(self.service.manifest, source), **self.service.info()})
 
     async def metrics(self, request: Request) -> Response:
         return PlainTextResponse(self.service.metrics.render(), media_type=prom.CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
-        return Json(spec(self.service.manifest))
+        return Json(compat.extend_spec(spec(self.service.manifest), self.service.manifest))
 
     async def docs(self, request: Request) -> Response:
         root = request.scope.get("root_path", "")
@@ -283,6 +306,7 @@ class _Api:
     async def embed(self, request: Request) -> Response:
         started = time.perf_counter()
         body = await _read_object(request, self.service.limits.max_body_bytes)
+        body = compat.native_fields(body, self.service.manifest, batch=False)
         _only(body, {"input", "dim", "prompt", "truncate"}, "POST /embed")
         text = body.get("input")
         if not isinstance(text, str):
@@ -310,6 +334,7 @@ class _Api:
     async def embed_batch(self, request: Request) -> Response:
         started = time.perf_counter()
         body = await _read_object(request, self.service.limits.max_body_bytes)
+        body = compat.native_fields(body, self.service.manifest, batch=True)
         _only(body, {"inputs", "dim", "prompt", "truncate"}, "POST /embed/batch")
         texts = _strings(body.get("inputs"), "inputs")
         dim = self.service.check_dimensions(_int(body, "dim"), "dim")
@@ -335,9 +360,11 @@ class _Api:
             raise InvalidFieldError(
                 f"'model' is required and must be a string. Use {self.name!r}.", param="model"
             )
-        if model != self.name:
+        accepted = compat.model_ids(self.service.manifest)
+        if model not in accepted:
             raise NotFoundError(
-                f"The model {model!r} does not exist on this server. Use {self.name!r}.",
+                f"The model {model!r} does not exist on this server. "
+                f"Use {' or '.join(map(repr, accepted))}.",
                 param="model",
                 code="model_not_found",
             )
@@ -387,6 +414,26 @@ class _Api:
                 ],
                 "model": self.name,
                 "usage": {"prompt_tokens": total, "total_tokens": total},
+            }
+        )
+
+    async def query(self, request: Request) -> Response:
+        """nomic-serve's /query: /embed with the recipe's search-query prompt."""
+        started = time.perf_counter()
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        _only(body, {"input", "dim"}, f"POST {request.url.path}")
+        text = body.get("input")
+        if not isinstance(text, str):
+            raise InvalidFieldError(f"'input' must be a string, got {_kind(text)}.", param="input")
+        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        prompt = compat.query_prompt(self.service.manifest)
+        encodings = self.service.tokenize([text], prompt=prompt, single=True)
+        result = await self._embed(request, encodings, dim)
+        return Json(
+            {
+                "embedding": result.vectors[0].tolist(),
+                "tokens": result.tokens[0],
+                "time_ms": _ms(started),
             }
         )
 

@@ -6,7 +6,41 @@ import bisect
 import threading
 from collections.abc import Callable, Iterable
 
+from encoderfile.errors import (
+    ClientGoneError,
+    MalformedRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    NotReadyError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RequestError,
+    UnauthorizedError,
+)
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The `kind` label of encoderfile_errors_total for both transports: HTTP's error `type` (the
+# first class in the MRO wins; tests check it agrees with http_app.STATUS).
+ERROR_KINDS: dict[type[Exception], str] = {
+    MalformedRequestError: "invalid_request_error",
+    UnauthorizedError: "authentication_error",
+    NotFoundError: "not_found_error",
+    MethodNotAllowedError: "invalid_request_error",
+    PayloadTooLargeError: "invalid_request_error",
+    OverloadedError: "overloaded_error",
+    ClientGoneError: "client_closed_request",
+    RequestError: "invalid_request_error",
+    NotReadyError: "unavailable_error",
+}
+
+
+def error_kind(exc: BaseException) -> str:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_KINDS:
+            return ERROR_KINDS[cls]
+    return "internal_error"
+
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -50,26 +84,36 @@ class Counter:
 
 
 class Histogram:
+    """Cumulative buckets, sum and count per label set (none by default)."""
+
     def __init__(self, name: str, help_text: str, lock: threading.Lock, buckets: tuple[float, ...]):
         self.name, self.help, self._lock, self._buckets = name, help_text, lock, buckets
-        self._counts = [0] * (len(buckets) + 1)
-        self._sum = 0.0
+        self._series: dict[Labels, tuple[list[int], list[float]]] = {}
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
         with self._lock:
-            self._counts[bisect.bisect_left(self._buckets, value)] += 1
-            self._sum += value
+            counts, total = self._series.setdefault(key, ([0] * (len(self._buckets) + 1), [0.0]))
+            counts[bisect.bisect_left(self._buckets, value)] += 1
+            total[0] += value
+
+    def count(self, **labels: str) -> int:
+        with self._lock:
+            series = self._series.get(tuple(sorted(labels.items())))
+            return sum(series[0]) if series else 0
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
         yield f"# TYPE {self.name} histogram"
-        total = 0
-        for bound, count in zip((*self._buckets, float("inf")), self._counts, strict=True):
-            total += count
-            le = "+Inf" if bound == float("inf") else _number(bound)
-            yield f'{self.name}_bucket{{le="{le}"}} {total}'
-        yield f"{self.name}_sum {_number(self._sum)}"
-        yield f"{self.name}_count {total}"
+        series = self._series or {(): ([0] * (len(self._buckets) + 1), [0.0])}
+        for key, (counts, total) in sorted(series.items()):
+            seen = 0
+            for bound, count in zip((*self._buckets, float("inf")), counts, strict=True):
+                seen += count
+                le = "+Inf" if bound == float("inf") else _number(bound)
+                yield f"{self.name}_bucket{_labels((*key, ('le', le)))} {seen}"
+            yield f"{self.name}_sum{_labels(key)} {_number(total[0])}"
+            yield f"{self.name}_count{_labels(key)} {seen}"
 
 
 class Gauge:
@@ -91,7 +135,11 @@ class Metrics:
         self.requests = Counter(
             "encoderfile_requests_total", "Requests by transport, route and status.", lock
         )
-        self.errors = Counter("encoderfile_errors_total", "Failed requests by error kind.", lock)
+        self.errors = Counter(
+            "encoderfile_errors_total",
+            "Failed requests by transport, route and error kind (HTTP's error type).",
+            lock,
+        )
         self.inputs = Counter("encoderfile_inputs_total", "Texts embedded.", lock)
         self.tokens = Counter("encoderfile_tokens_total", "Tokens embedded.", lock)
         self.cancelled = Counter(
@@ -100,7 +148,10 @@ class Metrics:
             lock,
         )
         self.request_seconds = Histogram(
-            "encoderfile_request_seconds", "Time from request to response.", lock, _SECONDS
+            "encoderfile_request_seconds",
+            "Time from request to response, by transport and route.",
+            lock,
+            _SECONDS,
         )
         self.queue_seconds = Histogram(
             "encoderfile_queue_seconds", "Time a request waited for its batch.", lock, _SECONDS

@@ -12,7 +12,6 @@ import gc
 import logging
 import signal
 import socket
-import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ import uvicorn
 from encoderfile.errors import EncoderfileError
 from encoderfile.runtime.arguments import positive_int
 from encoderfile.runtime.artifact import Bundle
+from encoderfile.runtime.serve import logs
 from encoderfile.runtime.serve.service import Limits, Service, read_api_keys
 
 if TYPE_CHECKING:
@@ -55,6 +55,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="allow browser calls from this origin (repeatable; '*' for any)",
     )
+    ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="text (default, for terminals) or json: one object per line with time, level, "
+        "route, status, inputs, tokens, ms and request_id",
+    )
+    ops.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM, answer /ready with 503 (gRPC health NOT_SERVING) for SECONDS while "
+        "still serving requests, so a load balancer stops routing first (default 0)",
+    )
     lim = parser.add_argument_group("limits")
     for name, help_text in (
         ("max_body_bytes", "largest request body; larger answers 413"),
@@ -76,7 +92,11 @@ def run(args: argparse.Namespace, bundle: Bundle) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
     if args.no_http and args.no_grpc:
         raise EncoderfileError("--no-http and --no-grpc leave nothing to serve. Drop one.")
-    _configure_logging()
+    if not 0 <= args.shutdown_delay <= 3600:
+        raise EncoderfileError(
+            f"--shutdown-delay={args.shutdown_delay} is out of range. Use 0 to 3600 seconds."
+        )
+    logs.configure(args.log_format)
     limits = Limits(args.max_body_bytes, args.max_inputs, args.max_chars, args.max_inflight)
     keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
     service = Service(bundle, limits, api_keys=keys)
@@ -145,12 +165,18 @@ async def _serve(
     )
     waiters = [asyncio.create_task(stop.wait())] + ([http_task] if http_task else [])
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if health is not None:
+        await set_serving(health, False)
+    if args.shutdown_delay > 0 and not _http_stopped(http_task):
+        service.drain()
+        log.info(
+            "shutdown delay: /ready answers 503 for %.1f s; still serving", args.shutdown_delay
+        )
+        await asyncio.sleep(args.shutdown_delay)
     log.info(
         "draining: finishing %d in-flight inputs",
         service.batcher.inflight if service.batcher else 0,
     )
-    if health is not None:
-        await set_serving(health, False)
     await _shutdown(service, grpc_server, http, http_task, grace=GRACE_S)
     log.info("stopped")
     return 0
@@ -195,13 +221,9 @@ def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    log.setLevel(logging.INFO)
+def _http_stopped(http_task: asyncio.Task[None] | None) -> bool:
+    """True when uvicorn already stopped on its own (nothing left to keep serving)."""
+    return http_task is not None and http_task.done()
 
 
 def _port(value: str) -> int:

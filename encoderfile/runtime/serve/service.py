@@ -24,6 +24,7 @@ from encoderfile.errors import (
 )
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.describe import describe
+from encoderfile.runtime.manifest import NO_PROMPT
 from encoderfile.runtime.serve.batcher import Batcher
 from encoderfile.runtime.serve.image_service import ImageService
 from encoderfile.runtime.serve.metrics import Metrics
@@ -154,10 +155,10 @@ class Service:
         return self.manifest.width(dimensions, param)
 
     def check_prompt(self, prompt: str | None) -> str | None:
-        if prompt is not None and prompt not in self.manifest.prompts:
+        if prompt is not None and prompt not in NO_PROMPT and prompt not in self.manifest.prompts:
             names = ", ".join(self.manifest.prompts) or "none (this model has no prompts)"
             raise InvalidFieldError(
-                f"prompt {prompt!r} is unknown. Use one of: {names}.", param="prompt"
+                f"prompt {prompt!r} is unknown. Use one of: {names}; or 'none'.", param="prompt"
             )
         return prompt
 

@@ -76,7 +76,7 @@ def test_every_example_runs(minilm_server: Server, tmp_path: Path) -> None:
     assert tokenized["data"][0]["tokens"] == ["[CLS]", "hello", "world", "[SEP]"]
     assert "encoderfile_requests_total{" in by_route["/v1/embeddings"]
 
-    error_block = next(code for code in outputs if '"dim": 100' in code)
+    error_block = next(code for code in outputs if '"dim": 500' in code)
     documented = error_block.split("# ", 1)[1].strip()
     assert outputs[error_block].strip() == documented, "the documented error drifted"
     single = next(out for code, out in outputs.items() if '"dim": 128' in code)

@@ -44,6 +44,7 @@ def test_health_ready_info(client: TestClient, service: Service) -> None:
         "status": "OK",
         "text_model": True,
         "vision_model": False,
+        "gpu_enabled": False,
     }
     assert client.get("/ready").status_code == 200
     info = client.get("/info").json()
@@ -182,20 +183,21 @@ def test_native_errors(client: TestClient, path: str, body: object, status: int,
     assert words in error["message"]
 
 
+# OpenAI answers 400 for every invalid request (its SDK raises BadRequestError).
 OPENAI_ERRORS = [
-    ({"input": "a"}, 422, "model", "'model' is required"),
+    ({"input": "a"}, 400, "model", "'model' is required"),
     ({"model": "gpt-4", "input": "a"}, 404, "model", "Use 'tiny'"),
-    ({"model": "tiny"}, 422, "input", "'input' must be"),
-    ({"model": "tiny", "input": []}, 422, "input", "'input' must be"),
-    ({"model": "tiny", "input": [[]]}, 422, "input", "no token ids"),
-    ({"model": "tiny", "input": [1, "a"]}, 422, "input", "'input' must be"),
-    ({"model": "tiny", "input": [10**6]}, 422, "input", "outside this model's vocabulary"),
-    ({"model": "tiny", "input": [-1]}, 422, "input", "outside this model's vocabulary"),
-    ({"model": "tiny", "input": list(range(17))}, 422, "input", "at most 16"),
-    ({"model": "tiny", "input": [2, 4], "prompt": "query"}, 422, "prompt", "not token ids"),
-    ({"model": "tiny", "input": "a", "dimensions": 3}, 422, "dimensions", "Use one of: 8, 4"),
-    ({"model": "tiny", "input": "a", "encoding_format": "int8"}, 422, "encoding_format", "base64"),
-    ({"model": "tiny", "input": ["a"] * 5}, 422, "input", "--max-inputs"),
+    ({"model": "tiny"}, 400, "input", "'input' must be"),
+    ({"model": "tiny", "input": []}, 400, "input", "'input' must be"),
+    ({"model": "tiny", "input": [[]]}, 400, "input", "no token ids"),
+    ({"model": "tiny", "input": [1, "a"]}, 400, "input", "'input' must be"),
+    ({"model": "tiny", "input": [10**6]}, 400, "input", "outside this model's vocabulary"),
+    ({"model": "tiny", "input": [-1]}, 400, "input", "outside this model's vocabulary"),
+    ({"model": "tiny", "input": list(range(17))}, 400, "input", "at most 16"),
+    ({"model": "tiny", "input": [2, 4], "prompt": "query"}, 400, "prompt", "not token ids"),
+    ({"model": "tiny", "input": "a", "dimensions": 3}, 400, "dimensions", "Use one of: 8, 4"),
+    ({"model": "tiny", "input": "a", "encoding_format": "int8"}, 400, "encoding_format", "base64"),
+    ({"model": "tiny", "input": ["a"] * 5}, 400, "input", "--max-inputs"),
 ]
 
 
@@ -276,7 +278,8 @@ def test_metrics_and_request_id(client: TestClient) -> None:
     text = r.text
     for line in (
         'encoderfile_requests_total{route="/embed",status="200",transport="http"}',
-        'encoderfile_errors_total{kind="invalid_request_error"}',
+        'encoderfile_errors_total{kind="invalid_request_error",route="/embed",transport="http"}',
+        'encoderfile_request_seconds_bucket{route="/embed",transport="http",le="+Inf"}',
         "encoderfile_inputs_total ",
         "encoderfile_tokens_total ",
         'encoderfile_queue_seconds_bucket{le="+Inf"}',
@@ -307,6 +310,11 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
         "/embeddings",
         "/tokenize",
         "/img/stats",
+        "/query",
+        "/txt/query",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/docs/openapi.json",
     }
     assert spec["components"]["schemas"]["OpenAIRequest"]["properties"]["model"]["enum"] == ["tiny"]
     page = client.get("/docs").text

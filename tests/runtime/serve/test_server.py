@@ -40,7 +40,7 @@ def test_openai_client_float_and_default_base64(tiny_server: Server) -> None:
     with pytest.raises(openai.NotFoundError) as e:
         client.embeddings.create(model="text-embedding-3-small", input="a")
     assert e.value.code == "model_not_found"
-    with pytest.raises(openai.UnprocessableEntityError, match="Use one of: 8, 4"):
+    with pytest.raises(openai.BadRequestError, match="Use one of: 8, 4"):
         client.embeddings.create(model="tiny", input="a", dimensions=5)
 
 

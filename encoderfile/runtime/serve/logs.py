@@ -1,0 +1,52 @@
+"""The server's log lines: text for terminals (the default) or one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+FORMATS = ("text", "json")
+# Fields a request's log record carries (logging `extra=`); JSON lines hold those present.
+REQUEST_FIELDS = (
+    "transport",
+    "method",
+    "route",
+    "status",
+    "inputs",
+    "tokens",
+    "ms",
+    "request_id",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """{"time", "level", "message", and the request fields} on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        utc = time.gmtime(record.created)
+        line: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", utc) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        for field in REQUEST_FIELDS:
+            if hasattr(record, field):
+                line[field] = getattr(record, field)
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure(log_format: str = "text") -> None:
+    """Send warnings (and the server's info lines) to stderr in `log_format`."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("encoderfile.serve").setLevel(logging.INFO)
