@@ -431,7 +431,7 @@ class _Api:
         result = await self._embed(request, encodings, dim)
         return Json(
             {
-                "embedding": result.vectors[0].tolist(),
+                "embedding": result.vectors[0],
                 "tokens": result.tokens[0],
                 "time_ms": _ms(started),
             }
