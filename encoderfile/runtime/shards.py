@@ -115,7 +115,7 @@ def fingerprint(path: Path) -> dict[str, Any]:
         raise RequestError(f"{path} is not a complete gzip file ({e}). Re-create it.") from None
     except OSError as e:
         raise RequestError(f"cannot read --input {path}: {e.strerror}. Check the path.") from None
-    return {"path": str(path), "size": size, "sha256": digest.hexdigest(), "lines": lines}
+    return {"path": str(path.resolve()), "size": size, "sha256": digest.hexdigest(), "lines": lines}
 
 
 def read_all(files: list[Path], args: argparse.Namespace) -> Iterator[records.Record]:
