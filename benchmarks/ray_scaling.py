@@ -58,7 +58,12 @@ def main() -> int:
     for workers in order[: 2 * args.rounds]:
         start = time.perf_counter()
         result = on_ray.embed(
-            dataset, args.artifact, workers=workers, threads=1, batch_size=args.batch_size
+            dataset,
+            args.artifact,
+            workers=workers,
+            min_workers=workers,
+            threads=1,
+            batch_size=args.batch_size,
         ).materialize()
         seconds[workers].append(time.perf_counter() - start)
         assert result.count() == len(texts)

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 # the artifact's stream protocol (encoderfile/runtime/stream.py); the actors cannot import it
-FRAME = struct.Struct("<4sII")
+# (and a struct.Struct cannot be pickled by value: a format string it is)
+FRAME = "<4sII"
+FRAME_SIZE = struct.calcsize(FRAME)
 HELLO, VECTORS, REFUSED = b"EFHI", b"EFOK", b"EFER"
 DEFAULT_BATCH_SIZE = 256
 RESTARTS = 2  # artifact processes an actor restarts for one batch before the batch fails
@@ -73,7 +75,7 @@ class ArtifactProcess:
                 self.process.wait()
 
     def _frame(self) -> tuple[bytes, int, int]:
-        kind, a, b = FRAME.unpack(self._read(FRAME.size))
+        kind, a, b = struct.unpack(FRAME, self._read(FRAME_SIZE))
         return kind, a, b
 
     def _read(self, n: int) -> bytes:
@@ -124,28 +126,38 @@ class EmbedBatches:
     ):
         self.command = [local_copy(artifact, sha256, name), "stream", *options]
         self.text_column, self.embedding_column = text_column, embedding_column
-        self.process = ArtifactProcess(self.command)
+        self.process: ArtifactProcess | None = None
+        self.width = self._retry(lambda process: process.width)
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
         texts = batch.column(self.text_column).to_pylist()
-        for attempt in range(RESTARTS + 1):
-            try:
-                vectors = self.process.embed(texts)
-                break
-            except StreamError:
-                if attempt == RESTARTS:
-                    raise
-                self.process.close()
-                self.process = ArtifactProcess(self.command)
+        vectors = self._retry(lambda process: process.embed(texts))
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        column = pa.FixedSizeListArray.from_arrays(flat, self.process.width)
+        column = pa.FixedSizeListArray.from_arrays(flat, self.width)
         return batch.append_column(self.embedding_column, column)
 
+    def _retry(self, step: Any) -> Any:
+        """`step(process)`; a process that dies is replaced and the step retried, RESTARTS times."""
+        restarts = 0
+        while True:
+            try:
+                if self.process is None:
+                    self.process = ArtifactProcess(self.command)
+                return step(self.process)
+            except StreamError:
+                if self.process is not None:
+                    self.process.close()
+                    self.process = None
+                restarts += 1
+                if restarts > RESTARTS:
+                    raise
+
     def __del__(self) -> None:
-        if hasattr(self, "process"):
-            self.process.close()
+        process = getattr(self, "process", None)
+        if process is not None:
+            process.close()
 
 
 def embed(
@@ -155,6 +167,7 @@ def embed(
     text_column: str = "text",
     embedding_column: str = "embedding",
     workers: int = 2,
+    min_workers: int = 1,
     threads: int = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
     prompt: str | None = None,
@@ -162,8 +175,10 @@ def embed(
     shared_path: bool = False,
 ) -> Any:
     """`dataset` (a ray.data.Dataset with a string `text_column`) with `embedding_column` added:
-    float32 vectors (a fixed-size list column) computed by `workers` actors, each running the
-    artifact with `threads` onnxruntime threads and reserving as many CPUs.
+    float32 vectors (a fixed-size list column) computed by an actor pool of `min_workers` to
+    `workers` actors, each running the artifact with `threads` onnxruntime threads and reserving
+    as many CPUs. The pool starts small and grows while CPUs are free: a pool that took every CPU
+    up front would starve the tasks that list and read the input (min_workers=workers fixes it).
 
     The artifact's bytes go to the workers through the object store; with `shared_path=True`
     they run `artifact` at the same path instead (a file system every node mounts).
@@ -179,6 +194,8 @@ def embed(
     for name, value in (("workers", workers), ("threads", threads), ("batch_size", batch_size)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}.")
+    if not 1 <= min_workers <= workers:
+        raise UsageError(f"min_workers must be from 1 to workers={workers}, got {min_workers}.")
     options = ["--threads", str(threads)]
     if prompt is not None:
         options += ["--prompt", prompt]
@@ -204,9 +221,14 @@ def embed(
         },
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(min_size=min_workers, max_size=workers),
         num_cpus=threads,
     )
+
+
+# Reading and writing are I/O beside the artifact processes, which reserve the CPUs: tasks that
+# reserved a CPU too would wait forever when the actors hold all of them (2 actors, 2 CPUs).
+WRITE_TASKS = {"num_cpus": 0}
 
 
 def read(paths: list[str]) -> Any:
@@ -217,9 +239,9 @@ def read(paths: list[str]) -> Any:
 
     kinds = {_kind(p) for p in paths}
     if kinds == {"parquet"}:
-        return ray.data.read_parquet(paths)
+        return ray.data.read_parquet(paths, num_cpus=0)
     if kinds == {"json"}:
-        return ray.data.read_json(paths, lines=True)
+        return ray.data.read_json(paths, lines=True, num_cpus=0)
     raise UsageError(
         f"--input must be all JSONL (.jsonl, .json[.gz]) or all Parquet (.parquet), got "
         f"{', '.join(paths)}."
@@ -272,7 +294,7 @@ def embed_files(
         result = embed(dataset, artifact, text_column=text_column, **options)
         staging = output.with_name(f".{output.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        result.write_parquet(str(staging))
+        result.write_parquet(str(staging), ray_remote_args=WRITE_TASKS)
         rows = int(ray.data.read_parquet(str(staging)).count())
         if output.exists():
             output.rmdir()

@@ -65,8 +65,7 @@ def by_id(rows: list[dict]) -> np.ndarray:
 def test_dataset_vectors_equal_the_cli_bitwise(
     cluster: Path, tiny_artifact: Path, corpus: Path, cli_vectors: np.ndarray
 ) -> None:
-    dataset = ray.data.read_json(str(corpus), lines=True)
-    result = on_ray.embed(dataset, tiny_artifact, workers=2, batch_size=100)
+    result = on_ray.embed(on_ray.read([str(corpus)]), tiny_artifact, workers=2, batch_size=100)
     rows = result.take_all()
     assert set(rows[0]) == {"id", "text", "embedding"}
     np.testing.assert_array_equal(by_id(rows), cli_vectors)
@@ -115,7 +114,6 @@ def test_a_crash_mid_job_is_retried_and_every_record_is_written_once(
     tiny_artifact: Path,
     corpus: Path,
     cli_vectors: np.ndarray,
-    tmp_path: Path,
     victim: str,
 ) -> None:
     killed: list[int] = []
@@ -125,7 +123,7 @@ def test_a_crash_mid_job_is_retried_and_every_record_is_written_once(
         while time.monotonic() < deadline and not killed:
             pids = _artifact_processes(cluster)
             if pids:
-                time.sleep(0.5)  # let it embed a few batches first
+                time.sleep(1.0)  # starting or embedding: both must survive
                 pid = pids[0] if victim == "artifact process" else _parent(pids[0])
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -133,12 +131,10 @@ def test_a_crash_mid_job_is_retried_and_every_record_is_written_once(
 
     killer = threading.Thread(target=kill_one_once_running)
     killer.start()
-    dataset = ray.data.read_json(str(corpus), lines=True).repartition(60)
-    out = tmp_path / "out"
-    on_ray.embed(dataset, tiny_artifact, workers=2, batch_size=10).write_parquet(str(out))
+    dataset = on_ray.read([str(corpus)])
+    rows = on_ray.embed(dataset, tiny_artifact, workers=2, batch_size=10).take_all()
     killer.join()
     assert killed, "nothing was killed: the job ended before any artifact process was seen"
-    rows = pq.read_table(out).to_pylist()
     assert len(rows) == 3000
     np.testing.assert_array_equal(by_id(rows), cli_vectors)
 

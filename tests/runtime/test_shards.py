@@ -229,3 +229,30 @@ def test_memory_stays_flat_as_the_corpus_grows(tiny_bundle: Path, tmp_path: Path
     assert len(list((tmp_path / "out-large").glob("*.npy"))) == 30
     # 20x the records: peak RSS within a few MiB (what grows is the output, on disk)
     assert peaks[1] - peaks[0] < 8, peaks
+
+
+def test_progress_bar_on_a_terminal_and_never_on_stdout(tiny_bundle: Path, tmp_path: Path):
+    import pty
+
+    corpus = write_corpus(tmp_path / "c.jsonl", 30_000)
+    args = ["--input", str(corpus), "--output-dir", str(tmp_path / "out"), "--shard-size", "5000"]
+    parent, child = pty.openpty()
+    process = subprocess.Popen(
+        command(tiny_bundle, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=child
+    )
+    os.close(child)
+    shown = b""
+    while True:
+        try:
+            block = os.read(parent, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not block:
+            break
+        shown += block
+    os.close(parent)
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 0 and stdout == b""
+    text = shown.decode()
+    assert "\r[#" in text and "/30000 " in text and "/s ETA 00:00:" in text, text[-500:]
+    assert "\x1b[K" in text and "encoderfile: 30000 records in 6 shards in" in text

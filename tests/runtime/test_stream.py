@@ -30,7 +30,7 @@ def stream_command(bundle: Path, *options: str) -> list[str]:
 
 
 def test_the_client_and_the_artifact_share_one_protocol() -> None:
-    assert (FRAME.format, FRAME.size) == (stream.FRAME.format, stream.FRAME.size)
+    assert FRAME == stream.FRAME.format
     from encoderfile import ray as client
 
     assert (client.HELLO, client.VECTORS, client.REFUSED) == (
@@ -74,8 +74,8 @@ def test_malformed_request_is_refused(tiny_bundle: Path) -> None:
     )
     assert result.returncode == 0
     frames = result.stdout
-    kind, length, _ = FRAME.unpack_from(frames, 0)
+    kind, length, _ = stream.FRAME.unpack_from(frames, 0)
     assert kind == stream.HELLO
-    kind, length, _ = FRAME.unpack_from(frames, FRAME.size + length)
+    kind, length, _ = stream.FRAME.unpack_from(frames, stream.FRAME.size + length)
     assert kind == stream.REFUSED
     assert b'expected {"texts": ["...", ...]}' in frames[-length:]
