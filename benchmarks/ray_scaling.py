@@ -52,7 +52,7 @@ def main() -> int:
     dataset = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
     dataset = dataset.repartition(40).materialize()
     load_before = os.getloadavg()
-    on_ray.embed(dataset.limit(64), args.artifact, workers=1).materialize()  # extraction, caches
+    on_ray.embed(dataset.limit(16), args.artifact, workers=1).materialize()  # extraction, caches
     seconds: dict[int, list[float]] = {1: [], 2: []}
     order = [1, 2, 2, 1] * ((args.rounds + 1) // 2)
     for workers in order[: 2 * args.rounds]:

@@ -38,8 +38,9 @@ class ArtifactProcess:
 
     def __init__(self, command: list[str]):
         self.command = command
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - a full, unread pipe would block it
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr
         )
         kind, length, _ = self._frame()
         if kind != HELLO:
@@ -65,11 +66,12 @@ class ArtifactProcess:
         return np.frombuffer(self._read(a * b * 4), dtype="<f4").reshape(a, b)
 
     def close(self) -> None:
+        self.stderr.close()
         if self.process.poll() is None:
             assert self.process.stdin is not None
             self.process.stdin.close()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -87,7 +89,8 @@ class ArtifactProcess:
 
     def _died(self) -> str:
         code = self.process.wait()
-        err = self.process.stderr.read().decode("utf-8", "replace") if self.process.stderr else ""
+        self.stderr.seek(0)
+        err = self.stderr.read().decode("utf-8", "replace")
         return f"{self.command[0]} exited with status {code}: {err.strip()[-2000:]}"
 
 
