@@ -42,12 +42,20 @@ def main() -> int:
     from encoderfile import ray as on_ray
 
     texts = _texts(args.corpus, args.texts)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
+    for attempt in range(3):  # Ray gives its raylet 30 s to register: a loaded machine may miss it
+        try:
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+            )
+            break
+        except Exception as e:  # Ray raises a bare Exception here
+            print(f"ray.init failed ({e}); retrying", file=sys.stderr)
+            ray.shutdown()
+            if attempt == 2:
+                raise
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
     dataset = dataset.repartition(40).materialize()

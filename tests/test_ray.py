@@ -28,13 +28,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 2-CPU Ray head on loopback; its workers extract artifacts under the returned cache."""
     cache = tmp_path_factory.mktemp("ray-xdg-cache")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": {"XDG_CACHE_HOME": str(cache)}},
-    )
+    for attempt in range(3):  # Ray gives its raylet 30 s to register: a loaded machine may miss it
+        try:
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env={"env_vars": {"XDG_CACHE_HOME": str(cache)}},
+            )
+            break
+        except Exception:  # Ray raises a bare Exception here
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield cache
     ray.shutdown()
 
