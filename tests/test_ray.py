@@ -124,15 +124,19 @@ def test_a_crash_mid_job_is_retried_and_every_record_is_written_once(
     victim: str,
 ) -> None:
     killed: list[int] = []
+    earlier = set(_artifact_processes(cluster))  # of earlier jobs' actors, maybe still exiting
 
     def kill_one_once_running() -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
-            pids = _artifact_processes(cluster)
+            pids = sorted(set(_artifact_processes(cluster)) - earlier)
             if pids:
                 time.sleep(1.0)  # starting or embedding: both must survive
-                pid = pids[0] if victim == "artifact process" else _parent(pids[0])
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    pid = pids[0] if victim == "artifact process" else _parent(pids[0])
+                    os.kill(pid, signal.SIGKILL)
+                except (OSError, IndexError):  # it ended meanwhile: pick another
+                    continue
                 killed.append(pid)
             time.sleep(0.05)
 
