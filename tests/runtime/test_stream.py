@@ -30,7 +30,7 @@ def stream_command(bundle: Path, *options: str) -> list[str]:
 
 
 def test_the_client_and_the_artifact_share_one_protocol() -> None:
-    assert FRAME == stream.FRAME.format
+    assert stream.FRAME.format == FRAME
     from encoderfile import ray as client
 
     assert (client.HELLO, client.VECTORS, client.REFUSED) == (
