@@ -36,7 +36,7 @@ def setup() -> None:
         run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
         # torch first and pinned: the CPU build on this machine's disk, not a CUDA download.
         run(BIN / "python", "-m", "pip", "install", "--quiet", "torch==2.13.0")
-        run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+        run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", ".[dev,ray]")
         stamp.write_text(wanted)
     missing = [pkg for path, pkg in SYSTEM_PACKAGES.items() if not Path(path).exists()]
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):

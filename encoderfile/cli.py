@@ -236,6 +236,37 @@ def schema(
     _say(f"wrote {out}")
 
 
+@app.command("ray-embed")
+def ray_embed(
+    artifact: Annotated[Path, typer.Argument(help="the artifact file workers run", dir_okay=False)],
+    inputs: Annotated[
+        list[str], typer.Option("--input", help="JSONL (.jsonl[.gz]) or Parquet files / dirs")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="new directory of Parquet files")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster ('auto', ray://host:10001); default: local")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="actors, each running the artifact")] = 2,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads (= CPUs) per actor")] = 1,
+    text_column: Annotated[str, typer.Option(help="column holding the texts")] = "text",
+    batch_size: Annotated[int, typer.Option(help="texts per batch sent to an actor")] = 256,
+    prompt: Annotated[str | None, typer.Option(help="prompt name from the manifest")] = None,
+    dimensions: Annotated[int | None, typer.Option(help="Matryoshka width")] = None,
+    shared_path: Annotated[
+        bool, typer.Option("--shared-path", help="workers run ARTIFACT at this same path")
+    ] = False,
+) -> None:
+    """Embed JSONL/Parquet into Parquet (an 'embedding' column) on a Ray cluster."""
+    from encoderfile import ray as on_ray
+
+    rows = on_ray.embed_files(
+        artifact, inputs, output, address=address, text_column=text_column, workers=workers,
+        threads=threads, batch_size=batch_size, prompt=prompt, dimensions=dimensions,
+        shared_path=shared_path,
+    )  # fmt: skip
+    _say(f"embedded {rows} rows into {output}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from encoderfile.runtime.embedder import Embedder
 
 EXIT_USER = 2
-COMMANDS = ("embed", "stats", "info", "verify", "sbom", "serve", "mcp")
+COMMANDS = ("embed", "stream", "stats", "info", "verify", "sbom", "serve", "mcp")
 VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
 
 
@@ -79,7 +79,13 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         metavar="FILE",
         help="embed these image files instead of texts (needs an image model; see info)",
     )
-    p.add_argument("--input", metavar="FILE", help="JSONL file, one object per line ('-': stdin)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        metavar="FILE",
+        help="JSONL file, one object per line ('-': stdin; gzip read transparently); with "
+        "--output-dir, several files or globs",
+    )
     p.add_argument("--text-field", default="text", metavar="KEY", help="JSONL text key (text)")
     p.add_argument("--id-field", metavar="KEY", help="JSONL key copied to the output as 'id'")
     p.add_argument(
@@ -118,7 +124,35 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         action="store_true",
         help="fail on texts longer than max_length instead of truncating them",
     )
+    p.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="write resumable shards here (part-NNNNN.npy + .jsonl, journal.jsonl); see --resume",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=positive_int,
+        metavar="N",
+        help="records per shard with --output-dir (default 100000)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the --output-dir run after its last complete shard",
+    )
     p.set_defaults(run=_embed)
+
+    p = sub.add_parser(
+        "stream",
+        parents=[common],
+        help="embed batches over stdin/stdout for a long-lived worker (e.g. encoderfile.ray)",
+        description='Read one JSON line per batch, {"texts": [...]}, from stdin and answer '
+        "each with a frame of float32 vectors on stdout (protocol: encoderfile/runtime/stream.py).",
+    )
+    p.add_argument("--prompt", metavar="NAME", help="prompt prefix from the manifest (see info)")
+    p.add_argument("--dimensions", type=positive_int, metavar="N", help="Matryoshka width")
+    p.add_argument("--no-truncate", action="store_true", help="refuse batches with over-long texts")
+    p.set_defaults(run=_stream)
 
     p = sub.add_parser(
         "stats",
@@ -231,6 +265,16 @@ def _command(argv: list[str]) -> str | None:
 def _embed(args: argparse.Namespace) -> int:
     if args.image:
         return _embed_images(args)
+    if args.output_dir is not None:
+        from encoderfile.runtime import shards
+
+        args.shard_size = args.shard_size or shards.DEFAULT_SHARD_SIZE
+        return shards.run(args, _embed_chunk)
+    if args.shard_size or args.resume:
+        raise UsageError("--shard-size and --resume need --output-dir DIR")
+    if args.input and len(args.input) > 1:
+        raise UsageError("several --input files need --output-dir DIR")
+    args.input = args.input[0] if args.input else None
     if args.texts and args.input:
         raise UsageError("pass texts as arguments or with --input, not both")
     if args.id_field and not args.input:
@@ -287,6 +331,12 @@ def _embed_chunk(
             truncated.add(record.where)
     result = embedder.embed_encodings(encodings, dimensions=width)
     return result.vectors, result.tokens
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from encoderfile.runtime import stream
+
+    return stream.run(args)
 
 
 # ---------------------------------------------------------------------------------- info/verify

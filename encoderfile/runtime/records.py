@@ -111,6 +111,12 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
     except OSError as e:
         raise RequestError(f"cannot read --input {path}: {e.strerror}. Check the path.") from None
     with fh:
+        if fh.peek(2)[:2] == b"\x1f\x8b":  # gzip: read transparently
+            import gzip
+
+            with gzip.GzipFile(fileobj=fh) as unzipped:
+                yield unzipped  # type: ignore[misc]
+            return
         yield fh
 
 

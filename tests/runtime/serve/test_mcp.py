@@ -193,8 +193,8 @@ def test_frozen_artifact_stdio_tools_match_embed(
             )
             assert ranked.structured_content is not None
             assert ranked.structured_content["results"][0]["index"] == 1
-            bad = await client.call_tool("embed", {"texts": ["a"], "dimensions": 100})
-            assert bad.is_error and "Use one of: 384, 256, 128" in bad.content[0].text
+            bad = await client.call_tool("embed", {"texts": ["a"], "dimensions": 500})
+            assert bad.is_error and "Use a width from 1 to 384" in bad.content[0].text
 
     asyncio.run(session())
 
