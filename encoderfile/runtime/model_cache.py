@@ -104,7 +104,7 @@ class ModelCache:
             digest = json.loads((self.dir / DIGEST_FILE).read_text(encoding="utf-8"))
             files = digest["sha256"]
             if MODEL_FILE in files and all(
-                _sha256(self.dir / name) == want for name, want in files.items()
+                file_sha256(self.dir / name) == want for name, want in files.items()
             ):
                 self._digest = digest
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -130,7 +130,7 @@ class ModelCache:
             except ArtifactError:  # e.g. a full disk; a broken model fails again just below
                 return open_session(model, threads, self.what, prepack=prepack)
             files = sorted(p.name for p in tmp.iterdir())
-            digest = {"onnxruntime": version, "sha256": {n: _sha256(tmp / n) for n in files}}
+            digest = {"onnxruntime": version, "sha256": {n: file_sha256(tmp / n) for n in files}}
             (tmp / DIGEST_FILE).write_text(json.dumps(digest, indent=1), encoding="utf-8")
             _publish(tmp, self.dir)
         except OSError:
@@ -151,7 +151,7 @@ def _publish(tmp: Path, target: Path) -> None:
         os.rename(tmp, target)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as fh:
         buffer = bytearray(HASH_BLOCK)
