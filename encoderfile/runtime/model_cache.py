@@ -103,8 +103,11 @@ class ModelCache:
         try:
             digest = json.loads((self.dir / DIGEST_FILE).read_text(encoding="utf-8"))
             files = digest["sha256"]
-            if MODEL_FILE in files and all(
-                file_sha256(self.dir / name) == want for name, want in files.items()
+            present = {p.name for p in self.dir.iterdir()} - {DIGEST_FILE}
+            if (
+                MODEL_FILE in files
+                and set(files) == present
+                and all(file_sha256(self.dir / name) == want for name, want in files.items())
             ):
                 self._digest = digest
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
