@@ -57,7 +57,9 @@ def test_first_start_keeps_a_checked_copy_that_later_starts_use(
         np.testing.assert_allclose(embed(tiny_file, root, prepack=prepack), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "other onnxruntime", "no digest"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "other onnxruntime", "no digest", "unlisted file"]
+)
 def test_damaged_copy_is_never_run_and_is_made_again(
     tiny_bundle: Path, tiny_file: Path, tmp_path: Path, damage: str
 ) -> None:
@@ -76,8 +78,10 @@ def test_damaged_copy_is_never_run_and_is_made_again(
     elif damage == "other onnxruntime":
         digest = json.loads(good[DIGEST_FILE])
         (entry / DIGEST_FILE).write_text(json.dumps({**digest, "onnxruntime": "0.0.1"}))
-    else:
+    elif damage == "no digest":
         (entry / DIGEST_FILE).unlink()
+    else:  # a file the digest does not vouch for (e.g. external data onnxruntime would read)
+        (entry / "weights.bin").write_bytes(b"\0" * 64)
 
     np.testing.assert_allclose(embed(tiny_file, root), expected, atol=1e-6)
     assert {p.name: p.read_bytes() for p in only_entry(root).iterdir()} == good
