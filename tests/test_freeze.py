@@ -244,8 +244,10 @@ def test_tampered_artifact_refuses_to_run(
     data[start + size // 2] ^= 0x01
     tampered.write_bytes(bytes(data))
     tampered.chmod(0o755)
+    # A fresh cache: a cached optimised copy (checked at every start) would run instead.
+    env = {**artifact_env, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     for args in (["embed", "fox"], ["info"], ["verify"]):
-        result = run_artifact(tampered, *args, env=artifact_env)
+        result = run_artifact(tampered, *args, env=env)
         assert result.returncode == 2 and result.stdout == b""
         lines = result.stderr.decode().splitlines()
         assert len(lines) == 1 and "model.onnx fails its sha256 check" in lines[0]

@@ -68,20 +68,29 @@ def read_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
         return _manifest(reader)
 
 
-def read_entry(name: str, path: str | os.PathLike[str] | None = None) -> bytes | None:
+def read_entry(
+    name: str, path: str | os.PathLike[str] | None = None, expected: str | None = None
+) -> bytes | None:
     """One checked entry of an artifact (e.g. an SBOM), or None if it has no such entry."""
     with _Reader.open(resolve_source(path)) as reader:
-        return reader.read(name) if reader.has(name) else None
+        return reader.read(name, expected) if reader.has(name) else None
 
 
-def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
-    """Open a bundle directory or artifact file and check each file against the manifest."""
+def open_bundle(path: str | os.PathLike[str] | None = None, *, read_model: bool = True) -> Bundle:
+    """Open a bundle directory or artifact file and check each file against the manifest.
+
+    read_model=False leaves `model` empty (b""), for a caller that reads it only if it must
+    (runtime/model_cache.py); the artifact's index must still agree with the manifest on it.
+    """
     with _Reader.open(resolve_source(path)) as reader:
         where = str(reader.source)
         manifest = _manifest(reader)
         names = [n for n in BUNDLE_FILES if n in manifest.files]
         if manifest.has_text and TOKENIZER_FILE not in names:
             raise ArtifactError(f"{where}: manifest.json lists no sha256 for {TOKENIZER_FILE}.")
+        if not read_model and MODEL_FILE in names:
+            names.remove(MODEL_FILE)
+            reader.agrees(MODEL_FILE, manifest.files[MODEL_FILE])
         data = {name: reader.read(name, manifest.files[name]) for name in names}
     try:
         tokenizer = data.get(TOKENIZER_FILE, b"").decode("utf-8")
@@ -92,7 +101,7 @@ def open_bundle(path: str | os.PathLike[str] | None = None) -> Bundle:
         data.get(MODEL_FILE, b""),
         tokenizer,
         reader.source,
-        {name: manifest.files[name] for name in data},
+        {name: manifest.files[name] for name in (*data, MODEL_FILE) if name in manifest.files},
         data.get(VISION_FILE),
     )
 
@@ -205,6 +214,14 @@ class _Reader:
 
     def has(self, name: str) -> bool:
         return name in self.offsets if self.fh else (self.source / name).is_file()
+
+    def agrees(self, name: str, expected: str) -> None:
+        """The index (of an artifact) records `expected` as the entry's sha256."""
+        if self.fh is not None and self.sha256.get(name) != expected:
+            raise ArtifactError(
+                f"{self.source}: the index and manifest.json disagree on {name}'s sha256. "
+                "The file is damaged or was modified; rebuild it."
+            )
 
     def read(self, name: str, expected: str | None = None) -> bytes:
         """The entry's bytes, checked against the index (artifact) and `expected` if given."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from encoderfile.errors import ArtifactError, RequestError
@@ -32,14 +33,21 @@ class Embeddings:
 class Embedder:
     """One ORT session and tokenizer over a verified bundle; safe to call from one thread."""
 
-    def __init__(self, bundle: Bundle, threads: int | None = None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        threads: int | None = None,
+        session: ort.InferenceSession | None = None,
+    ):
         if not bundle.manifest.has_text:
             raise RequestError(
                 f"{bundle.manifest.name} has no text model, only an image model. "
                 "Embed images (embed --image, POST /img/embed)."
             )
         self.manifest: Manifest = bundle.manifest
-        self._session = open_session(bundle.model, threads, f"{bundle.source}: model.onnx")
+        self._session = session or open_session(
+            bundle.model, threads, f"{bundle.source}: model.onnx"
+        )
         self._inputs = [i.name for i in self._session.get_inputs()]
         unknown = set(self._inputs) - set(TEXT_INPUTS)
         if unknown or TEXT_OUTPUT not in {o.name for o in self._session.get_outputs()}:

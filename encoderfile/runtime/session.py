@@ -11,15 +11,43 @@ import onnxruntime as ort
 
 from encoderfile.errors import ArtifactError
 
+DATA_FILE = "model.data"  # an optimised graph's weights, beside it (see open_session's save_to)
 
-def open_session(model: bytes, threads: int | None, what: str) -> ort.InferenceSession:
-    """A CPU session with `threads` intra-op threads (default: available_cpus())."""
+
+def open_session(
+    model: bytes | Path,
+    threads: int | None,
+    what: str,
+    *,
+    optimize: bool = True,
+    prepack: bool = True,
+    save_to: Path | None = None,
+) -> ort.InferenceSession:
+    """A CPU session with `threads` intra-op threads (default: available_cpus()).
+
+    optimize=False for a graph onnxruntime already optimised; prepack=False skips re-laying out
+    the weights (cheaper for a few calls); save_to writes the optimised graph there, its weights
+    beside it in DATA_FILE (page-aligned, so later sessions memory-map them).
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or available_cpus()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only; warnings would pollute stderr
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    if save_to is not None:
+        options.optimized_model_filepath = str(save_to)
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", DATA_FILE
+        )
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
+    source = str(model) if isinstance(model, Path) else model
     try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own unrelated exception types
         raise ArtifactError(
             f"{what}: onnxruntime cannot load it ({e}). Rebuild the bundle."
