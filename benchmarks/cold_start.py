@@ -32,6 +32,12 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--first-runs", type=int, default=3, help="runs with an empty cache")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="ARTIFACT",
+        help="another build of the same bundle timed alongside, warm cache (e.g. an older stub)",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/cold_start.md")
     args = parser.parse_args()
 
@@ -46,6 +52,9 @@ def main() -> int:
             ),
             "artifact": ([str(artifact)], warm_env),
         }
+        if args.compare:
+            compare_env = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "compare")}
+            variants[f"compare: {args.compare}"] = ([str(args.compare.resolve())], compare_env)
         for command, env in variants.values():  # warm the page cache and the extraction cache
             _run(command, env)
         times: dict[str, list[float]] = {name: [] for name in variants}

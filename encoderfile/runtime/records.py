@@ -275,7 +275,8 @@ class _Stdout:
         self.raw = raw
 
     def write(self, data: bytes) -> int:
-        return self._guard(self.raw.write, data)
+        written: int = self._guard(self.raw.write, data)
+        return written
 
     def flush(self) -> None:
         self._guard(self.raw.flush)

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,3 +228,28 @@ def test_open_routes_answer_without_a_key_and_the_rest_do_not(service: Service) 
             assert path not in listed
             assert anonymous.get(path).status_code == 401, path
         assert json.loads(anonymous.post("/embed", json={"input": "a"}).text)["error"]
+
+
+STATS_PEAK = """
+import io, resource
+from PIL import Image
+from encoderfile.runtime import image as pictures
+buffer = io.BytesIO()
+Image.new("RGB", (6000, 6000), (200, 120, 40)).save(buffer, "PNG", compress_level=1)
+image = pictures.decode(buffer.getvalue(), "content")  # 36 megapixels: 144 MB decoded
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stats = pictures.stats(image, "arithmetic")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert stats["color_data"]["avg_color"]["hex"] == "#c87828", stats
+print((after - before) // 1024)
+"""
+
+
+def test_image_stats_keep_one_full_size_image() -> None:
+    """Stats shrink the decoded image in place to the 512 px thumbnail: no second full-size copy
+    (a 36-megapixel PNG took another 144 MB on top of its decoded pixels)."""
+    result = subprocess.run(
+        [sys.executable, "-c", STATS_PEAK], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) < 36, f"stats raised peak RSS by {result.stdout.strip()} MB"
