@@ -20,7 +20,7 @@ if [ ! -d "$cache" ] && [ ! -L "$cache" ]; then
 fi
 private() {
   [ ! -L "$1" ] || fail "the cache $1 is a symbolic link. Remove it, or set XDG_CACHE_HOME to a private directory."
-  [ -d "$1" ] || fail "cannot create the cache directory $1. Set XDG_CACHE_HOME to a writable directory."
+  [ -d "$1" ] || fail "cannot write the cache directory $1. Set XDG_CACHE_HOME to a writable directory."
   set -f; set -- "$1" $(ls -ldn "$1"); set +f
   [ "$4" = "$uid" ] ||
     fail "the cache $1 belongs to uid $4, not to you (uid $uid). Remove it, or set XDG_CACHE_HOME to a private directory."
@@ -31,9 +31,10 @@ private() {
 private "$cache"
 dir=$cache/$sha
 listing() { (cd "$1" && ls -lniRc --full-time .); }
-if [ -L "$dir" ] || [ ! -d "$dir" ] || ! listing "$dir" 2>/dev/null | cmp -s - "$dir/.complete"; then
-  # Missing, damaged, modified, or not a directory (a symlink is removed, never followed).
-  rm -rf "$dir"
+sound() { [ ! -L "$1" ] && [ -d "$1" ] && listing "$1" 2>/dev/null | cmp -s - "$1/.complete"; }
+if ! sound "$dir"; then
+  # Missing, damaged or modified; a symlink or file there is removed, never followed.
+  if [ -L "$dir" ] || { [ -e "$dir" ] && [ ! -d "$dir" ]; }; then rm -f "$dir"; fi
   tmp=$(mktemp -d "$cache/.$sha.XXXXXX") ||
     fail "cannot write the cache $cache. Set XDG_CACHE_HOME to a writable directory."
   trap 'rm -rf "$tmp"' EXIT
@@ -50,9 +51,13 @@ if [ -L "$dir" ] || [ ! -d "$dir" ] || ! listing "$dir" 2>/dev/null | cmp -s - "
     fail "cannot extract the runtime into $cache. Check free space or set XDG_CACHE_HOME."
   rm -f "$tmp/runtime.tar.gz"
   listing "$tmp" > "$tmp/.complete"
-  # Atomic publish; if another process won the race, keep its copy and drop ours.
-  [ -d "$dir" ] || mv "$tmp" "$dir" 2>/dev/null || :
-  rm -rf "$tmp" "$dir/${tmp##*/}"
+  # Atomic publish, setting a damaged copy aside; if another process published a sound copy
+  # meanwhile, keep it and drop ours.
+  if ! sound "$dir"; then
+    if [ -d "$dir" ]; then mv "$dir" "$tmp.old" 2>/dev/null || :; fi
+    mv "$tmp" "$dir" 2>/dev/null || :
+  fi
+  rm -rf "$tmp" "$tmp.old" "$dir/${tmp##*/}"
   trap - EXIT INT TERM
 fi
 ENCODERFILE_ARTIFACT=$self exec "$dir/encoderfile" "$@"
