@@ -295,7 +295,9 @@ def spec(manifest: Manifest, limits: Limits | None = None, vocab_size: int = 0) 
 
 
 def _ready(status: dict[str, Any]) -> dict[str, Any]:
-    ready: dict[str, Any] = _get("200 once the model is loaded; 503 while loading or draining", "ops", status)
+    ready: dict[str, Any] = _get(
+        "200 once the model is loaded; 503 while loading or draining", "ops", status
+    )
     ready["get"]["responses"]["503"] = {"description": "Loading or draining; retry"}
     return ready
 
