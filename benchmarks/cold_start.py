@@ -52,7 +52,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="later runs per variant")
     parser.add_argument("--first-runs", type=int, default=3, help="runs with an empty cache")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/cold_start.md")
-    parser.add_argument("--baseline", type=Path, help="another artifact to time alongside")
     args = parser.parse_args()
     if len(args.artifact) != len(args.bundle):
         parser.error("pass one --bundle per --artifact")

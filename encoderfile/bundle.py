@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import hashlib
 import json
 import os
@@ -150,7 +151,7 @@ def _write_files(out: Path, files: dict[str, bytes], manifest: Manifest) -> Path
     files[MANIFEST_FILE] = manifest.to_json()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    _remove_stale(out)
     try:
         staging.mkdir()
         for name, data in files.items():
@@ -163,6 +164,26 @@ def _write_files(out: Path, files: dict[str, bytes], manifest: Manifest) -> Path
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _remove_stale(out: Path) -> None:
+    """Staging dirs of `out` left by a builder that is gone (SIGKILL), and our own old one."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = stale.name[len(out.name) + 2 :].rpartition("-")
+        if kind in ("partial", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, from an earlier build in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
 
 
 def _serialize(model: onnx.ModelProto) -> bytes:

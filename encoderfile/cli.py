@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from encoderfile import __version__, recipe, resolve
-from encoderfile.errors import EncoderfileError, RecipeError
+from encoderfile.errors import EncoderfileError, RecipeError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -63,6 +64,10 @@ def build(
 ) -> None:
     """Resolve, splice, verify and bundle a recipe, then freeze it into dist/<name>."""
     from encoderfile import progress
+
+    for flag, path in (("--out", out), ("--dist", dist)):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag} {path} is a file, not a directory. Name a directory.")
     from encoderfile.compiler import compile_bundle
     from encoderfile.runtime.artifact import read_manifest
 
@@ -268,22 +273,45 @@ def ray_embed(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)  # unwind: partial outputs are removed
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # Ctrl-C: typer returns 130
     except EncoderfileError as e:
         _say(f"encoderfile: {e}")
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except typer.Abort:  # EOF at a prompt
         sys.exit(1)
-    except Exception as e:  # click usage errors carry their own exit code
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        if not _is_usage_error(e):
+            raise
+        message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+        _say(f"encoderfile: {message}. Run 'encoderfile --help' for usage.")
+        sys.exit(2)
+    if code == 130:
+        _say("encoderfile: interrupted; nothing was written")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """A click usage error: typer >= 0.29 raises them from its vendored click, older from click."""
+    from typer import exceptions
+
+    kinds: list[type] = [exceptions.TyperException]
+    try:
         import click
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+        kinds.append(click.ClickException)
+    except ImportError:
+        pass
+    return isinstance(error, tuple(kinds))
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ class Recipe(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsafe_precision(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("precision") in REFUSED_PRECISIONS:
+        if isinstance(data, dict) and str(data.get("precision")) in REFUSED_PRECISIONS:
             raise ValueError(REFUSED_PRECISIONS[data["precision"]])
         return data
 
@@ -267,6 +267,10 @@ def load(path: Path) -> Recipe:
         raise RecipeError(f"{path}: cannot read the recipe ({e}). Check the path.") from e
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise RecipeError(
+            f"{path}: the YAML is nested too deeply to read. Write a flat recipe (see recipes/)."
+        ) from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
@@ -277,6 +281,10 @@ def load(path: Path) -> Recipe:
         raise RecipeError(f"{path}: the recipe must be a YAML mapping. See recipes/*.yaml.")
     try:
         return Recipe.model_validate(data)
+    except RecursionError:
+        raise RecipeError(
+            f"{path}: a value is nested too deeply to check. Write a flat recipe (see recipes/)."
+        ) from None
     except ValidationError as e:
         raise RecipeError(f"{path}: {_describe(e)}") from e
 

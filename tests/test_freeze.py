@@ -107,8 +107,11 @@ def test_stub_extracts_once_and_execs_with_the_artifact(
     assert result.stdout.decode() == f"{fake_artifact}|embed|two words|"
     (cached,) = (tmp_path / "xdg" / "encoderfile").iterdir()  # no leftover temp dir
     assert (cached / ".complete").is_file() and (cached / "_internal" / "link.so").is_symlink()
-    (cached / "encoderfile").write_text("#!/bin/sh\necho cached\n")
-    assert run_artifact(fake_artifact, env=env).stdout == b"cached\n"  # not extracted again
+    inode = (cached / "encoderfile").stat().st_ino
+    assert run_artifact(fake_artifact, "x", env=env).stdout.endswith(b"|x|")
+    assert (cached / "encoderfile").stat().st_ino == inode  # not extracted again
+    (cached / "encoderfile").write_text("#!/bin/sh\necho modified\n")
+    assert run_artifact(fake_artifact, "x", env=env).stdout.endswith(b"|x|")  # extracted again
 
 
 def test_stub_reextracts_an_incomplete_cache(fake_artifact: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminate)  # unwind, so that no partial output is left
     try:
         parser = build_parser(with_serve=_command(argv) == "serve")
         args = parser.parse_args(argv)
@@ -51,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `| head`: stop quietly, like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
@@ -302,7 +308,9 @@ def _embed(args: argparse.Namespace) -> int:
         progress = records.Progress(enabled=not args.texts and sys.stderr.isatty())
         truncated = records.Truncations()
         try:
-            for chunk in records.chunks(records.read_records(args), records.CHUNK):
+            max_chars = records.char_limit(embedder.manifest.max_length)
+            inputs = records.read_records(args, max_chars)
+            for chunk in records.chunks(inputs, records.CHUNK):
                 vectors, tokens = _embed_chunk(embedder, chunk, args, width, truncated)
                 writer.write(chunk, vectors, tokens)
                 progress.update(len(chunk))
@@ -328,7 +336,7 @@ def _embed_chunk(
 ) -> tuple[np.ndarray, list[int]]:
     encodings = embedder.tokenize([r.text for r in chunk], prompt=args.prompt)
     for record, encoding in zip(chunk, encodings, strict=True):
-        if encoding.overflowing:
+        if encoding.overflowing or record.cut:
             if args.no_truncate:
                 raise RequestError(
                     f"{record.where} is longer than max_length="

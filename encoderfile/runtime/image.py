@@ -181,7 +181,8 @@ def stats(image: Image.Image, averaging_method: str = "arithmetic") -> dict[str,
         raise RequestError(
             f"averaging_method {averaging_method!r} is unknown. Use one of: {', '.join(AVERAGING)}."
         )
-    pixels = visible_pixels(image)
+    exif_data = exif(image)
+    pixels = visible_pixels(image)  # shrinks `image` in place: one full-size copy at most
     color: dict[str, Any] | None = None
     if len(pixels):
         average = average_color(pixels, averaging_method)
@@ -194,11 +195,12 @@ def stats(image: Image.Image, averaging_method: str = "arithmetic") -> dict[str,
             },
             "dominant_color": {"rgb": dominant.tolist(), "hex": to_hex(dominant)},
         }
-    return {"exif_data": exif(image), "color_data": color}
+    return {"exif_data": exif_data, "color_data": color}
 
 
 def thumbnail(image: Image.Image) -> Image.Image:
-    """The image itself, or a Lanczos thumbnail whose longest side is THUMBNAIL."""
+    """The image itself, shrunk in place (no full-size copy) to a Lanczos thumbnail whose longest
+    side is THUMBNAIL."""
     width, height = image.size
     if max(width, height) <= THUMBNAIL:
         return image
@@ -206,9 +208,8 @@ def thumbnail(image: Image.Image) -> Image.Image:
         box = (THUMBNAIL, int(height * (THUMBNAIL / width)))
     else:
         box = (int(width * (THUMBNAIL / height)), THUMBNAIL)
-    thumb = image.copy()
-    thumb.thumbnail(box, Image.Resampling.LANCZOS)
-    return thumb
+    image.thumbnail(box, Image.Resampling.LANCZOS)
+    return image
 
 
 def visible_pixels(image: Image.Image) -> np.ndarray:

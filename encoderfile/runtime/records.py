@@ -19,12 +19,22 @@ if TYPE_CHECKING:
     import numpy as np
 
 CHUNK = 1024  # inputs read, embedded and written at a time: memory stays bounded
+# Texts are cut to max_length x CHARS_PER_TOKEN characters before tokenizing, so one huge line
+# costs no more than that: a token never spans more (WordPiece reads a word of up to 100
+# characters as one [UNK]; BPE and Unigram tokens are far shorter).
+CHARS_PER_TOKEN = 128
+
+
+def char_limit(max_length: int) -> int:
+    """Most characters of a text that max_length tokens can cover."""
+    return max_length * CHARS_PER_TOKEN
 
 
 class Record(NamedTuple):
     where: str  # "stdin line 3", "data.jsonl line 3", "argument 2": for error messages
     id: Any
     text: str
+    cut: bool = False  # longer than char_limit(): the text is its prefix (truncated)
 
 
 class Truncations:
@@ -40,8 +50,16 @@ class Truncations:
             self.first.append(where)
 
 
-def read_records(args: argparse.Namespace) -> Iterator[Record]:
-    """Validated inputs in order, from arguments, stdin lines or a JSONL file."""
+def read_records(args: argparse.Namespace, max_chars: int) -> Iterator[Record]:
+    """Validated inputs in order, from arguments, stdin lines or a JSONL file, each cut to
+    `max_chars` characters (the rest of a longer stdin line is skipped, not read into memory)."""
+    for record in _read_records(args, max_chars):
+        if len(record.text) > max_chars:
+            record = record._replace(text=record.text[:max_chars], cut=True)
+        yield record
+
+
+def _read_records(args: argparse.Namespace, max_chars: int) -> Iterator[Record]:
     if args.texts:
         for i, text in enumerate(args.texts, 1):
             raw = text.encode("utf-8", "surrogateescape")  # argv keeps invalid bytes as escapes
@@ -54,11 +72,11 @@ def read_records(args: argparse.Namespace) -> Iterator[Record]:
                 "encoderfile: reading texts from stdin, one per line; end with Ctrl-D",
                 file=sys.stderr,
             )
-        for n, line in enumerate(sys.stdin.buffer, 1):
+        for n, (line, cut) in enumerate(_bounded_lines(sys.stdin.buffer, 4 * max_chars), 1):
             where = f"stdin line {n}"
-            text = _decode(line.rstrip(b"\n").rstrip(b"\r"), args.errors, where)
+            text = _decode(line.rstrip(b"\n").rstrip(b"\r"), args.errors, where, final=not cut)
             if _keep(text, where, args.skip_empty):
-                yield Record(where, None, text)
+                yield Record(where, None, text, cut)
     else:
         yield from _jsonl(args)
 
@@ -75,6 +93,10 @@ def _jsonl(args: argparse.Namespace) -> Iterator[Record]:
                 raise RequestError(f"{where} is blank. Remove it or pass --skip-empty.")
             try:
                 obj = json.loads(raw)
+            except RecursionError:
+                raise RequestError(
+                    f"{where} is JSON nested too deeply. Write flat objects."
+                ) from None
             except ValueError as e:
                 raise RequestError(f"{where} is not valid JSON ({e}). Fix the line.") from None
             if not isinstance(obj, dict):
@@ -120,9 +142,25 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
         yield fh
 
 
-def _decode(raw: bytes, errors: str, where: str) -> str:
+def _bounded_lines(fh: IO[bytes], max_bytes: int) -> Iterator[tuple[bytes, bool]]:
+    """Lines of at most `max_bytes` bytes, and whether the line was longer (its rest is read
+    in pieces and dropped)."""
+    while line := fh.readline(max_bytes):
+        cut = len(line) == max_bytes and not line.endswith(b"\n")
+        if cut:
+            while (rest := fh.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass
+        yield line, cut
+
+
+def _decode(raw: bytes, errors: str, where: str, final: bool = True) -> str:
+    """UTF-8 text; `final=False` drops a character split at the end of a cut line."""
+    import codecs
+
     try:
-        return raw.decode("utf-8", errors)
+        if final:
+            return raw.decode("utf-8", errors)
+        return codecs.getincrementaldecoder("utf-8")(errors).decode(raw, False)
     except UnicodeDecodeError as e:
         raise RequestError(
             f"{where} is not valid UTF-8 (byte {e.start + 1}). Fix the encoding or pass "
@@ -159,18 +197,28 @@ def chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 @contextmanager
 def output(path: str | None) -> Iterator[IO[bytes]]:
-    """stdout, or a temp file beside `path` renamed over it only when everything succeeded."""
+    """stdout; or a file: a regular file (or a symlink to one) is written to a temp file beside
+    it and renamed over it only when everything succeeded, while a FIFO, device or socket is
+    written through, never replaced."""
     if path is None:
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        if sys.stdout is None:
+            raise RequestError("stdout is closed. Redirect it, or pass --output FILE.")
+        sink = _Stdout(sys.stdout.buffer)
+        yield sink  # type: ignore[misc]
+        sink.flush()
         return
-    target = Path(path)
+    target = Path(os.path.realpath(path))  # write through symlinks: they stay links
     if target.is_dir():
         raise RequestError(f"--output {path} is a directory. Name a file.")
+    if target.exists() and not target.is_file():
+        with _open_through(path, target) as fh:
+            yield fh
+        return
     import tempfile
 
+    _remove_stale_temps(target)
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_prefix(target), suffix=".tmp")
     except OSError as e:
         raise RequestError(
             f"cannot write --output {path}: {e.strerror}. Choose a writable location."
@@ -188,6 +236,67 @@ def output(path: str | None) -> Iterator[IO[bytes]]:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+@contextmanager
+def _open_through(path: str, target: Path) -> Iterator[IO[bytes]]:
+    try:
+        with open(target, "wb", buffering=1 << 20) as fh:
+            yield fh
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise RequestError(f"cannot write --output {path}: {e.strerror}.") from None
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."  # the pid tells a stale temp from a live one
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Temp files of this target left by a process that is gone (killed with SIGKILL)."""
+    import glob
+
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = stale.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
+class _Stdout:
+    """stdout for the writers: a write error (a full disk, /dev/full) is one user error, and
+    what is still buffered goes to /dev/null so that Python's exit flush stays quiet."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+
+    def write(self, data: bytes) -> int:
+        written: int = self._guard(self.raw.write, data)
+        return written
+
+    def flush(self) -> None:
+        self._guard(self.raw.flush)
+
+    def _guard(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.raw.fileno())
+            raise RequestError(
+                f"cannot write the output to stdout: {e.strerror}. Free space, or pass --output."
+            ) from None
 
 
 class JsonlWriter:

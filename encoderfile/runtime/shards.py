@@ -118,12 +118,14 @@ def fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": size, "sha256": digest.hexdigest(), "lines": lines}
 
 
-def read_all(files: list[Path], args: argparse.Namespace) -> Iterator[records.Record]:
+def read_all(
+    files: list[Path], args: argparse.Namespace, max_chars: int
+) -> Iterator[records.Record]:
     """Records of every file in order, read by records.py (gzip read transparently)."""
     for path in files:
         one = argparse.Namespace(**{**vars(args), "input": str(path), "texts": []})
         try:
-            yield from records.read_records(one)
+            yield from records.read_records(one, max_chars)
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise RequestError(
                 f"{path} is not a complete gzip file ({e}). Re-create or re-download it."
@@ -469,7 +471,8 @@ def _embed_shards(
     truncated: records.Truncations,
 ) -> None:
     row = journal.rows
-    remaining = islice(read_all(files, args), row, None)  # re-read, not re-embedded
+    max_chars = records.char_limit(embedder.manifest.max_length)
+    remaining = islice(read_all(files, args, max_chars), row, None)  # re-read, not re-embedded
     while True:
         shard_records = islice(remaining, args.shard_size)
         writer: ShardWriter | None = None

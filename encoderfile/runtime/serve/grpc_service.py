@@ -26,6 +26,7 @@ from encoderfile.errors import (
     UnauthorizedError,
 )
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
+from encoderfile.runtime.serve import grpc_guards
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES
 from encoderfile.runtime.serve.metrics import error_kind
 from encoderfile.runtime.serve.service import Service
@@ -85,19 +86,21 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
     async def Info(  # noqa: N802
         self, request: embed_pb2.InfoRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.InfoResponse:
-        return await self._call("Info", context, lambda stats: self._info())
+        return await self._call("Info", context, lambda stats: self._info(), request)
 
     async def EmbedImages(  # noqa: N802
         self, request: embed_pb2.EmbedImagesRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.EmbedResponse:
         return await self._call(
-            "EmbedImages", context, functools.partial(self._embed_images, request)
+            "EmbedImages", context, functools.partial(self._embed_images, request), request
         )
 
     async def ImageStats(  # noqa: N802
         self, request: embed_pb2.ImageStatsRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.ImageStatsResponse:
-        return await self._call("ImageStats", context, functools.partial(self._stats, request))
+        return await self._call(
+            "ImageStats", context, functools.partial(self._stats, request), request
+        )
 
     async def _embed_images(
         self, request: embed_pb2.EmbedImagesRequest, stats: dict[str, int]
@@ -157,6 +160,7 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
         started = time.perf_counter()
         try:
             self.service.authorize(dict(context.invocation_metadata() or ()).get("authorization"))
+            grpc_guards.check(request)
             dimensions = self.service.check_dimensions(
                 request.dimensions if request.HasField("dimensions") else None
             )
@@ -193,6 +197,7 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
         method: str,
         context: grpc.aio.ServicerContext,
         work: Callable[[dict[str, int]], Awaitable[Reply]],
+        request: object = None,
     ) -> Reply:
         """Run one request with auth, the error table, metrics and the log line."""
         started = time.perf_counter()
@@ -202,6 +207,7 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
         code = grpc.StatusCode.OK
         try:
             self.service.authorize(metadata.get("authorization"))
+            grpc_guards.check(request)
             return await work(stats)
         except EncoderfileError as e:
             code = status_of(e)
@@ -274,8 +280,8 @@ def create_server(service: Service, address: str) -> tuple[grpc.aio.Server, Any]
             ("grpc.so_reuseport", 0),
         ]
     )
-    embed_pb2_grpc.add_EmbedderServicer_to_server(  # type: ignore[no-untyped-call]
-        EmbedderServicer(service), server
+    grpc_guards.add_servicer(
+        embed_pb2_grpc.add_EmbedderServicer_to_server, EmbedderServicer(service), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

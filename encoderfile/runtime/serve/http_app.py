@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,7 +37,7 @@ from encoderfile.errors import (
     RequestError,
     UnauthorizedError,
 )
-from encoderfile.runtime.serve import compat
+from encoderfile.runtime.serve import compat, guards
 from encoderfile.runtime.serve import metrics as prom
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES, BODY_BYTES
 from encoderfile.runtime.serve.openapi import spec
@@ -177,6 +177,9 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     code = getattr(exc, "status_code", 400)
     if code == 405:
         error: Exception = MethodNotAllowedError(f"{route} is not allowed. See GET /docs.")
+        response = error_response(error, request.scope)
+        response.headers.update(getattr(exc, "headers", None) or {})  # Allow: the route's methods
+        return response
     elif code == 404:
         error = NotFoundError(f"No route {route}. See GET /docs for the routes.")
     else:
@@ -249,7 +252,7 @@ class _Frame:
         log.info(
             "%s %s %d inputs=%d tokens=%d ms=%.1f id=%s",
             scope["method"],
-            path,
+            guards.printable(path),
             status,
             inputs,
             tokens,
@@ -297,7 +300,9 @@ class _Api:
         return PlainTextResponse(self.service.metrics.render(), media_type=prom.CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
-        return Json(compat.extend_spec(spec(self.service.manifest), self.service.manifest))
+        service = self.service
+        document = spec(service.manifest, service.limits, service.vocab_size())
+        return Json(compat.extend_spec(document, service.manifest))
 
     async def docs(self, request: Request) -> Response:
         root = request.scope.get("root_path", "")
@@ -456,6 +461,7 @@ class _Api:
 
     async def img_embed(self, request: Request) -> Response:
         started = time.perf_counter()
+        self.service.images.check_available()  # answer 404 before reading a large body
         body = await _read_object(request, max(self.service.limits.max_body_bytes, BODY_BYTES))
         _only(body, {"content", "dim"}, "POST /img/embed")
         dim = self.service.check_dimensions(_int(body, "dim"), "dim")
@@ -466,6 +472,7 @@ class _Api:
 
     async def img_batch(self, request: Request) -> Response:
         started = time.perf_counter()
+        self.service.images.check_available()  # answer 404 before reading a large body
         limit = max(self.service.limits.max_body_bytes, BATCH_BODY_BYTES)
         body = await _read_object(request, limit)
         _only(body, {"contents", "dim"}, "POST /img/batch")
@@ -540,10 +547,13 @@ async def _read_object(request: Request, limit: int) -> dict[str, Any]:
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:  # also what --read-timeout does to a stalled body
+        raise ClientGoneError("The client disconnected while sending the body.") from None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -551,7 +561,7 @@ async def _read_object(request: Request, limit: int) -> dict[str, Any]:
             f"The body is not UTF-8 (invalid byte at offset {e.start}). Send UTF-8 JSON."
         ) from None
     try:
-        value = json.loads(text)
+        value = guards.loads(text)
     except json.JSONDecodeError as e:
         problem = f"{e.msg} at line {e.lineno} column {e.colno}" if text else "it is empty"
         raise MalformedRequestError(
@@ -563,7 +573,7 @@ async def _read_object(request: Request, limit: int) -> dict[str, Any]:
         ) from None
     if not isinstance(value, dict):
         raise MalformedRequestError(
-            f"The body is a JSON {_kind(value)}, not an object. Send a JSON object."
+            f"The body is a JSON {_json_type(value)}, not an object. Send a JSON object."
         )
     return value
 
@@ -617,6 +627,13 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool | int | float):
         return "a boolean" if isinstance(value, bool) else "a number"
     return "a string" if isinstance(value, str) else "an object"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "boolean" if isinstance(value, bool) else "null"
+    names = {list: "array", str: "string", int: "number", float: "number"}
+    return names.get(type(value), "value")
 
 
 def _ms(started: float) -> float:

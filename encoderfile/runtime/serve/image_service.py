@@ -45,12 +45,15 @@ class ImageService:
         embedder.embed([np.zeros((embedder.size, embedder.size, 3), np.uint8)])
         self.embedder = embedder
 
-    def _embedder(self) -> ImageEmbedder:
+    def check_available(self) -> None:
         if not self.available:
             raise NotFoundError(
                 f"{self.bundle.manifest.name} has no image model. Use the text routes, or an "
                 "artifact built from a recipe with an 'image' section."
             )
+
+    def _embedder(self) -> ImageEmbedder:
+        self.check_available()
         if self.embedder is None:
             raise NotReadyError("The model is still loading. Retry shortly.")
         return self.embedder

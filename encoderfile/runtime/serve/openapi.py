@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import encoderfile
 from encoderfile.runtime.manifest import Manifest
+
+if TYPE_CHECKING:
+    from encoderfile.runtime.serve.service import Limits
+
+
+# A character that str.strip() keeps: a text without one is blank and refused.
+NOT_BLANK = (
+    "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -54,18 +63,39 @@ def _get(summary: str, tag: str, schema: dict[str, Any], media: str = "applicati
     }
 
 
-def spec(manifest: Manifest) -> dict[str, Any]:
-    """The document served at GET /openapi.json; examples use this model's name and prompts."""
+def spec(manifest: Manifest, limits: Limits | None = None, vocab_size: int = 0) -> dict[str, Any]:
+    """The document served at GET /openapi.json; examples use this model's name and prompts.
+
+    It states the server's checks exactly (limits, blank texts, token-id range, nullable
+    options), so that a request valid under it is accepted and an invalid one refused."""
+    from encoderfile.runtime.serve.service import Limits
+
+    limits = limits or Limits()
     dims = list(manifest.dimensions)
     prompts = list(manifest.prompts)
-    dim = {"type": "integer", "enum": dims, "description": "Matryoshka width; default the full"}
+    dim = {
+        "type": "integer",
+        "enum": [*dims, None],  # OpenAPI 3.0: a nullable enum lists null
+        "nullable": True,
+        "description": "Matryoshka width; default the full",
+    }
     prompt: dict[str, Any] = {
         "type": "string",
-        "enum": prompts,
+        "enum": [*prompts, None],
+        "nullable": True,
         "description": "prompt name (prefix from the manifest); default: "
         + str(manifest.default_prompt),
     }
-    text = {"type": "string", "minLength": 1}
+    if not prompts:  # an empty enum is no schema: no value is valid
+        prompt = {"not": {}, "description": "this model has no prompts"}
+    text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars, "pattern": NOT_BLANK}
+    texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
+    token_ids = {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": max(vocab_size - 1, 0)},
+        "minItems": 1,
+        "maxItems": manifest.max_length,
+    }
     vector = {"type": "array", "items": {"type": "number"}}
     native_error = {
         "type": "object",
@@ -116,7 +146,7 @@ def spec(manifest: Manifest) -> dict[str, Any]:
             "required": ["inputs"],
             "additionalProperties": False,
             "properties": {
-                "inputs": {"type": "array", "items": text, "minItems": 1},
+                "inputs": texts,
                 "dim": dim,
                 "prompt": prompt,
                 "truncate": {"type": "boolean", "default": True},
@@ -139,20 +169,31 @@ def spec(manifest: Manifest) -> dict[str, Any]:
                 "input": {
                     "oneOf": [
                         text,
-                        {"type": "array", "items": text, "minItems": 1},
-                        {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+                        texts,
+                        token_ids,
                         {
                             "type": "array",
-                            "items": {"type": "array", "items": {"type": "integer"}},
+                            "items": token_ids,
                             "minItems": 1,
+                            "maxItems": limits.max_inputs,
                         },
                     ],
                     "description": "text(s), or token ids of this model's vocabulary",
                 },
                 "encoding_format": {"type": "string", "enum": ["float", "base64"]},
                 "dimensions": dim,
-                "user": {"type": "string"},
+                "user": {"type": "string", "nullable": True},
                 "prompt": {**prompt, "description": "extension: " + prompt["description"]},
+            },
+            "not": {  # a prompt is text: it cannot go with token ids
+                "required": ["input", "prompt"],
+                "properties": {
+                    "input": {
+                        "type": "array",
+                        "items": {"oneOf": [{"type": "integer"}, token_ids]},
+                    },
+                    "prompt": {"type": "string"},
+                },
             },
             "example": {"model": manifest.name, "input": ["hello world"]},
         },
@@ -189,7 +230,7 @@ def spec(manifest: Manifest) -> dict[str, Any]:
             "required": ["input"],
             "additionalProperties": False,
             "properties": {
-                "input": {"oneOf": [text, {"type": "array", "items": text}]},
+                "input": {"oneOf": [text, texts]},
                 "prompt": prompt,
             },
             "example": {"input": "hello world"},
@@ -231,9 +272,7 @@ def spec(manifest: Manifest) -> dict[str, Any]:
         "security": [{"bearer": []}, {}],
         "paths": {
             "/health": _get("Liveness", "ops", status),
-            "/ready": _get(
-                "200 once the model is loaded; 503 while loading or draining", "ops", status
-            ),
+            "/ready": _ready(status),
             "/info": _get("Model, dimensions, prompts and limits", "ops", {"type": "object"}),
             "/metrics": _get("Prometheus metrics", "ops", {"type": "string"}, "text/plain"),
             "/embed": embed,
@@ -253,6 +292,14 @@ def spec(manifest: Manifest) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any]:
+    ready: dict[str, Any] = _get(
+        "200 once the model is loaded; 503 while loading or draining", "ops", status
+    )
+    ready["get"]["responses"]["503"] = {"description": "Loading or draining; retry"}
+    return ready
 
 
 def _image_paths(vision: bool) -> dict[str, Any]:
@@ -276,6 +323,7 @@ def _image_paths(vision: bool) -> dict[str, Any]:
 def _image_schemas(dims: list[int]) -> dict[str, Any]:
     content = {
         "type": "string",
+        "minLength": 1,
         "description": "data URL (data:image/png;base64,...) or raw base64 of a JPEG, PNG, GIF, "
         "WebP, BMP or TIFF file; at most 20 MB and 50 megapixels. URLs are not fetched.",
     }

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from encoderfile.errors import EncoderfileError
-from encoderfile.runtime.arguments import positive_int
+from encoderfile.runtime.arguments import positive_float, positive_int
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.serve import logs
+from encoderfile.runtime.serve.guards import READ_TIMEOUT_S, timed_protocol
 from encoderfile.runtime.serve.service import Limits, Service, read_api_keys
 
 if TYPE_CHECKING:
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("encoderfile.serve")
 GRACE_S = 30.0  # longest wait for in-flight requests on shutdown
+
+
+def open_routes() -> list[str]:
+    """What answers without an API key (HTTP routes and gRPC services), for --help and docs."""
+    from encoderfile.runtime.serve.http_app import OPEN_ROUTES
+
+    http = [*sorted(OPEN_ROUTES), "/docs/assets/*"]
+    return [*http, "gRPC grpc.health.v1.Health", "gRPC server reflection"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key-file",
         metavar="FILE",
         help="require 'Authorization: Bearer KEY' (gRPC metadata 'authorization') with a key "
-        "from FILE, one per line; /health, /ready and /docs stay open",
+        f"from FILE, one per line; open without a key: {', '.join(open_routes())}",
     )
     net.add_argument(
         "--cors-origin",
@@ -70,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, answer /ready with 503 (gRPC health NOT_SERVING) for SECONDS while "
         "still serving requests, so a load balancer stops routing first (default 0)",
+    )
+    net.add_argument(
+        "--read-timeout",
+        type=positive_float,
+        default=READ_TIMEOUT_S,
+        metavar="S",
+        help="close an HTTP connection whose request head takes longer than S seconds, or "
+        f"whose body stalls for S seconds (default {READ_TIMEOUT_S:g})",
     )
     lim = parser.add_argument_group("limits")
     for name, help_text in (
@@ -136,7 +153,7 @@ async def _serve(
         sock = _bind(args.host, args.port)
         config = uvicorn.Config(
             create_app(service, cors_origins=args.cors_origin, extra_routes=extra_routes),
-            http="httptools",  # explicit, so a frozen build that lacks it fails loudly
+            http=timed_protocol(args.read_timeout),  # httptools, with a read timeout
             log_config=None,
             access_log=False,
             lifespan="off",

@@ -251,6 +251,10 @@ class Service:
             raise NotReadyError("The model is still loading. Retry shortly.")
         return self.embedder
 
+    def vocab_size(self) -> int:
+        """The text model's vocabulary size (0 without a text model)."""
+        return self._vocab_size if self.manifest.has_text else 0
+
     @functools.cached_property
     def _vocab_size(self) -> int:
         from tokenizers import Tokenizer
