@@ -45,9 +45,9 @@ def native_fields(body: dict[str, Any], manifest: Manifest, *, batch: bool) -> d
         prefix = body.pop("prefix")
         if prefix is not None and not isinstance(prefix, str):
             raise InvalidFieldError("'prefix' must be a string.", param="prefix")
-        if "prompt" in body and body["prompt"] != prefix:
+        if "prompt" in body:
             raise InvalidFieldError(
-                "'prefix' and 'prompt' name the same thing and disagree. Send one of them.",
+                "'prefix' and 'prompt' name the same thing. Send one of them, not both.",
                 param="prefix",
             )
         if prefix is not None and prefix not in NO_PROMPT and prefix not in manifest.prompts:
@@ -144,8 +144,10 @@ def extend_spec(doc: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
     prompts = list(manifest.prompts)
     prefix = {
         "type": "string",
-        "enum": [*prompts, *NO_PROMPT],
-        "description": "nomic-serve's name for 'prompt' (a prompt name; 'none' for no prefix)",
+        "enum": [*prompts, *NO_PROMPT, None],
+        "nullable": True,
+        "description": "nomic-serve's name for 'prompt' (a prompt name; 'none' for no prefix); "
+        "send one of 'prefix' and 'prompt'",
     }
     schemas["EmbedRequest"]["properties"]["prefix"] = prefix
     batch = schemas["BatchRequest"]
@@ -157,7 +159,7 @@ def extend_spec(doc: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
     batch.pop("required", None)
     batch["oneOf"] = [{"required": ["inputs"]}, {"required": ["input"]}]
     for name in ("EmbedRequest", "BatchRequest"):
-        schemas[name]["properties"]["prompt"]["enum"] = [*prompts, *NO_PROMPT]
+        schemas[name]["not"] = {"required": ["prefix", "prompt"]}
     schemas["QueryRequest"] = {
         "type": "object",
         "required": ["input"],

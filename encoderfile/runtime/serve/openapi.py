@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import encoderfile
-from encoderfile.runtime.manifest import Manifest
+from encoderfile.runtime.manifest import MIN_DIMENSION, NO_PROMPT, Manifest
 
 if TYPE_CHECKING:
     from encoderfile.runtime.serve.service import Limits
@@ -73,21 +73,23 @@ def spec(manifest: Manifest, limits: Limits | None = None, vocab_size: int = 0) 
     limits = limits or Limits()
     dims = list(manifest.dimensions)
     prompts = list(manifest.prompts)
-    dim = {
+    dim: dict[str, Any] = {
         "type": "integer",
-        "enum": [*dims, None],  # OpenAPI 3.0: a nullable enum lists null
         "nullable": True,
-        "description": "Matryoshka width; default the full",
+        "description": "Matryoshka width (a prefix of the vector, re-normalised); default the "
+        f"full {manifest.dimension}; recommended: {', '.join(map(str, dims))}",
     }
+    if manifest.restrict_dimensions:  # OpenAPI 3.0: a nullable enum lists null
+        dim["enum"] = sorted({manifest.dimension, *dims}, reverse=True) + [None]
+    else:
+        dim.update(minimum=MIN_DIMENSION, maximum=manifest.dimension)
     prompt: dict[str, Any] = {
         "type": "string",
-        "enum": [*prompts, None],
+        "enum": [*prompts, *NO_PROMPT, None],
         "nullable": True,
-        "description": "prompt name (prefix from the manifest); default: "
+        "description": "prompt name (prefix from the manifest; 'none' for no prefix); default: "
         + str(manifest.default_prompt),
     }
-    if not prompts:  # an empty enum is no schema: no value is valid
-        prompt = {"not": {}, "description": "this model has no prompts"}
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars, "pattern": NOT_BLANK}
     texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
     token_ids = {

@@ -115,7 +115,8 @@ def test_bad_prefix_and_conflicts_are_one_clear_error(nomic_like: Server) -> Non
     cases = [
         ("/embed", {"input": "a", "prefix": "search_queries"}, "prefix 'search_queries'"),
         ("/embed", {"input": "a", "prefix": 3}, "'prefix' must be a string"),
-        ("/embed", {"input": "a", "prefix": "clustering", "prompt": "search_query"}, "disagree"),
+        ("/embed", {"input": "a", "prefix": "clustering", "prompt": "search_query"}, "not both"),
+        ("/embed", {"input": "a", "prefix": "clustering", "prompt": "clustering"}, "not both"),
         ("/batch", {"input": ["a"], "inputs": ["a"]}, "Send only 'inputs'"),
         ("/query", {"input": "a", "prefix": "clustering"}, "no field(s) prefix"),
         ("/query", {"input": ["a"]}, "'input' must be a string"),
