@@ -65,8 +65,10 @@ def write(
     image: VisionBuild | None = None,
     *,
     precision: dict[str, Any] | None = None,
+    rotation: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the bundle into `out`, replacing it only once every file is complete."""
+    """Write the bundle into `out`, replacing it only once every file is complete;
+    `rotation` (what the rotate step was fitted on) joins that step's manifest entry."""
     model_bytes = _serialize(spliced.model)
     tokenizer_bytes = (tokenizer.to_str(pretty=True) + "\n").encode()
     files = {"model.onnx": model_bytes, "tokenizer.json": tokenizer_bytes}
@@ -74,6 +76,9 @@ def write(
         files[GRAPH_FILE] = _serialize(image.spliced.model)
     manifest = _manifest(recipe, resolved, spliced, golden, files)
     manifest["precision"] = {"mode": recipe.precision, **(precision or {})}
+    for entry in manifest["steps"]:
+        if entry["op"] == "rotate":
+            entry.update(rotation or {})
     if image is not None:
         manifest["image"] = manifest_section(image, _steps(image.spec.steps, recipe.dimension))
     return _write_files(out, files, manifest)

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from tokenizers import Tokenizer
 
-from encoderfile import bundle, gate, quantize, recipe, resolve, splice, verify, vision
+from encoderfile import bundle, gate, quantize, recipe, resolve, rotation, splice, verify, vision
 from encoderfile.errors import SpliceError
 
 
@@ -41,9 +41,11 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
     batch = verify.encode(tokenizer, verify.SAMPLE_TEXTS, inputs)
     graph: bytes | Path = resolved.graph if lowered is None else model.SerializeToString()
     states = verify.run(verify.session(graph), batch, states_name, where)
-    expected = verify.reference(states, batch.mask, spec)
+    fitted = rotation.fit(fp32, spec, recipe_path, tokenizer, inputs, states.shape[-1], where)
+    matrix = fitted.matrix if fitted else None
+    expected = verify.reference(states, batch.mask, spec, matrix)
 
-    spliced = splice.apply(model, spec, states.shape[-1], where)
+    spliced = splice.apply(model, spec, states.shape[-1], where, matrix)
     spliced_session = verify.session(spliced.model.SerializeToString())
     got = verify.run(
         spliced_session,
@@ -54,7 +56,7 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
     golden = verify.check(got, expected, verify.SAMPLE_TEXTS)
     precision = None
     if lowered is not None:
-        reference = splice.apply(fp32, spec, states.shape[-1], where)
+        reference = splice.apply(fp32, spec, states.shape[-1], where, matrix)
         result = gate.check(
             verify.session(reference.model.SerializeToString()),
             spliced_session,
@@ -66,7 +68,15 @@ def compile_bundle(recipe_path: Path, out_dir: Path, *, allow_unpinned: bool = F
         precision = {"changes": lowered.changes, "gate": result.to_manifest()}
     image = _compile_image(spec, recipe_path, allow_unpinned) if spec.image else None
     return bundle.write(
-        out_dir / spec.name, spec, resolved, spliced, tokenizer, golden, image, precision=precision
+        out_dir / spec.name,
+        spec,
+        resolved,
+        spliced,
+        tokenizer,
+        golden,
+        image,
+        precision=precision,
+        rotation=fitted.to_manifest(spec.allowed_dimensions) if fitted else None,
     )
 
 

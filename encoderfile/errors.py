@@ -25,6 +25,10 @@ class BuildError(EncoderfileError):
     """Freezing the bundle into an executable failed."""
 
 
+class EvaluationError(EncoderfileError):
+    """sweep: the queries, corpus or qrels are missing or malformed."""
+
+
 class ArtifactError(EncoderfileError):
     """A bundle or frozen artifact is incomplete or fails its own hash check."""
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1024  # inputs read, embedded and written at a time: memory stays bounded
 EXIT_USER = 2
-COMMANDS = ("embed", "stats", "info", "verify", "serve")
+COMMANDS = ("embed", "search", "stats", "info", "verify", "serve")
 VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
 
 
@@ -127,6 +127,35 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         help="fail on texts longer than max_length instead of truncating them",
     )
     p.set_defaults(run=_embed)
+
+    p = sub.add_parser(
+        "search",
+        parents=[common],
+        help="search a .npy index written by 'embed --format npy' (exact or funnel)",
+        description="Embed each QUERY (arguments, stdin lines or --input JSONL) and print its k "
+        "best index rows as JSONL {query, hits: [{id, score}]}, scores being cosines. With "
+        "--shortlist-dim D --shortlist K: score every row on its first D values, re-rank the K "
+        "best at full width (funnel search).",
+    )
+    p.add_argument("texts", nargs="*", metavar="QUERY", help="queries")
+    p.add_argument("--index", required=True, metavar="VECTORS.npy", help="float32 [rows, width]")
+    p.add_argument("--ids", metavar="IDS.jsonl", help="one id per index row (default: row number)")
+    p.add_argument("--shortlist-dim", type=positive_int, metavar="D", help="funnel prefix width")
+    p.add_argument(
+        "--shortlist", type=positive_int, metavar="K", help="rows re-ranked at full width"
+    )
+    p.add_argument("-k", type=positive_int, default=10, help="hits per query (default 10)")
+    p.add_argument("--prompt", metavar="NAME", help="prompt prefix for the queries (see info)")
+    p.add_argument(
+        "--input", metavar="FILE", help="JSONL queries, one object per line ('-': stdin)"
+    )
+    p.add_argument("--text-field", default="text", metavar="KEY", help="JSONL text key (text)")
+    p.add_argument("--skip-empty", action="store_true", help="skip blank lines / empty queries")
+    p.add_argument(
+        "--errors", choices=("strict", "replace"), default="strict", help="invalid UTF-8"
+    )
+    p.add_argument("--no-truncate", action="store_true", help="fail on over-long queries")
+    p.set_defaults(run=_search, id_field=None)
 
     p = sub.add_parser(
         "stats",
@@ -268,6 +297,14 @@ def _embed(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    if args.texts and args.input:
+        raise UsageError("pass queries as arguments or with --input, not both")
+    from encoderfile.runtime import search
+
+    return search.command(args, _records(args))
 
 
 class _Truncations:
