@@ -10,6 +10,7 @@ import pytest
 
 from encoderfile.errors import RequestError
 from encoderfile.runtime import search
+from tests.fixtures.artifacts import run_artifact
 from tests.runtime.test_boundary import FORBIDDEN, SERVING, loaded_modules, matching
 from tests.runtime.test_cli import Run, reference
 from tests.runtime.test_cli import run as run  # noqa: PLC0414 - the `run` fixture
@@ -183,3 +184,25 @@ def test_search_imports_no_builder_and_no_server(
     modules = loaded_modules(tmp_path, *args)
     assert "encoderfile.runtime.search" in modules
     assert matching(modules, FORBIDDEN + SERVING) == []
+
+
+@pytest.mark.slow
+def test_frozen_artifact_indexes_and_searches(
+    tiny_artifact: Path, artifact_env: dict[str, str], tmp_path: Path
+) -> None:
+    index = tmp_path / "index.npy"
+    texts = "\n".join(TEXTS).encode() + b"\n"
+    embedded = run_artifact(
+        tiny_artifact, "embed", "--format", "npy", "-o", str(index), env=artifact_env, input=texts
+    )
+    assert embedded.returncode == 0, embedded.stderr
+    found = run_artifact(
+        tiny_artifact,
+        *("search", "--index", str(index), "--shortlist-dim", "4", "--shortlist", "10"),
+        *("-k", "2", "lazy dog", "jumps over"),
+        env=artifact_env,
+    )
+    assert found.returncode == 0, found.stderr
+    lines = [json.loads(line) for line in found.stdout.decode().splitlines()]
+    assert [line["hits"][0]["id"] for line in lines] == [2, 4]
+    assert all(len(line["hits"]) == 2 for line in lines)
