@@ -272,7 +272,9 @@ def sweep(
         list[Path] | None,
         typer.Option(help="another sweep's --json output to draw beside this one"),
     ] = None,
-    out: Annotated[Path, typer.Option(help="where a recipe's bundle is built")] = Path("build"),
+    out: Annotated[
+        Path, typer.Option(help="where a recipe's bundle is built and vectors are cached")
+    ] = Path("build"),
     allow_unpinned: AllowUnpinned = False,
 ) -> None:
     """Retrieval quality (nDCG@10, recall@100) against width and precision, on BEIR-format data."""
@@ -307,6 +309,7 @@ def sweep(
         rescore=rescore,
         query_prompt=query_prompt,
         doc_prompt=doc_prompt,
+        cache=out / "sweep-cache",
     )
     typer.echo(json.dumps(result, indent=2) if as_json else sweeping.table(result))
     if plot is not None:

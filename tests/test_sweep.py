@@ -231,3 +231,19 @@ def test_scifact_subset_agrees_with_sentence_transformers_and_trec_eval(
     r64 = rotated.embed(texts, dimensions=64).vectors
     p64 = search.unit(p[:, :64])
     assert np.abs(r64 @ r64.T - p64 @ p64.T).max() > 0.01
+
+
+def test_vectors_are_cached_by_bundle_prompt_and_texts(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = Embedder(open_bundle(tiny_bundle))
+    first = sweep.embed(embedder, TEXTS, None, "corpus", tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embedded again")
+
+    monkeypatch.setattr(embedder, "embed", refuse)
+    assert (sweep.embed(embedder, TEXTS, None, "corpus", tmp_path) == first).all()
+    with pytest.raises(AssertionError, match="embedded again"):  # another prompt: another key
+        sweep.embed(embedder, TEXTS, "query", "corpus", tmp_path)
