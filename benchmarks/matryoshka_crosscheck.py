@@ -125,7 +125,13 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sweep", type=Path, required=True, help="sweep --json of the plain recipe"
+        "--sweep", type=Path, help="sweep --json of the plain recipe (without: only encode)"
+    )
+    parser.add_argument(
+        "--vectors",
+        type=Path,
+        default=ROOT / "build" / "crosscheck-scifact-minilm.npz",
+        help="sentence-transformers vectors, saved on the first run and reused",
     )
     parser.add_argument("--rotated-sweep", type=Path, help="sweep --json of the rotated bundle")
     parser.add_argument("--rotated-bundle", type=Path, help="the rotated bundle directory")
@@ -135,9 +141,17 @@ def main() -> int:
     )
     args = parser.parse_args()
     data = load(args.scifact)
-    started = time.perf_counter()
-    queries, docs = encode(data[3]), encode(data[1])
-    print(f"sentence-transformers encode: {time.perf_counter() - started:.0f} s", flush=True)
+    if args.vectors.is_file():
+        saved = np.load(args.vectors)
+        queries, docs = saved["queries"], saved["docs"]
+    else:
+        started = time.perf_counter()
+        queries, docs = encode(data[3]), encode(data[1])
+        print(f"sentence-transformers encode: {time.perf_counter() - started:.0f} s", flush=True)
+        args.vectors.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.vectors, queries=queries, docs=docs)
+    if args.sweep is None:
+        return 0
     rows = compare("plain", json.loads(args.sweep.read_text()), queries, docs, data)
     if args.rotated_sweep and args.rotated_bundle:
         matrix = rotation_of(args.rotated_bundle)
