@@ -289,7 +289,7 @@ def sweep(
             f"--dims {dims!r} is not a list of integers. Write e.g. --dims 384,128,64."
         )
     funnels = sweeping.parse_funnels(funnel)
-    others = [(p.stem, json.loads(p.read_text())) for p in compare or []]
+    others = [json.loads(p.read_text()) for p in compare or []]
     judged = retrieval.load_qrels(qrels)
     query_set = retrieval.load_collection(queries, only=set(judged))
     documents = retrieval.load_collection(corpus)
@@ -313,7 +313,8 @@ def sweep(
     )
     typer.echo(json.dumps(result, indent=2) if as_json else sweeping.table(result))
     if plot is not None:
-        sweeping.plot([(path.stem if others else "", result), *others], plot)
+        labelled = [(r["model"] if others else "", r) for r in [result, *others]]
+        sweeping.plot(labelled, plot)
         _say(f"wrote {plot}")
 
 
