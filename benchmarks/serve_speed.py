@@ -75,7 +75,7 @@ def hey(url: str, clients: int, seconds: int, body: Path) -> dict[str, float]:
         text=True,
         check=True,
     ).stdout
-    if re.search(r"\[(?!200)\d{3}\]", out):
+    if re.search(r"\[(?!200)\d{3}\]\s+\d+ responses", out):
         raise SystemExit(f"hey saw error answers from {url}:\n{out}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 

@@ -78,8 +78,10 @@ def write(
     *,
     precision: Precision | None = None,
     pinned: bool = True,
+    rotation: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the bundle into `out`, replacing it only once every file is complete."""
+    """Write the bundle into `out`, replacing it only once every file is complete;
+    `rotation` (what the rotate step was fitted on) joins that step's manifest entry."""
     files = {
         MODEL_FILE: _serialize(spliced.model),
         TOKENIZER_FILE: (tokenizer.to_str(pretty=True) + "\n").encode(),
@@ -102,7 +104,7 @@ def write(
             hidden_size=spliced.hidden_size,
             added_nodes=tuple(spliced.added_nodes),
         ),
-        steps=_steps(recipe.steps, recipe.dimension),
+        steps=_steps(recipe.steps, recipe.dimension, rotation),
         prompts=dict(recipe.prompts),
         default_prompt=recipe.default_prompt,
         tokenizer=TokenizerSettings.from_dict(recipe.tokenizer.model_dump()),
@@ -204,12 +206,16 @@ def _built_at() -> str | None:
     return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _steps(steps: Sequence[Step], dimension: int) -> tuple[dict[str, Any], ...]:
+def _steps(
+    steps: Sequence[Step], dimension: int, rotation: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], ...]:
     entries = []
     for step in steps:
         entry = step.model_dump()
         if step.op == "truncate":
             entry["dimension"] = dimension
+        if step.op == "rotate":
+            entry.update(rotation or {})
         entries.append(entry)
     return tuple(entries)
 

@@ -1,4 +1,4 @@
-"""The builder's command line: build, inspect, pin, schema."""
+"""The builder's command line: build, inspect, pin, schema, sweep."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from encoderfile import __version__, recipe, resolve
-from encoderfile.errors import EncoderfileError, RecipeError, UsageError
+from encoderfile.errors import EncoderfileError, EvaluationError, RecipeError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -270,6 +270,89 @@ def ray_embed(
         shared_path=shared_path,
     )  # fmt: skip
     _say(f"embedded {rows} rows into {output}")
+
+
+@app.command()
+def sweep(
+    path: Annotated[
+        Path, typer.Argument(help="a recipe YAML file (built first) or a bundle directory")
+    ],
+    queries: Annotated[Path, typer.Option(help="BEIR queries JSONL ({_id, text})")],
+    corpus: Annotated[Path, typer.Option(help="BEIR corpus JSONL, optionally .gz")],
+    qrels: Annotated[Path, typer.Option(help="BEIR qrels TSV (header line first)")],
+    dims: Annotated[
+        str | None,
+        typer.Option(
+            help="widths to evaluate, e.g. 384,256,128 (default: the recipe's dimensions)"
+        ),
+    ] = None,
+    funnel: Annotated[
+        str | None,
+        typer.Option(help="funnel searches D:K,... (first D dims, K re-ranked at full width)"),
+    ] = None,
+    rescore: Annotated[
+        int, typer.Option(min=1, help="int8/binary: candidates re-ranked at full-width float32")
+    ] = 100,
+    query_prompt: Annotated[str | None, typer.Option(help="prompt name for queries")] = None,
+    doc_prompt: Annotated[str | None, typer.Option(help="prompt name for documents")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print JSON instead of the table")
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="write a PNG: nDCG@10 against bytes per vector")
+    ] = None,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(help="another sweep's --json output to draw beside this one"),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="where a recipe's bundle is built and vectors are cached")
+    ] = Path("build"),
+    allow_unpinned: AllowUnpinned = False,
+) -> None:
+    """Retrieval quality (nDCG@10, recall@100) against width and precision, on BEIR-format data."""
+    from encoderfile import retrieval
+    from encoderfile import sweep as sweeping
+    from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.payload import open_bundle
+
+    widths = [int(d) for d in dims.split(",")] if dims and _is_int_list(dims) else None
+    if dims and widths is None:
+        raise EvaluationError(
+            f"--dims {dims!r} is not a list of integers. Write e.g. --dims 384,128,64."
+        )
+    funnels = sweeping.parse_funnels(funnel)
+    others = [json.loads(p.read_text()) for p in compare or []]
+    judged = retrieval.load_qrels(qrels)
+    query_set = retrieval.load_collection(queries, only=set(judged))
+    documents = retrieval.load_collection(corpus)
+    if path.is_dir():
+        bundle_dir = path
+    else:
+        from encoderfile.compiler import compile_bundle
+
+        bundle_dir = compile_bundle(path, out, allow_unpinned=allow_unpinned)
+    result = sweeping.run(
+        Embedder(open_bundle(bundle_dir)),
+        query_set,
+        documents,
+        judged,
+        dims=widths,
+        funnels=funnels,
+        rescore=rescore,
+        query_prompt=query_prompt,
+        doc_prompt=doc_prompt,
+        cache=out / "sweep-cache",
+    )
+    typer.echo(json.dumps(result, indent=2) if as_json else sweeping.table(result))
+    if plot is not None:
+        labelled = [(r["model"] if others else "", r) for r in [result, *others]]
+        sweeping.plot(labelled, plot)
+        _say(f"wrote {plot}")
+
+
+def _is_int_list(text: str) -> bool:
+    return all(part.strip().isdigit() for part in text.split(","))
 
 
 def main() -> None:

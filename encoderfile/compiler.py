@@ -7,7 +7,18 @@ from pathlib import Path
 import onnx
 from tokenizers import Tokenizer
 
-from encoderfile import bundle, gate, progress, quantize, recipe, resolve, splice, verify, vision
+from encoderfile import (
+    bundle,
+    gate,
+    progress,
+    quantize,
+    recipe,
+    resolve,
+    rotation,
+    splice,
+    verify,
+    vision,
+)
 from encoderfile.errors import SpliceError
 from encoderfile.runtime.manifest import Precision
 
@@ -58,9 +69,11 @@ def compile_bundle(
     batch = verify.encode(tokenizer, verify.SAMPLE_TEXTS, inputs)
     graph: bytes | Path = resolved.graph if lowered is None else model.SerializeToString()
     states = verify.run(verify.session(graph), batch, states_name, where)
-    expected = verify.reference(states, batch.mask, spec)
+    fitted = rotation.fit(fp32, spec, recipe_path, tokenizer, inputs, states.shape[-1], where)
+    matrix = fitted.matrix if fitted else None
+    expected = verify.reference(states, batch.mask, spec, matrix)
 
-    spliced = splice.apply(model, spec, states.shape[-1], where)
+    spliced = splice.apply(model, spec, states.shape[-1], where, matrix)
     stages.next("verify", f"{len(verify.SAMPLE_TEXTS)} texts against the numpy reference")
     spliced_session = verify.session(spliced.model.SerializeToString())
     got = verify.run(
@@ -73,7 +86,7 @@ def compile_bundle(
     precision = Precision()
     if lowered is not None:
         stages.next("gate", f"{spec.precision} against fp32")
-        reference = splice.apply(fp32, spec, states.shape[-1], where)
+        reference = splice.apply(fp32, spec, states.shape[-1], where, matrix)
         result = gate.check(
             verify.session(reference.model.SerializeToString()),
             spliced_session,
@@ -97,6 +110,7 @@ def compile_bundle(
         image,
         precision=precision,
         pinned=not unpinned,
+        rotation=fitted.to_manifest(spec.allowed_dimensions) if fitted else None,
     )
     _warn_unpinned(stages, recipe_path, unpinned)
     return out

@@ -36,6 +36,10 @@ class BuildError(EncoderfileError):
     """Freezing the bundle into an executable failed."""
 
 
+class EvaluationError(EncoderfileError):
+    """sweep: the queries, corpus or qrels are missing or malformed."""
+
+
 # ------------------------------------------------------------------------------------ runtime
 
 

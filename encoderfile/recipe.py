@@ -97,7 +97,21 @@ class Normalize(_Strict):
     norm: Literal["l2"] = "l2"
 
 
-Step = Annotated[Pooling | LayerNorm | Truncate | Normalize, Field(discriminator="op")]
+class FitTexts(_Strict):
+    """Texts pinned by sha256: a .txt file (one text a line) or BEIR-style JSONL (.gz ok)."""
+
+    texts: str = Field(description="path relative to the recipe file")
+    sha256: SHA256 = Field(description="sha256 of the file's bytes")
+
+
+class Rotate(_Strict):
+    """Rotate onto the principal axes of the fit texts' pooled vectors (before truncate)."""
+
+    op: Literal["rotate"]
+    fit: FitTexts
+
+
+Step = Annotated[Pooling | LayerNorm | Rotate | Truncate | Normalize, Field(discriminator="op")]
 
 
 class TokenizerSpec(_Strict):
@@ -135,6 +149,8 @@ class ImageSpec(_Strict):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         _check_steps(self.steps)
+        if any(s.op == "rotate" for s in self.steps):
+            raise ValueError("rotate applies to the text model's steps only. Remove it here")
         if any(s.op == "pooling" and s.mode != "cls" for s in self.steps):
             raise ValueError("image steps pool with mode 'cls' (there is no attention mask)")
         return self
@@ -148,9 +164,27 @@ def _check_steps(steps: list[Step]) -> None:
     ops = [s.op for s in steps]
     if ops[0] != "pooling" or ops.count("pooling") != 1:
         raise ValueError("steps must start with exactly one pooling step")
-    for op in ("layer_norm", "truncate", "normalize"):
+    for op in ("layer_norm", "rotate", "truncate", "normalize"):
         if ops.count(op) > 1:
             raise ValueError(f"step {op!r} appears more than once")
+    if "rotate" in ops:
+        at = ops.index("rotate")
+        if "normalize" in ops[:at]:
+            raise ValueError(
+                "rotate after normalize cannot help: truncation must see the rotated vector "
+                "before it is normalised. Order the steps pooling, [layer_norm,] rotate, truncate, "
+                "normalize"
+            )
+        if "truncate" in ops[:at]:
+            raise ValueError(
+                "rotate after truncate cannot help: the dropped values are gone. Put rotate "
+                "before truncate"
+            )
+        if "layer_norm" in ops[at:]:
+            raise ValueError(
+                "layer_norm after rotate would undo it (its per-vector centring is not rotation "
+                "invariant). Put layer_norm before rotate"
+            )
     if "normalize" in ops and ops[-1] != "normalize":
         raise ValueError("normalize must be the last step")
 
@@ -245,6 +279,13 @@ class Recipe(_Strict):
             if not self.steps:
                 raise ValueError("'steps' is required with a text model")
             _check_steps(self.steps)
+            if any(s.op == "rotate" for s in self.steps) and not (
+                "truncate" in [s.op for s in self.steps] or len(self.allowed_dimensions) > 1
+            ):
+                raise ValueError(
+                    "rotate only helps when vectors are truncated. Add '- op: truncate' with a "
+                    "smaller dimension, or request-time dimensions, or remove rotate"
+                )
         for d in self.allowed_dimensions:
             if d > self.dimension:
                 raise ValueError(f"dimensions value {d} exceeds dimension {self.dimension}")

@@ -67,13 +67,19 @@ def run(sess: ort.InferenceSession, batch: Batch, output: str, where: str) -> np
         ) from e
 
 
-def reference(states: np.ndarray, mask: np.ndarray, recipe: Recipe) -> np.ndarray:
+def reference(
+    states: np.ndarray, mask: np.ndarray, recipe: Recipe, rotation: np.ndarray | None = None
+) -> np.ndarray:
     """The recipe's steps in float64 numpy, the maths each splice module states."""
-    return reference_steps(states, mask, recipe.steps, recipe.dimension)
+    return reference_steps(states, mask, recipe.steps, recipe.dimension, rotation)
 
 
 def reference_steps(
-    states: np.ndarray, mask: np.ndarray, steps: Sequence[Step], dimension: int
+    states: np.ndarray,
+    mask: np.ndarray,
+    steps: Sequence[Step],
+    dimension: int,
+    rotation: np.ndarray | None = None,
 ) -> np.ndarray:
     """`steps` in float64 numpy over token states [b, s, h] and their mask [b, s]."""
     if states.ndim != 3:
@@ -95,6 +101,8 @@ def reference_steps(
             case "layer_norm":
                 centred = x - x.mean(-1, keepdims=True)
                 x = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + step.eps)
+            case "rotate" if rotation is not None:
+                x = x @ rotation.astype(np.float64)
             case "truncate":
                 x = x[:, :dimension]
             case "normalize":

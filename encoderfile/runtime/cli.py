@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from encoderfile.runtime.embedder import Embedder
 
 EXIT_USER = 2
-COMMANDS = ("embed", "stream", "stats", "info", "verify", "sbom", "serve", "mcp")
+COMMANDS = ("embed", "stream", "search", "stats", "info", "verify", "sbom", "serve", "mcp")
 VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
 
 
@@ -159,6 +159,35 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--dimensions", type=positive_int, metavar="N", help="Matryoshka width")
     p.add_argument("--no-truncate", action="store_true", help="refuse batches with over-long texts")
     p.set_defaults(run=_stream)
+
+    p = sub.add_parser(
+        "search",
+        parents=[common],
+        help="search a .npy index written by 'embed --format npy' (exact or funnel)",
+        description="Embed each QUERY (arguments, stdin lines or --input JSONL) and print its k "
+        "best index rows as JSONL {query, hits: [{id, score}]}, scores being cosines. With "
+        "--shortlist-dim D --shortlist K: score every row on its first D values, re-rank the K "
+        "best at full width (funnel search).",
+    )
+    p.add_argument("texts", nargs="*", metavar="QUERY", help="queries")
+    p.add_argument("--index", required=True, metavar="VECTORS.npy", help="float32 [rows, width]")
+    p.add_argument("--ids", metavar="IDS.jsonl", help="one id per index row (default: row number)")
+    p.add_argument("--shortlist-dim", type=positive_int, metavar="D", help="funnel prefix width")
+    p.add_argument(
+        "--shortlist", type=positive_int, metavar="K", help="rows re-ranked at full width"
+    )
+    p.add_argument("-k", type=positive_int, default=10, help="hits per query (default 10)")
+    p.add_argument("--prompt", metavar="NAME", help="prompt prefix for the queries (see info)")
+    p.add_argument(
+        "--input", metavar="FILE", help="JSONL queries, one object per line ('-': stdin)"
+    )
+    p.add_argument("--text-field", default="text", metavar="KEY", help="JSONL text key (text)")
+    p.add_argument("--skip-empty", action="store_true", help="skip blank lines / empty queries")
+    p.add_argument(
+        "--errors", choices=("strict", "replace"), default="strict", help="invalid UTF-8"
+    )
+    p.add_argument("--no-truncate", action="store_true", help="fail on over-long queries")
+    p.set_defaults(run=_search, id_field=None)
 
     p = sub.add_parser(
         "stats",
@@ -325,6 +354,16 @@ def _embed(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    if args.texts and args.input:
+        raise UsageError("pass queries as arguments or with --input, not both")
+    from encoderfile.runtime import search
+    from encoderfile.runtime.artifact import read_manifest
+
+    max_chars = records.char_limit(read_manifest(args.bundle).max_length)
+    return search.command(args, records.read_records(args, max_chars))
 
 
 def _embed_chunk(

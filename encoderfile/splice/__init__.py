@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from encoderfile.errors import SpliceError
 from encoderfile.recipe import Recipe, Step
-from encoderfile.splice import contract, layer_norm, normalize, pooling, truncate
+from encoderfile.splice import contract, layer_norm, normalize, pooling, rotate, truncate
 from encoderfile.splice.editor import MIN_OPSET, GraphEditor
 
 
@@ -26,11 +27,17 @@ def opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def apply(model: onnx.ModelProto, recipe: Recipe, hidden: int | None, where: str) -> Spliced:
+def apply(
+    model: onnx.ModelProto,
+    recipe: Recipe,
+    hidden: int | None,
+    where: str,
+    rotation: np.ndarray | None = None,
+) -> Spliced:
     """Return a copy of `model` whose only output is the recipe's sentence_embedding.
 
     `hidden` is the token-state width measured by running the graph, used when the graph's
-    declared output shape leaves it symbolic.
+    declared output shape leaves it symbolic; `rotation` is the fitted matrix of a rotate step.
     """
     version = check_opset(model, where)
     contract.check_inputs(model, where)
@@ -39,11 +46,12 @@ def apply(model: onnx.ModelProto, recipe: Recipe, hidden: int | None, where: str
     states = contract.token_states(model, recipe.model.output, where)
     hidden = contract.hidden_size(model, states) or hidden
     hidden = check_dimension(recipe.dimension, hidden, recipe.steps, states, where)
+    check_rotate(recipe, hidden)
 
     spliced = onnx.ModelProto()
     spliced.CopyFrom(model)
     g = GraphEditor(spliced.graph, version)
-    x = add_steps(g, states, recipe.steps, recipe.dimension, "attention_mask")
+    x = add_steps(g, states, recipe.steps, recipe.dimension, "attention_mask", rotation)
     inputs = contract.finish(spliced, x, recipe.dimension)
     return Spliced(spliced, inputs, states, hidden, g.added)
 
@@ -78,7 +86,23 @@ def check_dimension(
     return hidden
 
 
-def add_steps(g: GraphEditor, states: str, steps: Sequence[Step], dimension: int, mask: str) -> str:
+def check_rotate(recipe: Recipe, hidden: int) -> None:
+    """Refuse a rotate step whose vectors are never truncated (it could not change a result)."""
+    if any(s.op == "rotate" for s in recipe.steps) and recipe.allowed_dimensions == [hidden]:
+        raise SpliceError(
+            f"rotate cannot help: dimension={hidden} is the full hidden size and no smaller "
+            "request-time dimensions are offered. Lower dimension or add dimensions, or remove rotate."
+        )
+
+
+def add_steps(
+    g: GraphEditor,
+    states: str,
+    steps: Sequence[Step],
+    dimension: int,
+    mask: str,
+    rotation: np.ndarray | None = None,
+) -> str:
     """Append the recipe's post-processing steps after `states`; return the last tensor."""
     x = states
     for step in steps:
@@ -87,6 +111,10 @@ def add_steps(g: GraphEditor, states: str, steps: Sequence[Step], dimension: int
                 x = pooling.add(g, x, mask, step.mode)
             case "layer_norm":
                 x = layer_norm.add(g, x, step.eps)
+            case "rotate":
+                if rotation is None or rotation.shape[0] != rotation.shape[1]:
+                    raise SpliceError("rotate has no fitted matrix. This is a bug in encoderfile.")
+                x = rotate.add(g, x, rotation)
             case "truncate":
                 x = truncate.add(g, x, dimension)
             case "normalize":

@@ -1,0 +1,210 @@
+"""Exact and funnel (cascaded Matryoshka) search over a memory-mapped .npy index, numpy only.
+
+Every score is a cosine similarity. With W the index width, N its rows, D < W and K >= k:
+    funnel:     s_D(q, x) = cos(q[:D], x[:D]) over all N rows, keep the K best,
+                then s(q, x) = cos(q, x) at full width over those K, keep the k best.
+    scan cost:  N*D + K*W multiply-adds per query, against N*W for exhaustive search
+                (prefix norms are computed once per batch of queries, not per query).
+Ties rank the lower row first, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoderfile.errors import RequestError
+
+SCORES_PER_CHUNK = 1 << 22  # query x row scores held at once (16 MiB of float32)
+QUERIES_PER_BATCH = 64  # queries embedded and searched together (one pass over the index)
+
+
+def open_index(path: str | Path) -> np.ndarray:
+    """The float32 [rows, width] matrix in `path` (written by `embed --format npy`), memory-mapped."""
+    try:
+        index: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RequestError(
+            f"cannot read --index {path} as .npy ({e}). Write it with 'embed --format npy'."
+        ) from None
+    if index.ndim != 2 or index.shape[0] == 0 or index.dtype != np.float32:
+        raise RequestError(
+            f"--index {path} holds {index.dtype} {list(index.shape)}; search needs float32 "
+            "[rows, width] with at least one row. Write it with 'embed --format npy'."
+        )
+    return index
+
+
+def read_ids(path: str | Path, rows: int) -> list[Any]:
+    """One id per index row: a JSON value a line, or an object whose 'id' is used."""
+    ids: list[Any] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    raise RequestError(
+                        f'--ids {path} line {n} is not JSON. Write one id (or {{"id": …}}) a line.'
+                    ) from None
+                ids.append(value["id"] if isinstance(value, dict) and "id" in value else value)
+    except OSError as e:
+        raise RequestError(f"cannot read --ids {path}: {e.strerror}. Check the path.") from None
+    if len(ids) != rows:
+        raise RequestError(
+            f"--ids {path} has {len(ids)} lines but the index has {rows} rows. "
+            "Pass the ids of the embedded texts, one a line, in the same order."
+        )
+    return ids
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (a zero row stays zero), as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    scaled: np.ndarray = x / np.maximum(norms, np.float32(1e-12))
+    return scaled
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the k highest scores per row, best first (ties: lower column first)."""
+    k = min(k, scores.shape[1])
+    out = np.empty((len(scores), k), np.int64)
+    for i, row in enumerate(scores):
+        kth = row[np.argpartition(-row, k - 1)[k - 1]]  # the k-th highest score
+        above = np.flatnonzero(row > kth)
+        cols = np.concatenate([above, np.flatnonzero(row == kth)[: k - len(above)]])
+        out[i] = cols[np.lexsort((cols, -row[cols]))]
+    return out, np.take_along_axis(scores, out, axis=1)
+
+
+def scan(index: np.ndarray, queries: np.ndarray, dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search on the first `dim` columns: rows and cosines of the k best, per query."""
+    q = unit(queries[:, :dim])
+    step = max(1, SCORES_PER_CHUNK // max(len(q), 1))
+    best_rows = np.empty((len(q), 0), np.int64)
+    best_scores = np.empty((len(q), 0), np.float32)
+    for start in range(0, index.shape[0], step):
+        block = unit(index[start : start + step, :dim])
+        rows, scores = top_k(q @ block.T, k)
+        merged_rows = np.concatenate([best_rows, rows + start], axis=1)
+        merged = np.concatenate([best_scores, scores], axis=1)
+        cols, best_scores = top_k(merged, k)
+        best_rows = np.take_along_axis(merged_rows, cols, axis=1)
+    return best_rows, best_scores
+
+
+def rerank(
+    index: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each query's candidate rows by full-width cosine."""
+    q = unit(queries)
+    out_rows, out_scores = [], []
+    for i in range(len(q)):
+        rows = np.sort(candidates[i])  # ascending reads are kinder to a memory map
+        scores = unit(index[rows]) @ q[i]
+        cols, vals = top_k(scores[None, :], k)
+        out_rows.append(rows[cols[0]])
+        out_scores.append(vals[0])
+    return np.stack(out_rows), np.stack(out_scores)
+
+
+def funnel(
+    index: np.ndarray, queries: np.ndarray, shortlist_dim: int, shortlist: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shortlist `shortlist` rows on the first `shortlist_dim` columns, re-rank them at full width."""
+    if shortlist_dim >= index.shape[1]:
+        return scan(index, queries, index.shape[1], k)
+    candidates, _ = scan(index, queries, shortlist_dim, max(shortlist, k))
+    return rerank(index, queries, candidates, k)
+
+
+def scan_cost(rows: int, width: int, shortlist_dim: int, shortlist: int) -> float:
+    """Multiply-adds of a funnel query relative to exhaustive full-width search."""
+    if shortlist_dim >= width:
+        return 1.0
+    return (rows * shortlist_dim + min(shortlist, rows) * width) / (rows * width)
+
+
+def hits(
+    rows: np.ndarray, scores: np.ndarray, ids: list[Any] | None
+) -> Iterator[list[dict[str, Any]]]:
+    """Per query: [{"id", "score"}] best first; the id is the row number without an ids file."""
+    for query_rows, query_scores in zip(rows.tolist(), scores.tolist(), strict=True):
+        yield [
+            {"id": row if ids is None else ids[row], "score": round(score, 6)}
+            for row, score in zip(query_rows, query_scores, strict=True)
+        ]
+
+
+def check_funnel(width: int, shortlist_dim: int | None, shortlist: int | None, k: int) -> None:
+    """Refuse a funnel that cannot run on an index of `width` columns."""
+    if (shortlist_dim is None) != (shortlist is None):
+        raise RequestError(
+            "--shortlist-dim and --shortlist go together. Pass both (funnel search) or neither "
+            "(exhaustive search)."
+        )
+    if shortlist_dim is not None and shortlist is not None:
+        if shortlist_dim >= width:
+            raise RequestError(
+                f"--shortlist-dim {shortlist_dim} is not below the index width {width}. "
+                f"Use a smaller prefix, e.g. {max(width // 4, 1)}."
+            )
+        if shortlist < k:
+            raise RequestError(
+                f"--shortlist {shortlist} is smaller than -k {k}. Shortlist at least k rows."
+            )
+
+
+def command(args: Any, records: Iterable[Any]) -> int:
+    """`<artifact> search`: embed each query, search the index, print one JSONL line a query."""
+    from encoderfile.runtime.artifact import open_bundle
+    from encoderfile.runtime.embedder import Embedder
+
+    index = open_index(args.index)
+    rows, width = index.shape
+    check_funnel(width, args.shortlist_dim, args.shortlist, args.k)
+    embedder = Embedder(open_bundle(args.bundle), args.threads)
+    try:
+        embedder.manifest.width(width)
+    except RequestError as e:
+        raise RequestError(
+            f"--index {args.index} has width {width}, which this model does not give ({e}). "
+            "Index texts embedded by this artifact with 'embed --format npy'."
+        ) from None
+    embedder.prefix(args.prompt)  # an unknown prompt fails before any work
+    ids = read_ids(args.ids, rows) if args.ids else None
+    for batch in _batched(records, QUERIES_PER_BATCH):
+        queries = embedder.embed(
+            [r.text for r in batch],
+            prompt=args.prompt,
+            dimensions=width,
+            truncate=not args.no_truncate,
+        ).vectors
+        if args.shortlist_dim is None:
+            found = scan(index, queries, width, args.k)
+        else:
+            found = funnel(index, queries, args.shortlist_dim, args.shortlist, args.k)
+        lines = [
+            json.dumps({"query": record.text, "hits": record_hits}, ensure_ascii=False)
+            for record, record_hits in zip(batch, hits(*found, ids), strict=True)
+        ]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
