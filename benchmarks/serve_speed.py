@@ -5,9 +5,9 @@
 
 Single-text POST /embed of SciFact queries. Each server is started as users start it
 (`python -m encoderfile.runtime --bundle B serve`, and throughput.py's batch-1 baseline: one ORT
-call per request, serialised), then loaded in turn, server after server at each client count, by
-wrk (compiled, a Lua script rotating the queries), hey (compiled, one body) and the httpx harness
-of serve_load.py (Python: it shares the cores with the server). Bulk `embed` of the same texts and
+call per request, serialised); both stay up and are loaded in turn, back to back per client count
+and tool, by wrk (compiled, a Lua script rotating the queries), hey (compiled, one body) and the
+httpx harness of serve_load.py (Python: it shares the cores with the server). Bulk `embed` of the same texts and
 one plain onnxruntime call (tokenize + batch-1 run) are the ceilings. Figures from one run are
 comparable with each other; this machine has 2 cores, shared.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -147,15 +148,21 @@ def main() -> int:
             ],
         }
         rows: dict[tuple[str, str, int], dict[str, float]] = {}
-        for name, argv in servers.items():
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            with started([*argv, "--port", str(port)], url):
-                harness(url, 8, 200)  # warm up
-                for c in clients:
-                    rows[("wrk", name, c)] = wrk(url, c, args.seconds, bodies)
-                    rows[("hey", name, c)] = hey(url, c, args.seconds, one)
-                    rows[("httpx", name, c)] = harness(url, c, args.harness_requests)
+        urls = {name: f"http://127.0.0.1:{free_port()}" for name in servers}
+        with contextlib.ExitStack() as running:  # both up; loaded in turn, never together
+            for name, argv in servers.items():
+                port = urls[name].rsplit(":", 1)[1]
+                running.enter_context(started([*argv, "--port", port], urls[name]))
+                harness(urls[name], 8, 200)  # warm up
+            for c in clients:
+                for tool in ("wrk", "hey", "httpx"):
+                    for name, url in urls.items():
+                        if tool == "wrk":
+                            rows[(tool, name, c)] = wrk(url, c, args.seconds, bodies)
+                        elif tool == "hey":
+                            rows[(tool, name, c)] = hey(url, c, args.seconds, one)
+                        else:
+                            rows[(tool, name, c)] = harness(url, c, args.harness_requests)
         bulk = bulk_rate(args.bundle, queries)
         single = OrtLoop(args.bundle, len(os.sched_getaffinity(0))).single_latency_ms(
             queries[0], 200

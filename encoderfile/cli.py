@@ -313,8 +313,8 @@ def sweep(
     """Retrieval quality (nDCG@10, recall@100) against width and precision, on BEIR-format data."""
     from encoderfile import retrieval
     from encoderfile import sweep as sweeping
+    from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.embedder import Embedder
-    from encoderfile.runtime.payload import open_bundle
 
     widths = [int(d) for d in dims.split(",")] if dims and _is_int_list(dims) else None
     if dims and widths is None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from encoderfile.runtime.payload import open_bundle
 
 from encoderfile import retrieval, sweep
 from encoderfile.compiler import compile_bundle
 from encoderfile.errors import EvaluationError
 from encoderfile.runtime import search
+from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder
 from tests.fixtures.models import real_recipe
 from tests.test_cli import cli

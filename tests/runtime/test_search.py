@@ -11,7 +11,13 @@ import pytest
 from encoderfile.errors import RequestError
 from encoderfile.runtime import search
 from tests.fixtures.artifacts import run_artifact
-from tests.runtime.test_boundary import FORBIDDEN, SERVING, loaded_modules, matching
+from tests.runtime.test_boundary import (
+    BUILDER_LIBRARIES,
+    SERVING,
+    build_side,
+    loaded_modules,
+    matching,
+)
 from tests.runtime.test_cli import Run, reference
 from tests.runtime.test_cli import run as run  # noqa: PLC0414 - the `run` fixture
 
@@ -165,7 +171,7 @@ def test_bad_search_arguments(run: Run, tmp_path: Path, args: list[str], message
 def test_index_width_and_ids_must_match(run: Run, tmp_path: Path) -> None:
     np.save(tmp_path / "wide.npy", np.ones((2, 5), np.float32))
     err = run("search", "--index", str(tmp_path / "wide.npy"), "hello").one_error_line()
-    assert "has width 5; this model's vectors have 8, 4" in err
+    assert "has width 5, which this model does not give" in err and "Use one of: 8, 4" in err
     index = index_of(run, tmp_path, TEXTS)
     (tmp_path / "ids.jsonl").write_text('"a"\n"b"\n')
     err = run(
@@ -183,7 +189,8 @@ def test_search_imports_no_builder_and_no_server(
     args = ("--bundle", str(tiny_bundle), "search", "--index", str(index), "hello")
     modules = loaded_modules(tmp_path, *args)
     assert "encoderfile.runtime.search" in modules
-    assert matching(modules, FORBIDDEN + SERVING) == []
+    assert build_side(modules) == []
+    assert matching(modules, BUILDER_LIBRARIES + SERVING) == []
 
 
 @pytest.mark.slow
