@@ -346,13 +346,7 @@ def _embed(args: argparse.Namespace) -> int:
             writer.close()
         finally:
             progress.close()
-    if truncated.count:
-        shown = ", ".join(truncated.first) + (", …" if truncated.count > 3 else "")
-        print(
-            f"encoderfile: truncated {truncated.count} input(s) longer than "
-            f"{embedder.manifest.max_length} tokens ({shown}). Pass --no-truncate to reject them.",
-            file=sys.stderr,
-        )
+    truncated.report(embedder.manifest.max_length)
     return 0
 
 

@@ -49,6 +49,17 @@ class Truncations:
         if len(self.first) < 3:
             self.first.append(where)
 
+    def report(self, max_length: int) -> None:
+        """One line on stderr when anything was truncated."""
+        if not self.count:
+            return
+        shown = ", ".join(self.first) + (", …" if self.count > 3 else "")
+        print(
+            f"encoderfile: truncated {self.count} input(s) longer than {max_length} tokens "
+            f"({shown}). Pass --no-truncate to reject them.",
+            file=sys.stderr,
+        )
+
 
 def read_records(args: argparse.Namespace, max_chars: int) -> Iterator[Record]:
     """Validated inputs in order, from arguments, stdin lines or a JSONL file, each cut to

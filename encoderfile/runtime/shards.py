@@ -449,13 +449,7 @@ def run(args: argparse.Namespace, embed_chunk: EmbedChunk) -> int:
         f"({progress.new} embedded by this run in {seconds:.1f} s)",
         file=sys.stderr,
     )
-    if truncated.count:
-        shown = ", ".join(truncated.first) + (", …" if truncated.count > 3 else "")
-        print(
-            f"encoderfile: truncated {truncated.count} input(s) longer than "
-            f"{embedder.manifest.max_length} tokens ({shown}). Pass --no-truncate to reject them.",
-            file=sys.stderr,
-        )
+    truncated.report(embedder.manifest.max_length)
     return 0
 
 
