@@ -101,6 +101,8 @@ EXCLUDES = sorted(
         "curses",
         "IPython",
         "PIL.ImageTk",
+        "PIL._avif",  # AVIF decoding (libavif, 5 MB): not among the formats the runtime accepts
+        "PIL.AvifImagePlugin",
         "PIL.ImageQt",
         "PIL.ImageShow",
         "pytest",

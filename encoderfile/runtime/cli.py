@@ -324,12 +324,10 @@ def _embed(args: argparse.Namespace) -> int:
 
     bundle = open_bundle(args.bundle, read_model=False)
     model = ModelCache(bundle)  # checks the cached optimised model while the imports below run
-    from encoderfile.runtime.embedder import BATCH_SIZE, Embedder
+    from encoderfile.runtime.embedder import Embedder
 
-    # A few texts are one model call: re-laying out the weights for faster calls would not pay.
-    prepack = not args.texts or len(args.texts) > BATCH_SIZE
     with records.output(args.output) as out:
-        session = model.open(args.threads, prepack=prepack) if bundle.manifest.has_text else None
+        session = model.open(args.threads) if bundle.manifest.has_text else None
         embedder = Embedder(bundle, args.threads, session)
         embedder.prefix(args.prompt)  # unknown prompt / dimensions fail before reading input
         width = embedder.manifest.width(args.dimensions)

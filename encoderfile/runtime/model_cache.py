@@ -74,7 +74,7 @@ class ModelCache:
         if self.dir is not None and (self.dir / DIGEST_FILE).is_file():
             self._check.start()
 
-    def open(self, threads: int | None, *, prepack: bool = True) -> ort.InferenceSession:
+    def open(self, threads: int | None) -> ort.InferenceSession:
         """A session on the cached copy if it checks out, else on model.onnx (caching it)."""
         import onnxruntime as ort
 
@@ -86,7 +86,7 @@ class ModelCache:
         if self.dir is not None and digest and digest.get("onnxruntime") == ort.__version__:
             try:
                 return open_session(
-                    self.dir / MODEL_FILE, threads, self.what, optimize=False, prepack=prepack
+                    self.dir / MODEL_FILE, threads, self.what, optimize=False
                 )
             except ArtifactError:
                 pass  # made by a build of onnxruntime that cannot read it back: make it again
@@ -94,8 +94,8 @@ class ModelCache:
         if not model:
             raise ArtifactError(f"{self.what}: missing from the artifact. Rebuild it.")
         if self.dir is None:
-            return open_session(model, threads, self.what, prepack=prepack)
-        return self._make(model, threads, prepack, ort.__version__)
+            return open_session(model, threads, self.what)
+        return self._make(model, threads, ort.__version__)
 
     def _verify(self) -> None:
         """Set _digest if every file of the copy matches digest.json (run in a thread)."""
@@ -114,7 +114,7 @@ class ModelCache:
             pass  # unreadable or damaged: made again
 
     def _make(
-        self, model: bytes, threads: int | None, prepack: bool, version: str
+        self, model: bytes, threads: int | None, version: str
     ) -> ort.InferenceSession:
         """Optimise `model`, keeping the copy (written atomically); the cache is best effort."""
         from encoderfile.runtime.session import open_session
@@ -124,14 +124,14 @@ class ModelCache:
             self.dir.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".{self.dir.name}."))
         except OSError:  # read-only cache: run without it
-            return open_session(model, threads, self.what, prepack=prepack)
+            return open_session(model, threads, self.what)
         try:
             try:
                 session = open_session(
-                    model, threads, self.what, prepack=prepack, save_to=tmp / MODEL_FILE
+                    model, threads, self.what, save_to=tmp / MODEL_FILE
                 )
             except ArtifactError:  # e.g. a full disk; a broken model fails again just below
-                return open_session(model, threads, self.what, prepack=prepack)
+                return open_session(model, threads, self.what)
             files = sorted(p.name for p in tmp.iterdir())
             digest = {"onnxruntime": version, "sha256": {n: file_sha256(tmp / n) for n in files}}
             (tmp / DIGEST_FILE).write_text(json.dumps(digest, indent=1), encoding="utf-8")

@@ -20,13 +20,11 @@ def open_session(
     what: str,
     *,
     optimize: bool = True,
-    prepack: bool = True,
     save_to: Path | None = None,
 ) -> ort.InferenceSession:
     """A CPU session with `threads` intra-op threads (default: available_cpus()).
 
-    optimize=False for a graph onnxruntime already optimised; prepack=False skips re-laying out
-    the weights (cheaper for a few calls); save_to writes the optimised graph there, its weights
+    optimize=False for a graph onnxruntime already optimised; save_to writes the optimised graph there, its weights
     beside it in DATA_FILE (page-aligned, so later sessions memory-map them).
     """
     options = ort.SessionOptions()
@@ -35,8 +33,8 @@ def open_session(
     options.log_severity_level = 3  # errors only; warnings would pollute stderr
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if not prepack:
-        options.add_session_config_entry("session.disable_prepacking", "1")
+    # Weight pre-packing stays on everywhere: without it MLAS sums in another order, and the CLI
+    # would drift from the servers in the last bits (the transports must agree bitwise).
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
         options.add_session_config_entry(
