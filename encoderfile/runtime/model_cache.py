@@ -85,9 +85,7 @@ class ModelCache:
         digest = self._digest
         if self.dir is not None and digest and digest.get("onnxruntime") == ort.__version__:
             try:
-                return open_session(
-                    self.dir / MODEL_FILE, threads, self.what, optimize=False
-                )
+                return open_session(self.dir / MODEL_FILE, threads, self.what, optimize=False)
             except ArtifactError:
                 pass  # made by a build of onnxruntime that cannot read it back: make it again
         model = self.bundle.model or read_entry(MODEL_FILE, self.bundle.source, self.sha256)
@@ -113,9 +111,7 @@ class ModelCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # unreadable or damaged: made again
 
-    def _make(
-        self, model: bytes, threads: int | None, version: str
-    ) -> ort.InferenceSession:
+    def _make(self, model: bytes, threads: int | None, version: str) -> ort.InferenceSession:
         """Optimise `model`, keeping the copy (written atomically); the cache is best effort."""
         from encoderfile.runtime.session import open_session
 
@@ -127,9 +123,7 @@ class ModelCache:
             return open_session(model, threads, self.what)
         try:
             try:
-                session = open_session(
-                    model, threads, self.what, save_to=tmp / MODEL_FILE
-                )
+                session = open_session(model, threads, self.what, save_to=tmp / MODEL_FILE)
             except ArtifactError:  # e.g. a full disk; a broken model fails again just below
                 return open_session(model, threads, self.what)
             files = sorted(p.name for p in tmp.iterdir())
