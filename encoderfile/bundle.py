@@ -34,6 +34,7 @@ from encoderfile.runtime.manifest import (
     Precision,
     TokenizerSettings,
 )
+from encoderfile.runtime.records import process_alive
 from encoderfile.splice import Spliced
 from encoderfile.vision import VisionBuild, manifest_section
 
@@ -177,15 +178,8 @@ def _remove_stale(out: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # ours, from an earlier build in this process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # another user's process
-    return True
+    # ours is from an earlier build in this process
+    return pid != os.getpid() and process_alive(pid)
 
 
 def _serialize(model: onnx.ModelProto) -> bytes:

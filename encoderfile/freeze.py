@@ -122,7 +122,7 @@ EXCLUDES = sorted(
         "test",
     ]
 )
-# grpc's C extension imports pkgutil, which only pydoc pulled in (FINDINGS.md).
+# grpc's C extension imports pkgutil, which only pydoc pulled in (excluded above).
 HIDDEN_IMPORTS = ["pkgutil"]
 
 

@@ -270,11 +270,12 @@ def _remove_stale_temps(target: Path) -> None:
 
     for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         pid = stale.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             stale.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
