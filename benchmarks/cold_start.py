@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from encoderfile.runtime.model_cache import file_sha256
+from encoderfile.runtime.model_cache import piece_sha256s
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = """
@@ -152,7 +152,7 @@ def _run(command: list[str], env: dict[str, str]) -> tuple[float, float]:
 def _hash_cpu_seconds(files: list[Path]) -> float:
     start = time.process_time()
     for path in files:
-        file_sha256(path)
+        piece_sha256s(path)
     return time.process_time() - start
 
 

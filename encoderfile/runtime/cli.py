@@ -457,14 +457,14 @@ def _serve(args: argparse.Namespace) -> int:
     if server is None:
         raise UsageError("this build has no server (encoderfile.runtime.serve.server is missing)")
 
-    return int(server.run(args, open_bundle(args.bundle)))
+    return int(server.run(args, open_bundle(args.bundle, read_model=False)))
 
 
 def _mcp(args: argparse.Namespace) -> int:
     from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.serve import mcp
 
-    return mcp.run_stdio(open_bundle(args.bundle), args.threads)
+    return mcp.run_stdio(open_bundle(args.bundle, read_model=False), args.threads)
 
 
 # ---------------------------------------------------------------------------------------- images

@@ -13,6 +13,7 @@ from tokenizers import Encoding, Tokenizer
 from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.manifest import NO_PROMPT, TEXT_INPUTS, TEXT_OUTPUT, Manifest
+from encoderfile.runtime.model_cache import ModelCache
 from encoderfile.runtime.session import open_session, shorten
 
 # One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
@@ -45,9 +46,11 @@ class Embedder:
                 "Embed images (embed --image, POST /img/embed)."
             )
         self.manifest: Manifest = bundle.manifest
-        self._session = session or open_session(
-            bundle.model, threads, f"{bundle.source}: model.onnx"
-        )
+        if session is None and bundle.model:
+            session = open_session(bundle.model, threads, f"{bundle.source}: model.onnx")
+        elif session is None:  # opened with read_model=False: the cached copy, if it checks out
+            session = ModelCache(bundle).open(threads)
+        self._session = session
         self._inputs = [i.name for i in self._session.get_inputs()]
         unknown = set(self._inputs) - set(TEXT_INPUTS)
         if unknown or TEXT_OUTPUT not in {o.name for o in self._session.get_outputs()}:

@@ -7,10 +7,16 @@ onto the heap) and digest.json (the onnxruntime version and the sha256 of both f
 covers the model's sha256, the CPU's features and FORMAT: an optimised graph may use instructions
 of the CPU it was made on, so model.onnx inside the artifact stays the portable one.
 
-Later starts load the copy without optimising it again. The integrity promise holds: the copy is
-hashed against digest.json at every start, in a thread that runs while the runtime imports
-onnxruntime, and a copy that fails (damaged, truncated, made by another onnxruntime) is made
-again from the artifact's checked model.onnx. Bundle directories (development) do not use it.
+It also holds the weights onnxruntime pre-packs for its matrix kernels (packing a 547 MB model
+takes longer than everything else at start-up), so later starts map them instead of packing again.
+
+Later starts load the copy without optimising it again. The integrity promise holds: every byte of
+the copy is hashed against digest.json at every start. The graph and the files' sizes are checked
+before onnxruntime reads anything; the weights are hashed in pieces, two at a time, in threads that
+run while the runtime imports onnxruntime and opens the session, and the session is handed out only
+once they match. A
+copy that fails (damaged, truncated, made by another onnxruntime) is made again from the
+artifact's checked model.onnx. Bundle directories (development) do not use it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +39,11 @@ from encoderfile.runtime.manifest import MODEL_FILE
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-FORMAT = 1  # bump when the layout or the session options that shape the copy change
+FORMAT = 2  # bump when the layout or the session options that shape the copy change
 DIGEST_FILE = "digest.json"
 HASH_BLOCK = 1 << 22  # large reads: hashlib releases the GIL while it hashes each one
+PIECE = 1 << 26  # each file is hashed in pieces of this size, HASHERS at a time
+HASHERS = 2
 
 
 def cache_root(environ: os._Environ[str] | dict[str, str] = os.environ) -> Path:
@@ -69,9 +78,10 @@ class ModelCache:
         if bundle.source.is_file() and self.sha256:  # artifacts only
             key = hashlib.sha256(f"{FORMAT}\0{self.sha256}\0{cpu_features()}".encode())
             self.dir = (root or cache_root()) / "models" / key.hexdigest()[:32]
-        self._digest: dict[str, Any] | None = None
-        self._check = threading.Thread(target=self._verify, daemon=True)
-        if self.dir is not None and (self.dir / DIGEST_FILE).is_file():
+        self._digest = self._read_digest() if self.dir is not None else None
+        self._weights_match = False
+        self._check = threading.Thread(target=self._hash_weights, daemon=True)
+        if self._digest is not None:
             self._check.start()
 
     def open(self, threads: int | None) -> ort.InferenceSession:
@@ -80,14 +90,14 @@ class ModelCache:
 
         from encoderfile.runtime.session import open_session
 
-        if self._check.ident is not None:
-            self._check.join()
-        digest = self._digest
-        if self.dir is not None and digest and digest.get("onnxruntime") == ort.__version__:
+        if self.dir is not None and self._digest and self._digest["onnxruntime"] == ort.__version__:
             try:
-                return open_session(self.dir / MODEL_FILE, threads, self.what, optimize=False)
-            except ArtifactError:
-                pass  # made by a build of onnxruntime that cannot read it back: make it again
+                session = open_session(self.dir / MODEL_FILE, threads, self.what, optimize=False)
+            except ArtifactError:  # made by a build of onnxruntime that cannot read it back
+                session = None
+            self._check.join()
+            if session is not None and self._weights_match:
+                return session
         model = self.bundle.model or read_entry(MODEL_FILE, self.bundle.source, self.sha256)
         if not model:
             raise ArtifactError(f"{self.what}: missing from the artifact. Rebuild it.")
@@ -95,21 +105,33 @@ class ModelCache:
             return open_session(model, threads, self.what)
         return self._make(model, threads, ort.__version__)
 
-    def _verify(self) -> None:
-        """Set _digest if every file of the copy matches digest.json (run in a thread)."""
+    def _read_digest(self) -> dict[str, Any] | None:
+        """digest.json, if the copy holds exactly its files, at their sizes, and the graph's sha256."""
         assert self.dir is not None
         try:
             digest = json.loads((self.dir / DIGEST_FILE).read_text(encoding="utf-8"))
-            files = digest["sha256"]
-            present = {p.name for p in self.dir.iterdir()} - {DIGEST_FILE}
+            files = digest["files"]
+            sizes = {p.name: p.stat().st_size for p in self.dir.iterdir() if p.name != DIGEST_FILE}
             if (
-                MODEL_FILE in files
-                and set(files) == present
-                and all(file_sha256(self.dir / name) == want for name, want in files.items())
+                isinstance(digest["onnxruntime"], str)
+                and sizes == {name: entry["size"] for name, entry in files.items()}
+                and piece_sha256s(self.dir / MODEL_FILE) == files[MODEL_FILE]["sha256"]
             ):
-                self._digest = digest
+                return digest  # type: ignore[no-any-return]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # unreadable or damaged: made again
+        return None
+
+    def _hash_weights(self) -> None:
+        """Set _weights_match if every file beside the graph matches digest.json (a thread)."""
+        assert self.dir is not None and self._digest is not None
+        files = self._digest["files"]
+        with contextlib.suppress(OSError):
+            self._weights_match = all(
+                piece_sha256s(self.dir / name) == entry["sha256"]
+                for name, entry in files.items()
+                if name != MODEL_FILE
+            )
 
     def _make(self, model: bytes, threads: int | None, version: str) -> ort.InferenceSession:
         """Optimise `model`, keeping the copy (written atomically); the cache is best effort."""
@@ -126,8 +148,11 @@ class ModelCache:
                 session = open_session(model, threads, self.what, save_to=tmp / MODEL_FILE)
             except ArtifactError:  # e.g. a full disk; a broken model fails again just below
                 return open_session(model, threads, self.what)
-            files = sorted(p.name for p in tmp.iterdir())
-            digest = {"onnxruntime": version, "sha256": {n: file_sha256(tmp / n) for n in files}}
+            files = {
+                p.name: {"sha256": piece_sha256s(p), "size": p.stat().st_size}
+                for p in sorted(tmp.iterdir())
+            }
+            digest = {"onnxruntime": version, "files": files}
             (tmp / DIGEST_FILE).write_text(json.dumps(digest, indent=1), encoding="utf-8")
             _publish(tmp, self.dir)
         except OSError:
@@ -148,11 +173,23 @@ def _publish(tmp: Path, target: Path) -> None:
         os.rename(tmp, target)
 
 
-def file_sha256(path: Path) -> str:
+def piece_sha256s(path: Path) -> list[str]:
+    """The sha256 of each PIECE of the file, HASHERS pieces at a time."""
+    size = path.stat().st_size
+    if size <= PIECE:
+        return [_sha256(path, 0, size)]
+    with ThreadPoolExecutor(HASHERS) as pool:
+        return list(pool.map(lambda start: _sha256(path, start, PIECE), range(0, size, PIECE)))
+
+
+def _sha256(path: Path, start: int, length: int) -> str:
+    """The sha256 of `length` bytes of the file from `start` (fewer at its end)."""
     digest = hashlib.sha256()
+    buffer = bytearray(HASH_BLOCK)
+    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
-        buffer = bytearray(HASH_BLOCK)
-        view = memoryview(buffer)
-        while size := fh.readinto(buffer):
+        fh.seek(start)
+        while length > 0 and (size := fh.readinto(view[: min(HASH_BLOCK, length)])):
             digest.update(view[:size])
+            length -= size
     return digest.hexdigest()

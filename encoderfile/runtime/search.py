@@ -169,7 +169,7 @@ def command(args: Any, records: Iterable[Any]) -> int:
     index = open_index(args.index)
     rows, width = index.shape
     check_funnel(width, args.shortlist_dim, args.shortlist, args.k)
-    embedder = Embedder(open_bundle(args.bundle), args.threads)
+    embedder = Embedder(open_bundle(args.bundle, read_model=False), args.threads)
     try:
         embedder.manifest.width(width)
     except RequestError as e:

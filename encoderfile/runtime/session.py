@@ -24,8 +24,9 @@ def open_session(
 ) -> ort.InferenceSession:
     """A CPU session with `threads` intra-op threads (default: available_cpus()).
 
-    optimize=False for a graph onnxruntime already optimised; save_to writes the optimised graph there, its weights
-    beside it in DATA_FILE (page-aligned, so later sessions memory-map them).
+    optimize=False for a graph onnxruntime already optimised; save_to writes the optimised graph
+    there, its weights beside it in DATA_FILE, pre-packed ones included (page-aligned, so later
+    sessions memory-map them instead of packing them again).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or available_cpus()
@@ -42,6 +43,9 @@ def open_session(
         )
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
+        options.add_session_config_entry(
+            "session.save_external_prepacked_constant_initializers", "1"
         )
     source = str(model) if isinstance(model, Path) else model
     try:

@@ -400,7 +400,7 @@ def run(args: argparse.Namespace, embed_chunk: EmbedChunk) -> int:
         elif any(out.glob("part-*")):
             raise UsageError(f"{out} holds part-* files but no {JOURNAL}. Use an empty directory.")
 
-        bundle = open_bundle(args.bundle)
+        bundle = open_bundle(args.bundle, read_model=False)
         manifest_bytes = read_entry(MANIFEST_FILE, args.bundle) or b""
         header: dict[str, Any] = {
             "encoderfile_journal": JOURNAL_FORMAT,

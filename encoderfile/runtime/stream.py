@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.embedder import Embedder
 
-    embedder = Embedder(open_bundle(args.bundle), args.threads)
+    embedder = Embedder(open_bundle(args.bundle, read_model=False), args.threads)
     embedder.prefix(args.prompt)  # unknown prompt / dimensions fail before the hello
     width = embedder.manifest.width(args.dimensions)
     out = sys.stdout.buffer

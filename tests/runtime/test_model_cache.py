@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from encoderfile.runtime import artifact, model_cache
 from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder
 from encoderfile.runtime.model_cache import DIGEST_FILE, ModelCache
+from tests.fixtures.tiny_bundle import make_tiny_bundle
 from tests.runtime.test_artifact import fake_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +35,12 @@ def only_entry(root: Path) -> Path:
 
 
 @pytest.fixture
+def tiny_bundle(tmp_path: Path) -> Path:
+    """Large enough that its weights go to model.data, with a matrix onnxruntime pre-packs."""
+    return make_tiny_bundle(tmp_path / "tiny", hidden_size=32, dense=True)
+
+
+@pytest.fixture
 def tiny_file(tiny_bundle: Path, tmp_path: Path) -> Path:
     return fake_artifact(tiny_bundle, tmp_path)
 
@@ -46,7 +54,8 @@ def test_first_start_keeps_a_checked_copy_that_later_starts_use(
 
     entry = only_entry(root)
     digest = json.loads((entry / DIGEST_FILE).read_text())
-    assert set(digest["sha256"]) == {p.name for p in entry.iterdir()} - {DIGEST_FILE}
+    assert set(digest["files"]) == {p.name for p in entry.iterdir()} - {DIGEST_FILE}
+    assert "model.data" in digest["files"]  # the weights, memory-mapped by later starts
     assert not [p for p in (root / "models").iterdir() if p.name.startswith(".")]  # no leftovers
 
     def unread(*args: object) -> None:
@@ -58,7 +67,16 @@ def test_first_start_keeps_a_checked_copy_that_later_starts_use(
 
 
 @pytest.mark.parametrize(
-    "damage", ["flip", "truncate", "other onnxruntime", "no digest", "unlisted file"]
+    "damage",
+    [
+        "flip graph",
+        "truncate graph",
+        "flip weights",
+        "truncate weights",
+        "other onnxruntime",
+        "no digest",
+        "unlisted file",
+    ],
 )
 def test_damaged_copy_is_never_run_and_is_made_again(
     tiny_bundle: Path, tiny_file: Path, tmp_path: Path, damage: str
@@ -68,13 +86,13 @@ def test_damaged_copy_is_never_run_and_is_made_again(
     embed(tiny_file, root)
     entry = only_entry(root)
     good = {p.name: p.read_bytes() for p in entry.iterdir()}
-    graph = entry / "model.onnx"
-    if damage == "flip":  # a weight of the tiny graph: runs, but to different vectors
-        data = bytearray(good["model.onnx"])
+    name = "model.data" if damage.endswith("weights") else "model.onnx"
+    if damage.startswith("flip"):  # still loads and runs, to different vectors
+        data = bytearray(good[name])
         data[len(data) // 2] ^= 0x40
-        graph.write_bytes(bytes(data))
-    elif damage == "truncate":
-        graph.write_bytes(good["model.onnx"][:100])
+        (entry / name).write_bytes(bytes(data))
+    elif damage.startswith("truncate"):  # mapping a cut weights file would crash the process
+        (entry / name).write_bytes(good[name][:100])
     elif damage == "other onnxruntime":
         digest = json.loads(good[DIGEST_FILE])
         (entry / DIGEST_FILE).write_text(json.dumps({**digest, "onnxruntime": "0.0.1"}))
@@ -129,3 +147,15 @@ def test_embed_command_uses_the_cache(tiny_bundle: Path, tiny_file: Path, tmp_pa
     first = run(tiny_file)
     assert (only_entry(tmp_path / "xdg" / "encoderfile") / DIGEST_FILE).is_file()
     assert run(tiny_file) == first == run(tiny_bundle)
+
+
+def test_files_are_hashed_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(2500)
+    (tmp_path / "weights").write_bytes(data)
+    monkeypatch.setattr(model_cache, "PIECE", 1000)
+    pieces = [data[:1000], data[1000:2000], data[2000:]]
+    assert model_cache.piece_sha256s(tmp_path / "weights") == [
+        hashlib.sha256(p).hexdigest() for p in pieces
+    ]
+    (tmp_path / "empty").write_bytes(b"")
+    assert model_cache.piece_sha256s(tmp_path / "empty") == [hashlib.sha256().hexdigest()]
