@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,12 @@ class Embedder:
         self._pad_type_id = int(padding.get("pad_type_id", 0))
         self._pad_left = padding.get("direction") == "left"
         self._tokenizer.no_padding()  # padded per batch below, after sorting by length
+
+    def on_session(self, session: ort.InferenceSession) -> Embedder:
+        """This embedder running `session`, another session over the same graph."""
+        twin = copy.copy(self)
+        twin._session = session
+        return twin
 
     def prefix(self, prompt: str | None) -> str:
         """The text prepended for `prompt`, or for the manifest's default_prompt when None."""

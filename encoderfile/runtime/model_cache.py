@@ -78,6 +78,7 @@ class ModelCache:
         if bundle.source.is_file() and self.sha256:  # artifacts only
             key = hashlib.sha256(f"{FORMAT}\0{self.sha256}\0{cpu_features()}".encode())
             self.dir = (root or cache_root()) / "models" / key.hexdigest()[:32]
+        self._opened: bytes | Path | None = None  # the checked source of the first session
         self._digest = self._read_digest() if self.dir is not None else None
         self._weights_match = False
         self._check = threading.Thread(target=self._hash_weights, daemon=True)
@@ -85,22 +86,30 @@ class ModelCache:
             self._check.start()
 
     def open(self, threads: int | None) -> ort.InferenceSession:
-        """A session on the cached copy if it checks out, else on model.onnx (caching it)."""
+        """A session on the cached copy if it checks out, else on model.onnx (caching it).
+
+        Later calls open more sessions on the source the first one checked."""
         import onnxruntime as ort
 
         from encoderfile.runtime.session import open_session
 
+        if self._opened is not None:
+            optimize = isinstance(self._opened, bytes)
+            return open_session(self._opened, threads, self.what, optimize=optimize)
         if self.dir is not None and self._digest and self._digest["onnxruntime"] == ort.__version__:
+            copy = self.dir / MODEL_FILE
             try:
-                session = open_session(self.dir / MODEL_FILE, threads, self.what, optimize=False)
+                session = open_session(copy, threads, self.what, optimize=False)
             except ArtifactError:  # made by a build of onnxruntime that cannot read it back
                 session = None
             self._check.join()
             if session is not None and self._weights_match:
+                self._opened = copy
                 return session
         model = self.bundle.model or read_entry(MODEL_FILE, self.bundle.source, self.sha256)
         if not model:
             raise ArtifactError(f"{self.what}: missing from the artifact. Rebuild it.")
+        self._opened = model
         if self.dir is None:
             return open_session(model, threads, self.what)
         return self._make(model, threads, ort.__version__)

@@ -1,4 +1,4 @@
-"""One queue thread that merges concurrent requests into model calls, with admission control."""
+"""Worker threads that merge concurrent requests into model calls, with admission control."""
 
 from __future__ import annotations
 
@@ -42,12 +42,21 @@ class Batcher:
     the token budget is exact. Admission control counts inputs: over `max_inflight`, submit raises
     OverloadedError at once instead of queueing. A cancelled request (its client went away)
     leaves the queue at once and frees its share of `max_inflight`.
+
+    With a `lane` (an Embedder on a single-threaded session) and `workers` threads, batches run
+    side by side, one per CPU, when work piles up: one thread per call wastes no CPU keeping
+    intra-op threads in step, and a preempted thread stalls only its own call. A batch that has
+    the model to itself (no other call running, nothing queued) runs on `embedder`, whose
+    session uses every CPU, so a lone client sees the latency of one plain call. Both sessions
+    run the same graph and give bitwise the same vectors.
     """
 
     def __init__(
         self,
         embedder: Embedder,
         *,
+        lane: Embedder | None = None,
+        workers: int = 1,
         max_inflight: int = 1024,
         max_batch_size: int = 256,
         max_batch_tokens: int = 32768,
@@ -55,6 +64,7 @@ class Batcher:
         metrics: Metrics | None = None,
     ):
         self._embedder = embedder
+        self._lane = lane or embedder
         self._max_inflight = max_inflight
         self._max_batch_size = max_batch_size
         self._max_batch_tokens = max_batch_tokens
@@ -63,9 +73,14 @@ class Batcher:
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._inflight = 0
+        self._running = 0  # calls on the model now
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="encoderfile-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"encoderfile-batcher-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def inflight(self) -> int:
@@ -102,11 +117,13 @@ class Batcher:
                     self._queue.remove(job)
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish what is queued, and stop the thread."""
+        """Refuse new work, finish what is queued, and stop the threads."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _over(self, size: int, longest: int) -> bool:
         return size > self._max_batch_size or size * longest > self._max_batch_tokens
@@ -148,9 +165,13 @@ class Batcher:
                 if not self._queue:  # all cancelled while waiting
                     continue
                 batch = self._take()
-            self._run(batch)
+                alone = not self._running and not self._queue
+                self._running += 1
+            self._run(batch, self._embedder if alone else self._lane)
 
-    def _run(self, batch: list[_Job]) -> None:
+    def _run(self, batch: list[_Job], embedder: Embedder) -> None:
+        """Embed the batch, one call per requested width, then answer its requests; the model
+        counts as free again before the answers go out (the next request may be theirs)."""
         started = time.monotonic()
         groups: dict[int | None, list[_Job]] = {}
         for job in batch:
@@ -158,29 +179,44 @@ class Batcher:
             if job.future.set_running_or_notify_cancel():
                 self._metrics.queue_seconds.observe(started - job.enqueued)
                 groups.setdefault(job.dimensions, []).append(job)
-        for dimensions, jobs in groups.items():
-            self._run_group(jobs, dimensions)
+        answers: list[tuple[list[_Job], Embeddings | Exception]] = []
+        try:
+            for dimensions, jobs in groups.items():
+                answers.append((jobs, self._call(jobs, dimensions, embedder)))
+        finally:
+            with self._cond:
+                self._running -= 1
+        for jobs, answer in answers:
+            self._answer(jobs, answer)
 
-    def _run_group(self, jobs: list[_Job], dimensions: int | None) -> None:
+    def _call(
+        self, jobs: list[_Job], dimensions: int | None, embedder: Embedder
+    ) -> Embeddings | Exception:
         encodings = [e for job in jobs for e in job.encodings]
         started = time.monotonic()
         try:
-            result = self._embedder.embed_encodings(encodings, dimensions=dimensions)
+            result = embedder.embed_encodings(encodings, dimensions=dimensions)
         except Exception as exc:  # callers validate first, so this is a bug; they re-raise it
-            for job in jobs:
-                job.future.set_exception(exc)
-            return
+            return exc
         self._metrics.inference_seconds.observe(time.monotonic() - started)
         self._metrics.batch_inputs.observe(len(encodings))
+        return result
+
+    @staticmethod
+    def _answer(jobs: list[_Job], answer: Embeddings | Exception) -> None:
+        if isinstance(answer, Exception):
+            for job in jobs:
+                job.future.set_exception(answer)
+            return
         start = 0
         for job in jobs:
             end = start + len(job.encodings)
             job.future.set_result(
                 dataclasses.replace(
-                    result,
-                    vectors=result.vectors[start:end],
-                    tokens=result.tokens[start:end],
-                    truncated=result.truncated[start:end],
+                    answer,
+                    vectors=answer.vectors[start:end],
+                    tokens=answer.tokens[start:end],
+                    truncated=answer.truncated[start:end],
                 )
             )
             start = end

@@ -103,16 +103,28 @@ class Service:
         return self._ready.is_set()
 
     def load(self, threads: int | None = None) -> None:
-        """Create the Embedder, run one warm-up inference, then report ready."""
+        """Open the model (one session on every CPU, and a single-threaded one that the batcher's
+        workers share, one per CPU: see Batcher), warm both up, then report ready."""
         from encoderfile.runtime.embedder import Embedder
+        from encoderfile.runtime.model_cache import ModelCache
+        from encoderfile.runtime.session import available_cpus
 
         self.images.load(threads)
         if self.manifest.has_text:
-            embedder = Embedder(self.bundle, threads)
-            embedder.embed(["warm up"])
+            model = ModelCache(self.bundle)
+            embedder = Embedder(self.bundle, threads, model.open(threads))
+            workers = threads or available_cpus()
+            lane = embedder.on_session(model.open(1)) if workers > 1 else None
+            for warming in (embedder, lane):
+                if warming is not None:
+                    warming.embed(["warm up"])
             self.embedder = embedder
             self.batcher = Batcher(
-                embedder, max_inflight=self.limits.max_inflight, metrics=self.metrics
+                embedder,
+                lane=lane,
+                workers=workers,
+                max_inflight=self.limits.max_inflight,
+                metrics=self.metrics,
             )
         self.cold_start_s = process_age()
         self._ready.set()

@@ -175,6 +175,26 @@ def test_batches_use_a_padded_token_budget(embedder: Embedder) -> None:
     assert gated.calls == [1, 2, 2, 1], gated.calls
 
 
+def test_piled_up_batches_run_side_by_side_on_the_lane(embedder: Embedder) -> None:
+    wide, lane = GatedEmbedder(embedder), GatedEmbedder(embedder)
+    batcher = Batcher(wide, lane=lane, workers=2)  # type: ignore[arg-type]
+    try:
+        first = batcher.submit(embedder.tokenize([TEXTS[0]]))
+        assert wide.entered.wait(10)  # alone: the session on every CPU
+        second = batcher.submit(embedder.tokenize([TEXTS[1]]))
+        assert lane.entered.wait(10), "the second worker did not start while the first ran"
+        wide.gate.set()
+        lane.gate.set()
+        assert np.array_equal(first.result(10).vectors, embedder.embed([TEXTS[0]]).vectors)
+        assert np.array_equal(second.result(10).vectors, embedder.embed([TEXTS[1]]).vectors)
+        batcher.submit(embedder.tokenize([TEXTS[2]])).result(10)  # alone again
+        assert (wide.calls, lane.calls) == ([1, 1], [1])
+    finally:
+        wide.gate.set()
+        lane.gate.set()
+        batcher.close(10)
+
+
 @pytest.mark.slow
 def test_minilm_vector_alone_equals_vector_batched(minilm_bundle: Path) -> None:
     embedder = Embedder(open_bundle(minilm_bundle), threads=1)
