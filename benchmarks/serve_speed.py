@@ -7,9 +7,11 @@ Single-text POST /embed of SciFact queries. Each server is started as users star
 (`python -m encoderfile.runtime --bundle B serve`, and throughput.py's batch-1 baseline: one ORT
 call per request, serialised); both stay up and are loaded in turn, back to back per client count
 and tool, by wrk (compiled, a Lua script rotating the queries), hey (compiled, one body) and the
-httpx harness of serve_load.py (Python: it shares the cores with the server). Bulk `embed` of the same texts and
-one plain onnxruntime call (tokenize + batch-1 run) are the ceilings. Figures from one run are
-comparable with each other; this machine has 2 cores, shared.
+httpx harness of serve_load.py (Python: it shares the cores with the server). gRPC `Embed` gets
+the same single-text load from a grpc.aio client (Python too; there is no batch-1 gRPC server to
+compare with, so its rows are read against bulk). Bulk `embed` of the same texts and one plain
+onnxruntime call (tokenize + batch-1 run) are the ceilings. Figures from one run are comparable
+with each other; this machine has 2 cores, shared.
 """
 
 from __future__ import annotations
@@ -97,6 +99,38 @@ def harness(url: str, clients: int, n: int) -> dict[str, float]:
     }
 
 
+def grpc_load(target: str, clients: int, seconds: int, queries: list[str]) -> dict[str, float]:
+    """`clients` concurrent single-text Embed calls for `seconds`, each waiting for its answer."""
+    import grpc
+
+    from encoderfile.proto import embed_pb2, embed_pb2_grpc
+
+    async def run() -> tuple[float, list[float]]:
+        latencies: list[float] = []
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = embed_pb2_grpc.EmbedderStub(channel)
+            stop = time.perf_counter() + seconds
+
+            async def client(i: int) -> None:
+                while time.perf_counter() < stop:
+                    text = queries[(i * 7919 + len(latencies)) % len(queries)]
+                    sent = time.perf_counter()
+                    await stub.Embed(embed_pb2.EmbedRequest(inputs=[text]), timeout=60)
+                    latencies.append((time.perf_counter() - sent) * 1000)
+
+            started_at = time.perf_counter()
+            await asyncio.gather(*(client(i) for i in range(clients)))
+            return time.perf_counter() - started_at, latencies
+
+    elapsed, latencies = asyncio.run(run())
+    latencies.sort()
+    return {
+        "rate": len(latencies) / elapsed,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[int(len(latencies) * 0.99)],
+    }
+
+
 def bulk_rate(bundle: Path, items: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in.txt"
@@ -138,7 +172,8 @@ def main() -> int:
                 "--bundle",
                 str(args.bundle),
                 "serve",
-                "--no-grpc",
+                "--grpc-port",
+                str(grpc_port := free_port()),
             ],
             "batch-1": [
                 sys.executable,
@@ -163,6 +198,8 @@ def main() -> int:
                             rows[(tool, name, c)] = hey(url, c, args.seconds, one)
                         else:
                             rows[(tool, name, c)] = harness(url, c, args.harness_requests)
+                grpc_target = f"127.0.0.1:{grpc_port}"
+                rows[("grpc", "serve", c)] = grpc_load(grpc_target, c, args.seconds, queries)
         bulk = bulk_rate(args.bundle, queries)
         single = OrtLoop(args.bundle, len(os.sched_getaffinity(0))).single_latency_ms(
             queries[0], 200
@@ -188,6 +225,13 @@ def main() -> int:
                 f"| {ours['rate'] / base['rate']:.2f}x | {ours['rate'] / bulk:.2f}x "
                 f"| {ours['p99'] / ours['p50']:.1f} |"
             )
+    for c in clients:
+        ours = rows[("grpc", "serve", c)]
+        lines.append(
+            f"| grpc.aio (Embed) | {c} | {ours['rate']:.0f} | {ours['p50']:.1f} "
+            f"| {ours['p99']:.1f} | – | – | – | – | {ours['rate'] / bulk:.2f}x "
+            f"| {ours['p99'] / ours['p50']:.1f} |"
+        )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
