@@ -1,7 +1,8 @@
 """Start-up of frozen artifacts vs a minimal script and the venv, interleaved in one run.
 
     python benchmarks/cold_start.py --artifact dist/all-minilm-l6-v2 --bundle build/all-minilm-l6-v2 \
-        [--artifact dist/nomic… --bundle build/nomic…] [--runs 7] [--first-runs 3]
+        [--before OLD-ARTIFACT] [--artifact dist/nomic… --bundle build/nomic… [--before …]] \
+        [--runs 7] [--first-runs 3]
 
 Times `<command> embed hello` end to end (process start to exit, the first vector written) and
 reads each process's peak RSS (wait4), interleaving the variants so machine drift hits them alike:
@@ -10,6 +11,7 @@ reads each process's peak RSS (wait4), interleaving the variants so machine drif
   venv         python -m encoderfile.runtime --bundle DIR embed hello (the venv's interpreter)
   artifact     the artifact, its runtime extracted and its optimised model cached (every later run)
   first run    the artifact with an empty cache: extracts the runtime, optimises and caches the model
+  before       (with --before) the same model frozen by an earlier encoderfile, cache warm
 Also reports what checking the cached copy costs: sha256 of its files, timed on this CPU.
 """
 
@@ -49,17 +51,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--artifact", type=Path, action="append", required=True)
     parser.add_argument("--bundle", type=Path, action="append", required=True)
+    parser.add_argument(
+        "--before", type=Path, action="append", default=[], help="earlier build, per --artifact"
+    )
     parser.add_argument("--runs", type=int, default=7, help="later runs per variant")
     parser.add_argument("--first-runs", type=int, default=3, help="runs with an empty cache")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/cold_start.md")
     args = parser.parse_args()
     if len(args.artifact) != len(args.bundle):
         parser.error("pass one --bundle per --artifact")
+    if args.before and len(args.before) != len(args.artifact):
+        parser.error("pass one --before per --artifact, or none")
 
     load = os.getloadavg()
     sections = [
-        _model(artifact.resolve(), bundle.resolve(), args.runs, args.first_runs)
-        for artifact, bundle in zip(args.artifact, args.bundle, strict=True)
+        _model(artifact.resolve(), bundle.resolve(), before, args.runs, args.first_runs)
+        for artifact, bundle, before in zip(
+            args.artifact, args.bundle, args.before or [None] * len(args.artifact), strict=True
+        )
     ]
     load_after = os.getloadavg()
     header = [
@@ -79,7 +88,9 @@ def main() -> int:
     return 0
 
 
-def _model(artifact: Path, bundle: Path, runs: int, first_runs: int) -> list[str]:
+def _model(
+    artifact: Path, bundle: Path, before: Path | None, runs: int, first_runs: int
+) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         warm = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "warm")}
         variants = {
@@ -91,6 +102,9 @@ def _model(artifact: Path, bundle: Path, runs: int, first_runs: int) -> list[str
             ),
             "artifact": ([str(artifact), "embed", TEXT], warm),
         }
+        if before is not None:
+            old_cache = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "before")}
+            variants["before"] = ([str(before.resolve()), "embed", TEXT], old_cache)
         for command, env in variants.values():  # page cache, extraction and model caches
             _run(command, env)
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
@@ -127,7 +141,7 @@ def _model(artifact: Path, bundle: Path, runs: int, first_runs: int) -> list[str
         "",
         f"Sizes: model.onnx {model / 1e6:.1f} MB, artifact {size / 1e6:.1f} MB (artifact − model "
         f"{(size - model) / 1e6:.1f} MB), cached optimised copy {copy_bytes / 1e6:.1f} MB. "
-        f"Checking the copy at every start (sha256, in a thread during the imports) costs "
+        f"Checking the copy at every start (sha256, on two threads while the session opens) costs "
         f"{hash_seconds * 1e3:.0f} ms of CPU here ({copy_bytes / 1e6 / max(hash_seconds, 1e-9):.0f}"
         " MB/s).",
         "",
