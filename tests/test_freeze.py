@@ -49,6 +49,7 @@ def sha256(path: Path) -> str:
 # ------------------------------------------------------------------------------ packing
 
 
+@pytest.mark.slow  # sleeps so that mtimes differ
 def test_pack_is_deterministic(tmp_path: Path) -> None:
     first = fake_runtime(tmp_path / "a")
     time.sleep(1.1)  # different mtimes on disk must not matter
