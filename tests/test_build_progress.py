@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from encoderfile import recipe
 from tests.fixtures.models import recipe_dict, write_recipe, write_tiny_model
 from tests.test_cli import cli
+
+pytestmark = pytest.mark.slow  # integration: the builder CLI in a process
 
 
 def info(bundle: Path) -> tuple[dict, str]:

@@ -52,6 +52,7 @@ def build(tmp_path: Path, data: dict) -> tuple[subprocess.CompletedProcess, Path
     return cli("build", recipe, "--bundle-only", "--out", out), out
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_build_writes_a_bundle(tmp_path, model_dir) -> None:
     result, out = build(tmp_path, recipe_dict(model_dir))
     assert result.returncode == 0, result.stderr
@@ -62,6 +63,7 @@ def test_build_writes_a_bundle(tmp_path, model_dir) -> None:
     ]
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_malformed_yaml(tmp_path) -> None:
     (tmp_path / "r.yaml").write_text("name: [unclosed\n")
     result = cli("build", tmp_path / "r.yaml", "--bundle-only", "--out", tmp_path / "build")
@@ -92,6 +94,7 @@ def test_malformed_yaml(tmp_path) -> None:
         (lambda r: r["model"].update(output="nope"), ("no output 'nope'", "last_hidden_state")),
     ],
 )
+@pytest.mark.slow  # runs the CLI in a process
 def test_recipe_and_model_errors(tmp_path, model_dir, change, expected) -> None:
     data = recipe_dict(model_dir)
     change(data)
@@ -103,6 +106,7 @@ def hub_model(repo: str, revision: str, files: dict[str, str | None], graph: str
     return {"hub": {"repo": repo, "revision": revision, "files": files}, "graph": graph}
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_revision_not_a_commit(tmp_path) -> None:
     data = recipe_dict(tmp_path)
     data["model"] = hub_model(
@@ -112,6 +116,7 @@ def test_revision_not_a_commit(tmp_path) -> None:
     fails_cleanly(result, out, "'main' is not a 40-hex commit", "--allow-unpinned")
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_graph_without_usable_output(tmp_path, model_dir) -> None:
     data = recipe_dict(model_dir)
     data["model"]["output"] = "last_hidden_state"
@@ -121,6 +126,7 @@ def test_graph_without_usable_output(tmp_path, model_dir) -> None:
     fails_cleanly(result, out, "not [batch, sequence, hidden]")
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_missing_and_unreadable_tokenizer(tmp_path, model_dir) -> None:
     (model_dir / "tokenizer.json").unlink()
     fails_cleanly(*build(tmp_path, recipe_dict(model_dir)), "'tokenizer.json' is missing")
@@ -128,12 +134,14 @@ def test_missing_and_unreadable_tokenizer(tmp_path, model_dir) -> None:
     fails_cleanly(*build(tmp_path, recipe_dict(model_dir)), "not a readable tokenizer.json")
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_corrupt_onnx(tmp_path, model_dir) -> None:
     data = (model_dir / "model.onnx").read_bytes()
     (model_dir / "model.onnx").write_bytes(data[: len(data) // 3])
     fails_cleanly(*build(tmp_path, recipe_dict(model_dir)), "not a readable ONNX model")
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_pin_fills_hashes_then_detects_tampering(tmp_path, model_dir) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(model_dir))
     pinned = cli("pin", recipe)
@@ -161,6 +169,7 @@ def fake_hub_cache(cache: Path, repo: str, source: Path, files: list[str]) -> No
     (refs / "main").write_text(REVISION)
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_hub_mode_from_the_cache_offline(tmp_path, model_dir) -> None:
     cache = tmp_path / "hub"
     fake_hub_cache(cache, "org/tiny", model_dir, ["onnx/model.onnx", "tokenizer.json"])
@@ -186,6 +195,7 @@ def test_hub_mode_from_the_cache_offline(tmp_path, model_dir) -> None:
     assert set(model["files"]) == {"onnx/model.onnx", "tokenizer.json"}
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_hub_unpinned_branch_with_allow_unpinned(tmp_path, model_dir) -> None:
     cache = tmp_path / "hub"
     fake_hub_cache(cache, "org/tiny", model_dir, ["model.onnx", "tokenizer.json"])
@@ -206,6 +216,7 @@ def test_hub_unpinned_branch_with_allow_unpinned(tmp_path, model_dir) -> None:
     )
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_hub_file_not_cached_offline(tmp_path) -> None:
     data = recipe_dict(tmp_path)
     data["model"] = hub_model(
@@ -215,6 +226,7 @@ def test_hub_file_not_cached_offline(tmp_path) -> None:
     fails_cleanly(result, out, "not in the local cache")
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_inspect_recipe_and_bundle(tmp_path, model_dir) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(model_dir))
     shown = json.loads(cli("inspect", recipe, "--json").stdout)
@@ -228,6 +240,7 @@ def test_inspect_recipe_and_bundle(tmp_path, model_dir) -> None:
     assert cli("inspect", tmp_path / "b" / "tiny").returncode == 0
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_inspect_bundle_matches_info(tiny_bundle) -> None:
     """One description: `inspect` on a bundle shows what the runtime's `info --json` does."""
     shown = json.loads(cli("inspect", tiny_bundle, "--json").stdout)
@@ -249,6 +262,7 @@ def test_inspect_bundle_matches_info(tiny_bundle) -> None:
         assert shown[key] == described[key], key
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_version_and_help() -> None:
     assert cli("--version").stdout.startswith("encoderfile ")
     for command in ("build", "inspect", "pin", "schema"):

@@ -12,6 +12,8 @@ import pytest
 
 from tests.fixtures.models import recipe_dict, write_recipe, write_tiny_model
 
+pytestmark = pytest.mark.slow  # integration: the builder CLI in a process, signals
+
 
 def cli(*args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # type: ignore[call-overload, no-any-return]

@@ -49,6 +49,7 @@ def sha256(path: Path) -> str:
 # ------------------------------------------------------------------------------ packing
 
 
+@pytest.mark.slow  # sleeps so that mtimes differ
 def test_pack_is_deterministic(tmp_path: Path) -> None:
     first = fake_runtime(tmp_path / "a")
     time.sleep(1.1)  # different mtimes on disk must not matter
@@ -98,6 +99,7 @@ def stub_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), **extra}
 
 
+@pytest.mark.slow  # runs the stub of an artifact
 def test_stub_extracts_once_and_execs_with_the_artifact(
     fake_artifact: Path, tmp_path: Path
 ) -> None:
@@ -114,6 +116,7 @@ def test_stub_extracts_once_and_execs_with_the_artifact(
     assert run_artifact(fake_artifact, "x", env=env).stdout.endswith(b"|x|")  # extracted again
 
 
+@pytest.mark.slow  # runs the stub of an artifact
 def test_stub_reextracts_an_incomplete_cache(fake_artifact: Path, tmp_path: Path) -> None:
     env = stub_env(tmp_path)
     run_artifact(fake_artifact, env=env)
@@ -123,6 +126,7 @@ def test_stub_reextracts_an_incomplete_cache(fake_artifact: Path, tmp_path: Path
     assert run_artifact(fake_artifact, "x", env=env).stdout.endswith(b"|x|")
 
 
+@pytest.mark.slow  # runs the stub of an artifact
 def test_stub_runs_from_a_relative_path_without_home(fake_artifact: Path, tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
@@ -133,6 +137,7 @@ def test_stub_runs_from_a_relative_path_without_home(fake_artifact: Path, tmp_pa
     assert len(list((tmp_path / "tmp").glob("encoderfile-*/*/.complete"))) == 1
 
 
+@pytest.mark.slow  # runs the stub of an artifact
 def test_stub_refuses_a_damaged_runtime(fake_artifact: Path, tmp_path: Path) -> None:
     data = bytearray(fake_artifact.read_bytes())
     data[freeze.STUB_ALIGN + 20] ^= 0xFF
@@ -145,6 +150,7 @@ def test_stub_refuses_a_damaged_runtime(fake_artifact: Path, tmp_path: Path) -> 
     assert list((tmp_path / "home" / ".cache" / "encoderfile").iterdir()) == []
 
 
+@pytest.mark.slow  # runs the stub of an artifact
 def test_stub_reports_an_unwritable_cache(fake_artifact: Path, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     result = run_artifact(
@@ -155,6 +161,7 @@ def test_stub_reports_an_unwritable_cache(fake_artifact: Path, tmp_path: Path) -
     )
 
 
+@pytest.mark.slow  # runs the stub of an artifact
 def test_concurrent_first_runs_share_one_cache(fake_artifact: Path, tmp_path: Path) -> None:
     env = stub_env(tmp_path)
     procs = [

@@ -26,6 +26,8 @@ from tests.fixtures.models import recipe_dict, write_recipe, write_tiny_model
 from tests.runtime.serve.conftest import Server
 from tests.test_cli import cli, fails_cleanly, hub_model
 
+pytestmark = pytest.mark.slow  # integration: the CLI in a process against a loopback Hub
+
 COMMIT = "5f4e3d2c1b0a99887766554433221100ffeeddcc"
 # A large file beside the model (as config or external weights would be): huggingface_hub writes
 # downloads in 10 MB chunks, so only a file past one chunk can be resumed part-way.

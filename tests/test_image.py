@@ -101,6 +101,7 @@ def test_truncated_image_dimension(tmp_path: Path, clip_dir: Path) -> None:
 # ----------------------------------------------------------------------------- parity
 
 
+@pytest.mark.slow  # torch and transformers
 def test_parity_with_transformers_and_torch(embedder: ImageEmbedder) -> None:
     files = varied_images()
     got = embed_files(embedder, files).astype(np.float64)
@@ -111,6 +112,7 @@ def test_parity_with_transformers_and_torch(embedder: ImageEmbedder) -> None:
     print(f"min cosine vs transformers+torch over {len(files)} images: {cosines.min():.7f}")
 
 
+@pytest.mark.slow  # transformers as the reference
 def test_preprocessing_matches_clip_image_processor_pixels() -> None:
     """Same resize and crop as CLIPImageProcessor: normalised pixels agree to float rounding."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -267,6 +269,7 @@ def test_shipped_vision_recipe() -> None:
     assert spec.dimension == 768
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_pin_covers_the_image_model(tmp_path: Path, clip_dir: Path) -> None:
     """Both models list model.onnx: each pin lands under its own model."""
     import hashlib
@@ -296,6 +299,7 @@ def test_missing_image_model_names_the_image_section(tmp_path: Path) -> None:
         compile_bundle(path, tmp_path / "build")
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_inspect_shows_the_image_graph(image_bundle: Path) -> None:
     import subprocess
     import sys

@@ -13,6 +13,8 @@ from tests.fixtures.models import manifest, real_recipe
 from tests.test_compiler import embed
 from tools import models
 
+pytestmark = pytest.mark.slow  # real models and their reference implementations
+
 TEXTS = [
     "A man is eating food.",
     "Embeddings turn sentences into vectors.",
@@ -64,10 +66,7 @@ def test_minilm_truncated_to_128(tmp_path, minilm_dir, sentence_transformer) -> 
     )
 
 
-@pytest.mark.parametrize(
-    "bundle_fixture",
-    ["minilm_bundle", pytest.param("nomic_full_bundle", marks=pytest.mark.slow)],
-)
+@pytest.mark.parametrize("bundle_fixture", ["minilm_bundle", "nomic_full_bundle"])
 def test_vectors_do_not_depend_on_batch_neighbours(request, bundle_fixture) -> None:
     """Bitwise: alone, in a padded batch, and among other neighbours (nomic-serve's bug)."""
     bundle = request.getfixturevalue(bundle_fixture)
@@ -149,7 +148,6 @@ def test_paraphrase_minilm_needs_its_token_output_named(tmp_path) -> None:
     assert embed(bundle, TEXTS).shape == (len(TEXTS), 384)
 
 
-@pytest.mark.slow
 def test_shipped_nomic_recipe_builds_from_a_full_size_export(nomic_full_bundle) -> None:
     info = manifest(nomic_full_bundle)
     assert info["name"] == "nomic-embed-text-v1.5-512"

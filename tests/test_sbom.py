@@ -210,6 +210,7 @@ def builder(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_inspect_shows_the_sbom_of_an_artifact_and_none_for_a_bundle(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:

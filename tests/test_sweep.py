@@ -100,6 +100,7 @@ def test_funnel_spec() -> None:
         sweep.parse_funnels("64:5")
 
 
+@pytest.mark.slow  # runs the CLI in a process
 def test_cli_table_json_and_plot(tiny_bundle: Path, tmp_path: Path) -> None:
     data = write_beir(
         tmp_path / "data", TEXTS, TEXTS[:3], [("q0", "d0", 1), ("q1", "d1", 1), ("q2", "d2", 2)]
@@ -131,6 +132,7 @@ def test_cli_table_json_and_plot(tiny_bundle: Path, tmp_path: Path) -> None:
         (["--funnel", "4"], "--funnel '4' is not D:K"),
     ],
 )
+@pytest.mark.slow  # runs the CLI in a process
 def test_cli_errors_are_one_line(
     tiny_bundle: Path, tmp_path: Path, extra: list[str], message: str
 ) -> None:

@@ -103,6 +103,7 @@ def serve_modules(tmp_path: Path, bundle: Path, *args: str) -> list[str]:
     return modules
 
 
+@pytest.mark.slow  # runs the runtime in processes
 def test_only_mcp_commands_import_the_mcp_sdk(tiny_bundle: Path, tmp_path: Path) -> None:
     for command in (["embed", "hello world"], ["info"]):
         modules = loaded_modules(tmp_path, "--bundle", str(tiny_bundle), *command)
@@ -120,6 +121,7 @@ def test_builder_modules_are_derived_and_excluded_from_the_freeze() -> None:
     assert set(builder) <= set(freeze.EXCLUDES)
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_embed_imports_no_builder_and_no_server(tiny_bundle: Path, tmp_path: Path) -> None:
     modules = loaded_modules(tmp_path, "--bundle", str(tiny_bundle), "embed", "hello world")
     assert "onnxruntime" in modules and "tokenizers" in modules  # the probe did run
@@ -127,6 +129,7 @@ def test_embed_imports_no_builder_and_no_server(tiny_bundle: Path, tmp_path: Pat
     assert matching(modules, BUILDER_LIBRARIES + SERVING) == []
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_info_and_verify_import_no_builder(tiny_bundle: Path, tmp_path: Path) -> None:
     for command in ("info", "verify"):
         modules = loaded_modules(tmp_path, "--bundle", str(tiny_bundle), command)

@@ -90,6 +90,7 @@ def test_streams_in_chunks_keeping_order(
     np.testing.assert_allclose(result.vectors(), reference(tiny_bundle, texts), atol=1e-6)
 
 
+@pytest.mark.slow  # runs embed in a process
 def test_bulk_embed_memory_stays_bounded(tiny_bundle: Path, tmp_path: Path) -> None:
     """Peak RSS of `embed` over 12 MB of input is about that over 1 MB: it reads a window ahead,
     not the whole input, and writes each window's rows before reading the next. (Held at once,

@@ -16,6 +16,8 @@ import pytest
 
 from encoderfile.runtime import records
 
+pytestmark = pytest.mark.slow  # integration: embed in a process, signals, closed pipes
+
 
 def runtime(bundle: Path) -> list[str]:
     return [sys.executable, "-m", "encoderfile.runtime", "--threads", "1", "--bundle", str(bundle)]

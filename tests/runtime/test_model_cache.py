@@ -134,6 +134,7 @@ def test_cache_root_follows_the_stub() -> None:
     assert model_cache.cache_root({"TMPDIR": "/t"}) == Path(f"/t/encoderfile-{os.getuid()}")
 
 
+@pytest.mark.slow  # runs embed in a process
 def test_embed_command_uses_the_cache(tiny_bundle: Path, tiny_file: Path, tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "PYTHONPATH": str(ROOT)}
 

@@ -180,6 +180,7 @@ def test_index_width_and_ids_must_match(run: Run, tmp_path: Path) -> None:
     assert "has 2 lines but the index has 6 rows" in err
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_search_imports_no_builder_and_no_server(
     run: Run,
     tiny_bundle: Path,

@@ -22,6 +22,8 @@ import pytest
 from encoderfile.runtime import shards
 from tests.fixtures.tiny_bundle import WORDS, make_tiny_bundle
 
+pytestmark = pytest.mark.slow  # integration: embed in a process, SIGKILL and resume
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -40,6 +40,7 @@ def test_the_client_and_the_artifact_share_one_protocol() -> None:
     )
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_batches_in_vectors_out_one_process(tiny_bundle: Path) -> None:
     process = ArtifactProcess(stream_command(tiny_bundle, "--dimensions", "4"))
     try:
@@ -64,6 +65,7 @@ def test_batches_in_vectors_out_one_process(tiny_bundle: Path) -> None:
     assert process.process.returncode == 0  # end of input ends it cleanly
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_malformed_request_is_refused(tiny_bundle: Path) -> None:
     result = subprocess.run(
         stream_command(tiny_bundle),

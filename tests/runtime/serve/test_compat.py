@@ -127,6 +127,7 @@ def test_bad_prefix_and_conflicts_are_one_clear_error(nomic_like: Server) -> Non
         assert words in response.json()["error"]["message"], response.text
 
 
+@pytest.mark.slow  # starts a server
 def test_query_route_needs_a_query_prompt(tmp_path_factory: pytest.TempPathFactory) -> None:
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("no-prompts") / "b", prompts={})
     for server in serving(bundle, tmp_path_factory):

@@ -22,6 +22,8 @@ from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder
 from tests.runtime.serve.conftest import HOST, Server, serving
 
+pytestmark = pytest.mark.slow  # integration: a MiniLM server under load
+
 WORDS = [
     "the",
     "patient",
@@ -62,7 +64,6 @@ def minilm_server(
     yield from serving(minilm_bundle, tmp_path_factory)
 
 
-@pytest.mark.slow
 def test_concurrent_clients_get_the_vectors_computed_alone(
     minilm_server: Server, minilm_bundle: Path
 ) -> None:
@@ -104,7 +105,6 @@ def test_concurrent_clients_get_the_vectors_computed_alone(
     assert calls < len(requests), "concurrent requests were never merged into one model call"
 
 
-@pytest.mark.slow
 def test_client_that_hangs_up_leaves_the_queue(minilm_server: Server) -> None:
     cancelled_before = metric(minilm_server, "encoderfile_cancelled_inputs_total")
     long_texts = [f"{i} " + " ".join(WORDS * 25) for i in range(160)]  # each cut at max_length

@@ -126,6 +126,7 @@ def read_response(sock: socket.socket) -> str:
     return (head + b"\r\n\r\n" + body).decode()
 
 
+@pytest.mark.slow  # starts a server, waits on its timeout
 def test_read_timeout_closes_slow_heads_and_stalled_bodies(
     shared_tiny_bundle: Path, tmp_path: Path
 ) -> None:
@@ -158,6 +159,7 @@ def test_read_timeout_closes_slow_heads_and_stalled_bodies(
         assert server.stop() == 0, server.log()
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_read_timeout_must_be_positive(shared_tiny_bundle: Path) -> None:
     result = subprocess.run(
         [*runtime_command(shared_tiny_bundle), "serve", "--read-timeout", "0"],
@@ -196,6 +198,7 @@ def test_grpc_malformed_message_is_invalid_argument(
     assert f"GRPC {method} INVALID_ARGUMENT" in tiny_server.log()
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_serve_help_lists_what_stays_open_with_an_api_key(shared_tiny_bundle: Path) -> None:
     result = subprocess.run(
         [*runtime_command(shared_tiny_bundle), "serve", "--help"],
@@ -245,6 +248,7 @@ print((after - before) // 1024)
 """
 
 
+@pytest.mark.slow  # runs a process
 def test_image_stats_keep_one_full_size_image() -> None:
     """Stats shrink the decoded image in place to the 512 px thumbnail: no second full-size copy
     (a 36-megapixel PNG took another 144 MB on top of its decoded pixels)."""

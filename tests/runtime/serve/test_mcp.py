@@ -128,6 +128,7 @@ def stdio(command: list[str], env: dict[str, str] | None = None) -> Client:
     return Client(StdioServerParameters(command=command[0], args=[*command[1:], "mcp"], env=env))
 
 
+@pytest.mark.slow  # starts `mcp` in a process
 def test_stdio_tools_match_embed(shared_tiny_bundle: Path) -> None:
     command = runtime_command(shared_tiny_bundle)
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
@@ -139,6 +140,7 @@ def test_stdio_tools_match_embed(shared_tiny_bundle: Path) -> None:
     asyncio.run(session())
 
 
+@pytest.mark.slow  # starts `mcp` in a process
 def test_stdio_image_tool_matches_embed_image(image_bundle: Path, tmp_path: Path) -> None:
     command = runtime_command(image_bundle)
     pictures = []
@@ -257,6 +259,7 @@ def test_plain_serve_has_no_mcp_route(tiny_server: Server) -> None:
     assert httpx.post(f"{tiny_server.url}/mcp", json={}).status_code == 404
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_serve_mcp_needs_http(shared_tiny_bundle: Path) -> None:
     command = runtime_command(shared_tiny_bundle)
     result = subprocess.run(
@@ -268,6 +271,7 @@ def test_serve_mcp_needs_http(shared_tiny_bundle: Path) -> None:
     )
 
 
+@pytest.mark.slow  # runs the runtime in a process
 def test_mcp_command_is_listed() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "encoderfile.runtime", "--help"], capture_output=True, text=True

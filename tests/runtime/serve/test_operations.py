@@ -21,6 +21,8 @@ from encoderfile.proto import embed_pb2, embed_pb2_grpc
 from encoderfile.runtime.serve import http_app, metrics
 from tests.runtime.serve.conftest import Server, runtime_command, serving
 
+pytestmark = pytest.mark.slow  # integration: running servers
+
 
 @pytest.fixture(scope="module")
 def minilm_server(

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs grpc_tools.protoc in a process
+
 ROOT = Path(__file__).parents[3]
 PROTO = "encoderfile/proto/embed.proto"
 STUBS = ("embed_pb2.py", "embed_pb2.pyi", "embed_pb2_grpc.py")

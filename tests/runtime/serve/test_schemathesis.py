@@ -14,6 +14,8 @@ import pytest
 
 from tests.runtime.serve.conftest import Server, runtime_command
 
+pytestmark = pytest.mark.slow  # integration: schemathesis against a running server
+
 HERE = Path(__file__).resolve().parent
 LIMITS = ["--max-inputs", "4", "--max-chars", "64", "--max-body-bytes", "16384"]
 EXAMPLES = 20  # per operation and phase: bounded, and deterministic so every run is the same

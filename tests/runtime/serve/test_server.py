@@ -23,6 +23,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
 from tests.runtime.serve.conftest import HOST, Server, runtime_command
 
+pytestmark = pytest.mark.slow  # integration: servers started as a user starts them
+
 ROOT = Path(__file__).parents[3]
 TEXTS = ["hello world", "the quick brown fox jumps over the lazy dog", "a"]
 
@@ -233,7 +235,6 @@ def test_port_in_use_is_a_clear_error(shared_tiny_bundle: Path, tiny_server: Ser
     assert f"cannot bind HTTP to {HOST}:{tiny_server.port}" in result.stderr
 
 
-@pytest.mark.slow
 def test_frozen_artifact_serves(minilm_artifact: Path, artifact_env: dict, tmp_path: Path):
     server = Server([str(minilm_artifact), "--threads", "1"], tmp_path / "log",
                     env=artifact_env).wait_ready(timeout=180)  # fmt: skip
