@@ -296,6 +296,7 @@ class _Owners:
     modules: dict[str, str]  # dotted module name -> normalized name
 
 
+@functools.cache  # what is installed does not change while a process runs
 def _owners() -> _Owners:
     """Who installed what, from every distribution's RECORD (first on sys.path wins)."""
     owners = _Owners({}, {}, {})
