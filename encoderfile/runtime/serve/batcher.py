@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from encoderfile.errors import NotReadyError, OverloadedError
+from encoderfile.runtime.embedder import BATCH_SIZE, BATCH_TOKENS
 from encoderfile.runtime.serve.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ class Batcher:
 
     With a `lane` (an Embedder on a single-threaded session) and `workers` threads, batches run
     side by side, one per CPU, when work piles up: one thread per call wastes no CPU keeping
-    intra-op threads in step, and a preempted thread stalls only its own call. The first worker
-    takes every batch it can; the others only take work while it is busy. A batch that has the
+    intra-op threads in step, and a preempted thread stalls only its own call. A worker then takes
+    at most one model call's worth (BATCH_SIZE inputs, BATCH_TOKENS padded tokens), so the work
+    spreads over the workers. The first worker takes every batch it can; the others only take
+    work while it is busy. A batch that has the
     model to itself (no other call running, nothing queued) runs on `embedder`, whose session
     uses every CPU, so a lone client sees the latency of one plain call (always from the same
     thread: alternating threads cost a lone client ~3% and doubled its p99). Both sessions run
@@ -68,8 +71,9 @@ class Batcher:
         self._embedder = embedder
         self._lane = lane or embedder
         self._max_inflight = max_inflight
-        self._max_batch_size = max_batch_size
-        self._max_batch_tokens = max_batch_tokens
+        spread = workers > 1
+        self._max_batch_size = min(max_batch_size, BATCH_SIZE) if spread else max_batch_size
+        self._max_batch_tokens = min(max_batch_tokens, BATCH_TOKENS) if spread else max_batch_tokens
         self._max_wait = max_wait_ms / 1000
         self._metrics = metrics or Metrics()
         self._queue: deque[_Job] = deque()
@@ -146,15 +150,17 @@ class Batcher:
         return False
 
     def _take(self) -> list[_Job]:
-        batch = [self._queue.popleft()]
-        size, longest = len(batch[0].encodings), batch[0].longest
-        while self._queue:
-            job = self._queue[0]
-            size += len(job.encodings)
-            longest = max(longest, job.longest)
-            if self._over(size, longest):
-                break
-            batch.append(self._queue.popleft())
+        """The oldest job, then the queued jobs closest to it in length, within the budget: a
+        batch pads little, and no request waits behind ever newer ones."""
+        oldest = self._queue.popleft()
+        batch, size, longest = [oldest], len(oldest.encodings), oldest.longest
+        for job in sorted(self._queue, key=lambda j: abs(j.longest - oldest.longest)):
+            if not self._over(size + len(job.encodings), max(longest, job.longest)):
+                batch.append(job)
+                size, longest = size + len(job.encodings), max(longest, job.longest)
+        if len(batch) > 1:
+            taken = set(map(id, batch))
+            self._queue = deque(j for j in self._queue if id(j) not in taken)
         return batch
 
     def _loop(self, first: bool) -> None:

@@ -171,8 +171,26 @@ def test_batches_use_a_padded_token_budget(embedder: Embedder) -> None:
             f.result(10)
     finally:
         batcher.close(10)
-    # 2 shorts (2 x 3 tokens); adding the long one would pad all three to 12 (36 > 24).
-    assert gated.calls == [1, 2, 2, 1], gated.calls
+    # the oldest short, then the shorts closest to it in length (4 x 3 tokens); the long one
+    # would pad them all to 12 (60 > 24), so it goes in the next call.
+    assert gated.calls == [1, 4, 1], gated.calls
+
+
+def test_the_oldest_request_always_goes_in_the_next_call(embedder: Embedder) -> None:
+    gated = GatedEmbedder(embedder)
+    batcher = Batcher(gated, max_batch_tokens=24)  # type: ignore[arg-type]
+    short, long = embedder.tokenize(["a"]), embedder.tokenize(["a b c a b c a b c a"])  # 3, 12
+    try:
+        blocker = batcher.submit(short)
+        assert gated.entered.wait(10)
+        futures = [batcher.submit(e) for e in (long, short, short, short, short)]
+        gated.gate.set()
+        for f in [blocker, *futures]:
+            f.result(10)
+    finally:
+        batcher.close(10)
+    # the long one first, with one short (2 x 12 = 24 tokens), not behind the four shorts
+    assert gated.calls == [1, 2, 3], gated.calls
 
 
 def test_piled_up_batches_run_side_by_side_on_the_lane(embedder: Embedder) -> None:
