@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from encoderfile.errors import NotReadyError, OverloadedError
 from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder, Embeddings
-from encoderfile.runtime.serve.batcher import Batcher
+from encoderfile.runtime.serve.batcher import WORKER_NICENESS, Batcher
 
 TEXTS = [
     "hello",
@@ -219,3 +221,23 @@ def test_minilm_vector_alone_equals_vector_batched(minilm_bundle: Path) -> None:
     together = embedder.embed(TEXTS).vectors
     for text, row in zip(TEXTS, together, strict=True):
         assert np.array_equal(embedder.embed([text]).vectors[0], row), text
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priority is Linux's")
+def test_workers_yield_the_cpu_to_the_event_loop(embedder: Embedder) -> None:
+    seen: list[int] = []
+
+    class Recording(GatedEmbedder):
+        def embed_encodings(self, encodings: Any, dimensions: int | None = None) -> Embeddings:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().embed_encodings(encodings, dimensions)
+
+    recording = Recording(embedder)
+    recording.gate.set()
+    batcher = Batcher(recording, lane=recording, workers=2)  # type: ignore[arg-type]
+    try:
+        batcher.submit(embedder.tokenize(["hello"])).result(10)
+    finally:
+        batcher.close(10)
+    loop_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [loop_priority + WORKER_NICENESS]
