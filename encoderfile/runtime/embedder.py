@@ -33,7 +33,8 @@ class Embeddings:
 
 
 class Embedder:
-    """One ORT session and tokenizer over a verified bundle; safe to call from one thread."""
+    """One ORT session and tokenizer over a verified bundle. embed_encodings keeps no state, so
+    several threads may call it at once (the serve batcher's workers share one Embedder)."""
 
     def __init__(
         self,

@@ -160,39 +160,32 @@ def test_cancelled_request_leaves_the_queue_and_frees_its_inputs(embedder: Embed
     assert gated.calls == [1, 2], "the cancelled request never reached the model"
 
 
-def test_batches_use_a_padded_token_budget(embedder: Embedder) -> None:
+@pytest.mark.parametrize(
+    ("queued", "calls"),
+    [
+        # the oldest short, then the shorts closest to it in length (4 x 3 tokens); the long one
+        # would pad them all to 12 (60 > 24), so it goes in the next call
+        ("SSLSS", [1, 4, 1]),
+        # the oldest (long) goes first, with one short (2 x 12 = 24), not behind the four shorts
+        ("LSSSS", [1, 2, 3]),
+    ],
+)
+def test_calls_group_by_length_within_a_padded_budget_oldest_first(
+    embedder: Embedder, queued: str, calls: list[int]
+) -> None:
     gated = GatedEmbedder(embedder)
     batcher = Batcher(gated, max_batch_tokens=24)  # type: ignore[arg-type]
-    short, long = embedder.tokenize(["a"]), embedder.tokenize(["a b c a b c a b c a"])  # 3, 12
+    inputs = {"S": embedder.tokenize(["a"]), "L": embedder.tokenize(["a b c a b c a b c a"])}
     try:
-        blocker = batcher.submit(short)
+        blocker = batcher.submit(inputs["S"])  # 3 tokens; "L" has 12
         assert gated.entered.wait(10)
-        futures = [batcher.submit(e) for e in (short, short, long, short, short)]
+        futures = [batcher.submit(inputs[kind]) for kind in queued]
         gated.gate.set()
         for f in [blocker, *futures]:
             f.result(10)
     finally:
         batcher.close(10)
-    # the oldest short, then the shorts closest to it in length (4 x 3 tokens); the long one
-    # would pad them all to 12 (60 > 24), so it goes in the next call.
-    assert gated.calls == [1, 4, 1], gated.calls
-
-
-def test_the_oldest_request_always_goes_in_the_next_call(embedder: Embedder) -> None:
-    gated = GatedEmbedder(embedder)
-    batcher = Batcher(gated, max_batch_tokens=24)  # type: ignore[arg-type]
-    short, long = embedder.tokenize(["a"]), embedder.tokenize(["a b c a b c a b c a"])  # 3, 12
-    try:
-        blocker = batcher.submit(short)
-        assert gated.entered.wait(10)
-        futures = [batcher.submit(e) for e in (long, short, short, short, short)]
-        gated.gate.set()
-        for f in [blocker, *futures]:
-            f.result(10)
-    finally:
-        batcher.close(10)
-    # the long one first, with one short (2 x 12 = 24 tokens), not behind the four shorts
-    assert gated.calls == [1, 2, 3], gated.calls
+    assert gated.calls == calls, gated.calls
 
 
 def test_piled_up_batches_run_side_by_side_on_the_lane(embedder: Embedder) -> None:
