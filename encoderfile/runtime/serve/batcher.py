@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 # without it (benchmarks/serve_speed.py, httpx rows). The model still gets every idle cycle.
 WORKER_NICENESS = 5
 
+# A model call costs about as much as this many more padded tokens: at batch 1 most of its time
+# goes to streaming the weights (single-threaded, on 2 cores: 26 for all-MiniLM-L6-v2 and 23 for
+# NomicBERT). A take weighs that against padding, see Batcher._take.
+CALL_TOKENS = 24
+
 
 def _yield_to_the_event_loop() -> None:
     if sys.platform == "linux":
@@ -36,6 +41,11 @@ def _yield_to_the_event_loop() -> None:
             tid = threading.get_native_id()
             priority = os.getpriority(os.PRIO_PROCESS, tid)
             os.setpriority(os.PRIO_PROCESS, tid, priority + WORKER_NICENESS)
+
+
+def _cost(inputs: int, longest: int) -> int:
+    """A model call's cost in tokens' worth: the call itself, and every input padded to the longest."""
+    return CALL_TOKENS + inputs * longest
 
 
 @dataclasses.dataclass(eq=False)  # queued jobs are told apart by identity
@@ -48,6 +58,10 @@ class _Job:
     @property
     def longest(self) -> int:
         return max((len(e.ids) for e in self.encodings), default=0)
+
+    @property
+    def tokens(self) -> int:
+        return max(1, sum(len(e.ids) for e in self.encodings))
 
 
 class Batcher:
@@ -168,14 +182,19 @@ class Batcher:
         return False
 
     def _take(self) -> list[_Job]:
-        """The oldest job, then the queued jobs closest to it in length, within the budget: a
-        batch pads little, and no request waits behind ever newer ones."""
+        """The oldest job, then the queued jobs closest to it in length that lower the call's cost
+        per real token, (CALL_TOKENS + inputs x longest) / tokens, within the budget: the call
+        pads little, and no request waits behind ever newer ones. (Sixteen closest regardless ran
+        NomicBERT at 0.77 real tokens per padded one under 64 clients; bulk sorts to ~1.)"""
         oldest = self._queue.popleft()
-        batch, size, longest = [oldest], len(oldest.encodings), oldest.longest
+        batch = [oldest]
+        size, longest, tokens = len(oldest.encodings), oldest.longest, oldest.tokens
         for job in sorted(self._queue, key=lambda j: abs(j.longest - oldest.longest)):
-            if not self._over(size + len(job.encodings), max(longest, job.longest)):
+            grown = size + len(job.encodings), max(longest, job.longest)
+            cheaper = _cost(*grown) / (tokens + job.tokens) <= _cost(size, longest) / tokens
+            if cheaper and not self._over(*grown):
                 batch.append(job)
-                size, longest = size + len(job.encodings), max(longest, job.longest)
+                size, longest, tokens = *grown, tokens + job.tokens
         if len(batch) > 1:
             taken = set(map(id, batch))
             self._queue = deque(j for j in self._queue if id(j) not in taken)

@@ -15,7 +15,7 @@ import pytest
 from encoderfile.errors import NotReadyError, OverloadedError
 from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder, Embeddings
-from encoderfile.runtime.serve.batcher import WORKER_NICENESS, Batcher
+from encoderfile.runtime.serve.batcher import CALL_TOKENS, WORKER_NICENESS, Batcher
 
 TEXTS = [
     "hello",
@@ -164,20 +164,29 @@ def test_cancelled_request_leaves_the_queue_and_frees_its_inputs(embedder: Embed
     ("queued", "calls"),
     [
         # the oldest short, then the shorts closest to it in length (4 x 3 tokens); the long one
-        # would pad them all to 12 (60 > 24), so it goes in the next call
+        # would pad them all to 12 (over the budget, and dearer per token), so it goes next
         ("SSLSS", [1, 4, 1]),
-        # the oldest (long) goes first, with one short (2 x 12 = 24), not behind the four shorts
-        ("LSSSS", [1, 2, 3]),
+        # the oldest (long) goes first, and alone: padding a short to 12 tokens costs more than
+        # the call it saves, (24 + 2 x 12) / 15 > (24 + 12) / 12; then the four shorts
+        ("LSSSS", [1, 1, 4]),
+        # the mediums pad by 2 tokens each, which the saved calls pay for: (24 + 3 x 12) / 32;
+        # the short would raise that to (24 + 4 x 12) / 35
+        ("LMMS", [1, 3, 1]),
     ],
 )
-def test_calls_group_by_length_within_a_padded_budget_oldest_first(
+def test_calls_group_by_length_and_cost_per_token_oldest_first(
     embedder: Embedder, queued: str, calls: list[int]
 ) -> None:
+    assert CALL_TOKENS == 24  # the figures above
     gated = GatedEmbedder(embedder)
-    batcher = Batcher(gated, max_batch_tokens=24)  # type: ignore[arg-type]
-    inputs = {"S": embedder.tokenize(["a"]), "L": embedder.tokenize(["a b c a b c a b c a"])}
+    batcher = Batcher(gated, max_batch_tokens=48)  # type: ignore[arg-type]
+    inputs = {
+        kind: embedder.tokenize([text])
+        for kind, text in (("S", "a"), ("M", "a b c a b c a b"), ("L", "a b c a b c a b c a"))
+    }
+    assert [len(inputs[kind][0].ids) for kind in "SML"] == [3, 10, 12]
     try:
-        blocker = batcher.submit(inputs["S"])  # 3 tokens; "L" has 12
+        blocker = batcher.submit(inputs["S"])
         assert gated.entered.wait(10)
         futures = [batcher.submit(inputs[kind]) for kind in queued]
         gated.gate.set()
