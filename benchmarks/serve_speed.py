@@ -1,17 +1,23 @@
 """Serving speed, three views side by side: `serve` vs a batch-1 server vs bulk `embed`.
 
-    python benchmarks/serve_speed.py [--bundle build/all-minilm-l6-v2] [--seconds 10]
+    python benchmarks/serve_speed.py [--bundle build/all-minilm-l6-v2] [--seconds 5] [--rounds 3]
         [--clients 1,8,64] [--out benchmarks/results/serve_speed.md]
 
 Single-text POST /embed of SciFact queries. Each server is started as users start it
 (`python -m encoderfile.runtime --bundle B serve`, and throughput.py's batch-1 baseline: one ORT
-call per request, serialised); both stay up and are loaded in turn, back to back per client count
-and tool, by wrk (compiled, a Lua script rotating the queries), hey (compiled, one body) and the
-httpx harness of serve_load.py (Python: it shares the cores with the server). gRPC `Embed` gets
-the same single-text load from a grpc.aio client (Python too; there is no batch-1 gRPC server to
-compare with, so its rows are read against bulk). Bulk `embed` of the same texts and one plain
-onnxruntime call (tokenize + batch-1 run) are the ceilings. Figures from one run are comparable
-with each other; this machine has 2 cores, shared.
+call per request, serialised); both stay up and are loaded in turn by wrk (compiled, a Lua script
+rotating the queries), hey (compiled, one body) and the httpx harness of serve_load.py (Python:
+it shares the cores with the server). gRPC `Embed` gets the same single-text load from a grpc.aio
+client (Python too; there is no batch-1 gRPC server to compare with, so its rows are read against
+bulk). Bulk `embed` of the same texts and one plain onnxruntime call (tokenize + batch-1 run) are
+the ceilings.
+
+Each load runs in `--rounds` rounds, the two servers alternating (A B, B A, ...); a figure is the
+median over rounds and a ratio the median of the rounds' paired ratios. Before each measured load
+both servers must be idle, then one client warms the machine up for WARM_SECONDS, unmeasured.
+CPU per request is read from /proc (the server process) and from rusage (the client: wrk and hey
+as children, the Python clients as this process). Figures from one run are comparable with each
+other; this machine has 2 cores, shared.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +45,16 @@ from serve_load import free_port, run_mode, texts  # noqa: E402
 from throughput import OrtLoop, started  # noqa: E402
 
 # A server under more load than it can take (batch-1 at 64 clients) keeps computing requests whose
-# clients are gone for a second or more after the load stops; the next load must not share the
-# cores with that backlog (it showed as a p99 5x the p50 of the next server measured).
-SETTLE_SECONDS = 3
+# clients are gone after the load stops (NomicBERT: seconds); the next load must not share the
+# cores with that backlog. So a load starts once both servers have been idle for IDLE_SECONDS.
+IDLE_SECONDS, IDLE_CPU = 0.5, 0.05  # idle: under 5% of one CPU
+# This VM runs a model call up to 50x slower after a second of idle (3.6 ms back to back, 170 ms
+# after 1 s asleep: caches and the host's scheduling), and at 64 clients a load's first requests
+# all pay that together. So each measured load follows WARM_SECONDS of one client, unmeasured
+# (one client leaves no backlog behind).
+WARM_SECONDS = 1
+
+Load = Callable[[int, float], dict[str, float]]  # (clients, seconds) -> rate, p50, p99, requests
 
 WRK_SCRIPT = """
 local bodies = {}
@@ -53,11 +69,12 @@ end
 """
 
 
-def wrk(url: str, clients: int, seconds: int, bodies: Path) -> dict[str, float]:
+def wrk(url: str, clients: int, seconds: float, bodies: Path) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % bodies)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "60s", "--latency"]
+        + ["-s", script.name, url],
         capture_output=True,
         text=True,
         check=True,
@@ -65,19 +82,20 @@ def wrk(url: str, clients: int, seconds: int, bodies: Path) -> dict[str, float]:
     os.unlink(script.name)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise SystemExit(f"wrk saw {errors.group(1)} error answers from {url}")
+    if errors or "Socket errors" in out:  # wrk leaves timed-out requests out of its latencies
+        raise SystemExit(f"wrk saw errors or timeouts from {url}:\n{out}")
 
     def ms(p: str) -> float:
         value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
-    return {"rate": rate, "p50": ms("50"), "p99": ms("99")}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rate": rate, "p50": ms("50"), "p99": ms("99"), "requests": requests}
 
 
-def hey(url: str, clients: int, seconds: int, body: Path) -> dict[str, float]:
+def hey(url: str, clients: int, seconds: float, body: Path) -> dict[str, float]:
     out = subprocess.run(
-        ["hey", "-z", f"{seconds}s", "-c", str(clients), "-m", "POST"]
+        ["hey", "-z", f"{seconds:g}s", "-c", str(clients), "-m", "POST"]
         + ["-T", "application/json", "-D", str(body), f"{url}/embed"],
         capture_output=True,
         text=True,
@@ -91,20 +109,25 @@ def hey(url: str, clients: int, seconds: int, body: Path) -> dict[str, float]:
         found = re.search(rf"{p}% in ([\d.]+) secs", out)
         return float(found.group(1)) * 1000 if found else float("nan")
 
-    return {"rate": rate, "p50": ms("50"), "p99": ms("99")}
+    requests = int(re.search(r"\[200\]\s+(\d+) responses", out).group(1))  # type: ignore[union-attr]
+    return {"rate": rate, "p50": ms("50"), "p99": ms("99"), "requests": requests}
 
 
 def harness(url: str, clients: int, n: int) -> dict[str, float]:
     rate, latencies = asyncio.run(run_mode(url, texts(n), clients))
-    latencies.sort()
+    return {"rate": rate, **percentiles(latencies)}
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    latencies = sorted(latencies)
     return {
-        "rate": rate,
         "p50": latencies[len(latencies) // 2],
         "p99": latencies[int(len(latencies) * 0.99)],
+        "requests": len(latencies),
     }
 
 
-def grpc_load(target: str, clients: int, seconds: int, queries: list[str]) -> dict[str, float]:
+def grpc_load(target: str, clients: int, seconds: float, queries: list[str]) -> dict[str, float]:
     """`clients` concurrent single-text Embed calls for `seconds`, each waiting for its answer."""
     import grpc
 
@@ -128,12 +151,66 @@ def grpc_load(target: str, clients: int, seconds: int, queries: list[str]) -> di
             return time.perf_counter() - started_at, latencies
 
     elapsed, latencies = asyncio.run(run())
-    latencies.sort()
-    return {
-        "rate": len(latencies) / elapsed,
-        "p50": latencies[len(latencies) // 2],
-        "p99": latencies[int(len(latencies) * 0.99)],
-    }
+    return {"rate": len(latencies) / elapsed, **percentiles(latencies)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def client_cpu_seconds() -> float:
+    """CPU of this process (the Python clients) and its finished children (wrk, hey)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def wait_idle(pids: list[int], limit: float = 120) -> None:
+    """Until the processes together used under IDLE_CPU of a CPU over the last IDLE_SECONDS."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = sum(map(cpu_seconds, pids))
+        time.sleep(IDLE_SECONDS)
+        if sum(map(cpu_seconds, pids)) - before < IDLE_CPU * IDLE_SECONDS:
+            return
+    raise SystemExit(f"the servers were still busy after {limit:.0f} s")
+
+
+def measured(
+    load: Load, clients: int, seconds: float, server: int, pids: list[int]
+) -> dict[str, float]:
+    """One load once the servers are idle, after a one-client warm-up, with the server's and the
+    client's CPU ms per request."""
+    wait_idle(pids)
+    load(1, WARM_SECONDS)
+    server_before, client_before = cpu_seconds(server), client_cpu_seconds()
+    result = load(clients, seconds)
+    n = result["requests"]
+    result["server_cpu"] = (cpu_seconds(server) - server_before) / n * 1000
+    result["client_cpu"] = (client_cpu_seconds() - client_before) / n * 1000
+    return result
+
+
+def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+def plain_call_ms(bundle: Path, queries: list[str]) -> tuple[float, float]:
+    """One plain onnxruntime call (tokenize + batch-1 run), median ms: for hey's one query, and
+    over wrk's rotating queries."""
+    loop = OrtLoop(bundle, len(os.sched_getaffinity(0)))
+    one = loop.single_latency_ms(queries[0], 200)
+    mix = []
+    for text in queries[:300]:
+        loop.embed([text], 1)
+        started_at = time.perf_counter()
+        loop.embed([text], 1)
+        mix.append((time.perf_counter() - started_at) * 1000)
+    return one, statistics.median(mix)
 
 
 def bulk_rate(bundle: Path, items: list[str]) -> float:
@@ -152,9 +229,10 @@ def bulk_rate(bundle: Path, items: list[str]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "build" / "all-minilm-l6-v2")
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=5, help="per measured load")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", default="1,8,64")
-    parser.add_argument("--harness-requests", type=int, default=600)
+    parser.add_argument("--harness-requests", type=int, default=400)
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_speed.md"
     )
@@ -164,11 +242,13 @@ def main() -> int:
             raise SystemExit(f"{tool} is missing: apt-get install {tool}")
     clients = [int(c) for c in args.clients.split(",")]
     queries = texts(2000)
+    load_average = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         bodies = Path(tmp) / "bodies.jsonl"
         bodies.write_text("".join(json.dumps({"input": q}) + "\n" for q in queries))
         one = Path(tmp) / "one.json"
         one.write_text(json.dumps({"input": queries[0]}))
+        grpc_target = f"127.0.0.1:{free_port()}"
         servers = {
             "serve": [
                 sys.executable,
@@ -178,7 +258,7 @@ def main() -> int:
                 str(args.bundle),
                 "serve",
                 "--grpc-port",
-                str(grpc_port := free_port()),
+                grpc_target.rsplit(":", 1)[1],
             ],
             "batch-1": [
                 sys.executable,
@@ -187,58 +267,79 @@ def main() -> int:
                 str(args.bundle),
             ],
         }
-        rows: dict[tuple[str, str, int], dict[str, float]] = {}
         urls = {name: f"http://127.0.0.1:{free_port()}" for name in servers}
+
+        def load(tool: str, url: str) -> Load:
+            if tool == "wrk":
+                return lambda c, seconds: wrk(url, c, seconds, bodies)
+            if tool == "hey":
+                return lambda c, seconds: hey(url, c, seconds, one)
+            if tool == "httpx":
+                n = args.harness_requests
+                return lambda c, seconds: harness(url, c, n if seconds > WARM_SECONDS else 20)
+            return lambda c, seconds: grpc_load(grpc_target, c, seconds, queries)
+
+        rounds: dict[tuple[str, str, int], list[dict[str, float]]] = {}
         with contextlib.ExitStack() as running:  # both up; loaded in turn, never together
+            pids = {}
             for name, argv in servers.items():
                 port = urls[name].rsplit(":", 1)[1]
-                running.enter_context(started([*argv, "--port", port], urls[name]))
-                harness(urls[name], 8, 200)  # warm up
+                process = running.enter_context(started([*argv, "--port", port], urls[name]))
+                pids[name] = process.pid
             for c in clients:
-                for tool in ("wrk", "hey", "httpx"):
-                    for name, url in urls.items():
-                        time.sleep(SETTLE_SECONDS)
-                        if tool == "wrk":
-                            rows[(tool, name, c)] = wrk(url, c, args.seconds, bodies)
-                        elif tool == "hey":
-                            rows[(tool, name, c)] = hey(url, c, args.seconds, one)
-                        else:
-                            rows[(tool, name, c)] = harness(url, c, args.harness_requests)
-                time.sleep(SETTLE_SECONDS)
-                grpc_target = f"127.0.0.1:{grpc_port}"
-                rows[("grpc", "serve", c)] = grpc_load(grpc_target, c, args.seconds, queries)
+                for tool in ("wrk", "hey", "httpx", "grpc"):
+                    names = ["serve"] if tool == "grpc" else list(servers)
+                    for r in range(args.rounds):
+                        for name in names if r % 2 == 0 else names[::-1]:
+                            server = pids[name]
+                            every = list(pids.values())
+                            result = measured(
+                                load(tool, urls[name]), c, args.seconds, server, every
+                            )
+                            rounds.setdefault((tool, name, c), []).append(result)
         bulk = bulk_rate(args.bundle, queries)
-        single = OrtLoop(args.bundle, len(os.sched_getaffinity(0))).single_latency_ms(
-            queries[0], 200
-        )
+        plain_one, plain_mix = plain_call_ms(args.bundle, queries)
+    rows = {key: median_of(values) for key, values in rounds.items()}
+
+    def paired(tool: str, c: int) -> float:
+        pairs = zip(rounds[(tool, "serve", c)], rounds[(tool, "batch-1", c)], strict=True)
+        return statistics.median(ours["rate"] / base["rate"] for ours, base in pairs)
+
     lines = [
         "# Serving speed (benchmarks/serve_speed.py)",
         "",
         f"`{' '.join(sys.argv)}` — {os.cpu_count()} CPUs, load average before the run "
-        f"{os.getloadavg()[0]:.1f}. Single-text POST /embed of SciFact queries; texts/s = requests/s.",
+        f"{load_average:.1f}. Single-text POST /embed of SciFact queries; texts/s = requests/s. "
+        f"Medians of {args.rounds} rounds of {args.seconds:g} s per load (the httpx harness: "
+        f"{args.harness_requests} requests), servers alternating, each load once both are "
+        f"idle and after a {WARM_SECONDS} s one-client warm-up.",
         f"Bulk `embed` of the same {len(queries)} texts: **{bulk:.0f} texts/s**. "
-        f"One plain onnxruntime call (tokenize + batch-1 run): **{single:.2f} ms**.",
+        f"One plain onnxruntime call (tokenize + batch-1 run), median: **{plain_one:.2f} ms** for "
+        f"hey's query, **{plain_mix:.2f} ms** over wrk's rotating queries.",
+        "CPU columns: ms of CPU per request, in the server process and in the load client.",
         "",
-        "| client | clients | serve texts/s | p50 ms | p99 ms | batch-1 texts/s | p50 ms | p99 ms "
-        "| serve / batch-1 | serve / bulk | p99 / p50 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| client | clients | serve texts/s | p50 ms | p99 ms | server CPU | batch-1 texts/s "
+        "| p50 ms | p99 ms | server CPU | serve / batch-1 | serve / bulk | p99 / p50 | client CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for tool in ("wrk", "hey", "httpx"):
+    for tool in ("wrk", "hey", "httpx", "grpc"):
         for c in clients:
-            ours, base = rows[(tool, "serve", c)], rows[(tool, "batch-1", c)]
+            ours = rows[(tool, "serve", c)]
+            if tool == "grpc":
+                base_cells, ratio = "| – | – | – | – ", "–"
+            else:
+                base = rows[(tool, "batch-1", c)]
+                base_cells = (
+                    f"| {base['rate']:.0f} | {base['p50']:.1f} | {base['p99']:.1f} "
+                    f"| {base['server_cpu']:.2f} "
+                )
+                ratio = f"{paired(tool, c):.2f}x"
             lines.append(
-                f"| {tool} | {c} | {ours['rate']:.0f} | {ours['p50']:.1f} | {ours['p99']:.1f} "
-                f"| {base['rate']:.0f} | {base['p50']:.1f} | {base['p99']:.1f} "
-                f"| {ours['rate'] / base['rate']:.2f}x | {ours['rate'] / bulk:.2f}x "
-                f"| {ours['p99'] / ours['p50']:.1f} |"
+                f"| {'grpc.aio (Embed)' if tool == 'grpc' else tool} | {c} | {ours['rate']:.0f} "
+                f"| {ours['p50']:.1f} | {ours['p99']:.1f} | {ours['server_cpu']:.2f} "
+                f"{base_cells}| {ratio} | {ours['rate'] / bulk:.2f}x "
+                f"| {ours['p99'] / ours['p50']:.1f} | {ours['client_cpu']:.2f} |"
             )
-    for c in clients:
-        ours = rows[("grpc", "serve", c)]
-        lines.append(
-            f"| grpc.aio (Embed) | {c} | {ours['rate']:.0f} | {ours['p50']:.1f} "
-            f"| {ours['p99']:.1f} | – | – | – | – | {ours['rate'] / bulk:.2f}x "
-            f"| {ours['p99'] / ours['p50']:.1f} |"
-        )
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

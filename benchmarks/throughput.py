@@ -577,12 +577,12 @@ def baseline_server(bundle: Path, port: int, threads: int) -> None:
 
 
 @contextlib.contextmanager
-def started(argv: list[str], url: str) -> Iterator[None]:
-    """A server process, stopped on exit (also on errors and Ctrl-C)."""
+def started(argv: list[str], url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process once ready, stopped on exit (also on errors and Ctrl-C)."""
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(url, process)
-        yield
+        yield process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
