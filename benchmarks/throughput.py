@@ -299,6 +299,13 @@ def _tokenizer(bundle: Path) -> Any:
     return tok
 
 
+def default_prefix(bundle: Path) -> str:
+    """The text the runtime puts before every input that names no prompt (nomic: "search_query:
+    "), so that every system here embeds the same tokens."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return str(manifest.get("prompts", {}).get(manifest.get("default_prompt"), ""))
+
+
 class OrtLoop:
     """onnxruntime + tokenizers on the bundle's graph, sorted by length: the stack's limit."""
 
@@ -315,6 +322,7 @@ class OrtLoop:
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.output = self.session.get_outputs()[0].name
         self.tokenizer = _tokenizer(bundle)
+        self.prefix = default_prefix(bundle)
 
     def feed(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
         length = max(len(e.ids) for e in encodings)
@@ -331,7 +339,7 @@ class OrtLoop:
         return arrays
 
     def embed(self, texts: Sequence[str], batch: int) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch([self.prefix + t for t in texts])
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         out: np.ndarray | None = None
         for start in range(0, len(order), batch):
@@ -364,12 +372,13 @@ class TorchNomic:
         self.dim = int(manifest["dimension"])
         self.model = nomic_random_torch(full=True)
         self.tokenizer = _tokenizer(bundle)
+        self.prefix = default_prefix(bundle)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
-        encodings = self.tokenizer.encode_batch(list(texts))
+        encodings = self.tokenizer.encode_batch([self.prefix + t for t in texts])
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
         out = np.empty((len(texts), self.dim), np.float32)
         with torch.inference_mode():
