@@ -275,6 +275,7 @@ class _Api:
     def __init__(self, service: Service):
         self.service = service
         self.name = service.manifest.name
+        self._embedding = 0  # requests between tokenized and answered
 
     async def health(self, request: Request) -> Response:
         text, vision = self.service.manifest.has_text, self.service.images.available
@@ -509,7 +510,18 @@ class _Api:
     async def _embed(
         self, request: Request, encodings: Sequence[Encoding | TokenIds], dimensions: int | None
     ) -> Embeddings:
-        result = await _unless_disconnected(request, self.service.submit(encodings, dimensions))
+        self._embedding += 1
+        try:
+            result = None
+            if self.service.model_idle:  # a lone request skips the hand-off to a worker
+                await asyncio.sleep(0)  # requests read with this one get here before it decides
+                if self._embedding == 1:
+                    result = self.service.embed_now(encodings, dimensions)
+            if result is None:
+                job = self.service.submit(encodings, dimensions)
+                result = await _unless_disconnected(request, job)
+        finally:
+            self._embedding -= 1
         request.state.inputs = len(encodings)
         request.state.tokens = sum(result.tokens)
         return result

@@ -244,6 +244,20 @@ class Service:
             raise NotReadyError("The model is still loading. Retry shortly.")
         return self.batcher.submit(encodings, dimensions=dimensions)  # type: ignore[arg-type]
 
+    @property
+    def model_idle(self) -> bool:
+        """Loaded, with no model call running and nothing queued (a hint for embed_now)."""
+        return self.batcher is not None and self.batcher.idle
+
+    def embed_now(
+        self, encodings: Sequence[Encoding | TokenIds], dimensions: int | None = None
+    ) -> Embeddings | None:
+        """Checked inputs embedded on this thread if the model is idle and the call is short
+        (Batcher.embed_now), else None: submit them."""
+        if self.batcher is None:
+            return None
+        return self.batcher.embed_now(encodings, dimensions=dimensions)  # type: ignore[arg-type]
+
     def info(self) -> dict[str, Any]:
         """Everything a client needs to know about the model and this server."""
         return {

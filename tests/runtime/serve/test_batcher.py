@@ -243,3 +243,51 @@ def test_workers_yield_the_cpu_to_the_event_loop(embedder: Embedder) -> None:
         batcher.close(10)
     loop_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert seen == [loop_priority + WORKER_NICENESS]
+
+
+def test_a_short_lone_call_runs_on_the_callers_thread(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+
+    class Recording(GatedEmbedder):
+        def embed_encodings(self, encodings: Any, dimensions: int | None = None) -> Embeddings:
+            threads.append(threading.current_thread().name)
+            return super().embed_encodings(encodings, dimensions)
+
+    wide = Recording(embedder)
+    wide.gate.set()
+    batcher = Batcher(wide, lane=Recording(embedder), workers=2)  # type: ignore[arg-type]
+    one = embedder.tokenize([TEXTS[1]])
+    try:
+        assert batcher.embed_now(one) is None, "no lone call timed yet: no estimate"
+        submitted = batcher.submit(one).result(10)
+        now = batcher.embed_now(one)
+        assert now is not None
+        assert np.array_equal(now.vectors, submitted.vectors)
+        assert threads == ["encoderfile-batcher-0", threading.current_thread().name]
+        assert batcher.idle
+        monkeypatch.setattr("encoderfile.runtime.serve.batcher.INLINE_MS", 0.0)
+        assert batcher.embed_now(one) is None, "longer than INLINE_MS: a worker's job"
+    finally:
+        batcher.close(10)
+
+
+def test_no_call_on_the_callers_thread_while_the_model_is_busy(embedder: Embedder) -> None:
+    gated = GatedEmbedder(embedder)
+    batcher = Batcher(gated, lane=gated, workers=2)  # type: ignore[arg-type]
+    one = embedder.tokenize([TEXTS[0]])
+    try:
+        gated.gate.set()
+        batcher.submit(one).result(10)  # times a lone call
+        gated.gate.clear()
+        gated.entered.clear()
+        running = batcher.submit(one)
+        assert gated.entered.wait(10)
+        assert not batcher.idle
+        assert batcher.embed_now(one) is None
+        gated.gate.set()
+        running.result(10)
+    finally:
+        gated.gate.set()
+        batcher.close(10)
