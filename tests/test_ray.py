@@ -125,26 +125,31 @@ def test_a_crash_mid_job_is_retried_and_every_record_is_written_once(
 ) -> None:
     killed: list[int] = []
     earlier = set(_artifact_processes(cluster))  # of earlier jobs' actors, maybe still exiting
+    job_done = threading.Event()
 
     def kill_one_once_running() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
+        while not job_done.is_set() and not killed:
             pids = sorted(set(_artifact_processes(cluster)) - earlier)
             if pids:
-                time.sleep(1.0)  # starting or embedding: both must survive
+                # Starting or embedding: both must survive. On an idle machine the job can end
+                # within a second of its first artifact process, so the kill comes soon.
+                time.sleep(0.2)
                 try:
                     pid = pids[0] if victim == "artifact process" else _parent(pids[0])
                     os.kill(pid, signal.SIGKILL)
                 except (OSError, IndexError):  # it ended meanwhile: pick another
                     continue
                 killed.append(pid)
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     killer = threading.Thread(target=kill_one_once_running)
     killer.start()
     dataset = on_ray.read([str(corpus)])
-    rows = on_ray.embed(dataset, tiny_artifact, workers=2, batch_size=10).take_all()
-    killer.join()
+    try:
+        rows = on_ray.embed(dataset, tiny_artifact, workers=2, batch_size=5).take_all()
+    finally:
+        job_done.set()
+        killer.join()
     assert killed, "nothing was killed: the job ended before any artifact process was seen"
     assert len(rows) == 3000
     np.testing.assert_array_equal(by_id(rows), cli_vectors)
