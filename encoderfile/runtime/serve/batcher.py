@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import threading
@@ -60,11 +61,11 @@ class _Job:
     future: Future[Embeddings]
     enqueued: float
 
-    @property
+    @functools.cached_property  # read on every take while queued
     def longest(self) -> int:
         return max((len(e.ids) for e in self.encodings), default=0)
 
-    @property
+    @functools.cached_property
     def tokens(self) -> int:
         return max(1, sum(len(e.ids) for e in self.encodings))
 
@@ -88,9 +89,10 @@ class Batcher:
     spreads over the workers. The first worker takes every batch it can; the others only take
     work while it is busy. A batch that has the
     model to itself (no other call running, nothing queued) runs on `embedder`, whose session
-    uses every CPU, so a lone client sees the latency of one plain call (always from the same
-    thread: alternating threads cost a lone client ~3% and doubled its p99). Both sessions run
-    the same graph and give bitwise the same vectors.
+    uses every CPU, so a lone client sees the latency of one plain call: on the first worker
+    (alternating threads cost a lone client ~3% and doubled its p99), or on the caller's own
+    thread through embed_now when the call is short. Both sessions run the same graph and give
+    bitwise the same vectors.
     """
 
     def __init__(
