@@ -233,9 +233,10 @@ class _Reader:
                     f"{self.source}: the index has no sha256 for {name}. Rebuild it."
                 )
             if wanted is not None and actual != wanted:
+                want, found = short_pair(wanted, actual)
                 raise ArtifactError(
-                    f"{self.source}: {name} fails its sha256 check ({by} {wanted[:12]}…, "
-                    f"found {actual[:12]}…). The file is damaged or was modified; rebuild it."
+                    f"{self.source}: {name} fails its sha256 check ({by} {want}, "
+                    f"found {found}). The file is damaged or was modified; rebuild it."
                 )
         return blob
 
@@ -255,3 +256,17 @@ class _Reader:
         if len(blob) != length:
             raise ArtifactError(f"{self.source}: {name} is truncated. Re-download or rebuild it.")
         return blob
+
+
+def short_pair(a: str, b: str, length: int = 12) -> tuple[str, str]:
+    """Two hex digests shortened for a message, but never to the same text: each keeps
+    `length` characters, or 4 past the first one where they differ."""
+    if a == b:
+        return a[:length] + "…", b[:length] + "…"
+    pairs = enumerate(zip(a, b, strict=False))
+    keep = max(length, next((i for i, (x, y) in pairs if x != y), min(len(a), len(b))) + 4)
+
+    def cut(h: str) -> str:
+        return h if len(h) <= keep else h[:keep] + "…"
+
+    return cut(a), cut(b)

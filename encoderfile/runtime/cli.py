@@ -177,6 +177,12 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         "--shortlist", type=positive_int, metavar="K", help="rows re-ranked at full width"
     )
     p.add_argument("-k", type=positive_int, default=10, help="hits per query (default 10)")
+    p.add_argument(
+        "--dimensions",
+        type=positive_int,
+        metavar="N",
+        help="the width the index was embedded at, when it is not one 'info' lists",
+    )
     p.add_argument("--prompt", metavar="NAME", help="prompt prefix for the queries (see info)")
     p.add_argument(
         "--input", metavar="FILE", help="JSONL queries, one object per line ('-': stdin)"

@@ -22,15 +22,30 @@ from encoderfile.errors import RequestError
 
 SCORES_PER_CHUNK = 1 << 22  # query x row scores held at once (16 MiB of float32)
 QUERIES_PER_BATCH = 64  # queries embedded and searched together (one pass over the index)
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins
 
 
 def open_index(path: str | Path) -> np.ndarray:
     """The float32 [rows, width] matrix in `path` (written by `embed --format npy`), memory-mapped."""
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise RequestError(f"cannot read --index {path}: {e.strerror}. Check the path.") from None
+    if magic != NPY_MAGIC:
+        raise RequestError(
+            f"--index {path} is not a .npy file. Write it with 'embed --format npy'."
+        )
+    try:
         index: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
+        reason = (
+            "it holds Python objects"
+            if "ickle" in str(e) or "objects" in str(e)
+            else str(e).rstrip(".")
+        )
         raise RequestError(
-            f"cannot read --index {path} as .npy ({e}). Write it with 'embed --format npy'."
+            f"cannot read --index {path} as .npy ({reason}). Write it with 'embed --format npy'."
         ) from None
     if index.ndim != 2 or index.shape[0] == 0 or index.dtype != np.float32:
         raise RequestError(
@@ -44,11 +59,21 @@ def read_ids(path: str | Path, rows: int) -> list[Any]:
     """One id per index row: a JSON value a line, or an object whose 'id' is used."""
     ids: list[Any] = []
     try:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
+        with open(path, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                if n == 1 and raw.startswith(NPY_MAGIC):
+                    raise RequestError(
+                        f"--ids {path} is a .npy file, not ids. Pass the vectors as --index and "
+                        'a JSONL file of ids (one id, or {"id": …}, a line) as --ids.'
+                    )
                 try:
-                    value = json.loads(line)
-                except ValueError:
+                    value = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise RequestError(
+                        f"--ids {path} line {n} is not UTF-8 (byte {e.start + 1}). "
+                        "Write the ids file as UTF-8 JSONL."
+                    ) from None
+                except (ValueError, RecursionError):
                     raise RequestError(
                         f'--ids {path} line {n} is not JSON. Write one id (or {{"id": …}}) a line.'
                     ) from None
@@ -64,11 +89,23 @@ def read_ids(path: str | Path, rows: int) -> list[Any]:
 
 
 def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (a zero row stays zero), as float32."""
+    """Rows scaled to length 1 (a zero row stays zero), as float32; norms are summed in float64,
+    so that rows of huge finite values do not overflow."""
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    scaled: np.ndarray = x / np.maximum(norms, np.float32(1e-12))
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))[:, None]
+    scaled: np.ndarray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
     return scaled
+
+
+def finite(block: np.ndarray, rows: np.ndarray | range) -> np.ndarray:
+    """`block` (index rows `rows`), refused if any value is inf or NaN."""
+    bad = ~np.isfinite(block).all(axis=1)
+    if bad.any():
+        row = rows[int(np.argmax(bad))]
+        raise RequestError(
+            f"--index row {row} holds inf or NaN. Re-embed that text, or drop the row and its id."
+        )
+    return block
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +127,7 @@ def scan(index: np.ndarray, queries: np.ndarray, dim: int, k: int) -> tuple[np.n
     best_rows = np.empty((len(q), 0), np.int64)
     best_scores = np.empty((len(q), 0), np.float32)
     for start in range(0, index.shape[0], step):
-        block = unit(index[start : start + step, :dim])
+        block = unit(finite(index[start : start + step, :dim], range(start, start + step)))
         rows, scores = top_k(q @ block.T, k)
         merged_rows = np.concatenate([best_rows, rows + start], axis=1)
         merged = np.concatenate([best_scores, scores], axis=1)
@@ -107,7 +144,7 @@ def rerank(
     out_rows, out_scores = [], []
     for i in range(len(q)):
         rows = np.sort(candidates[i])  # ascending reads are kinder to a memory map
-        scores = unit(index[rows]) @ q[i]
+        scores = unit(finite(index[rows], rows)) @ q[i]
         cols, vals = top_k(scores[None, :], k)
         out_rows.append(rows[cols[0]])
         out_scores.append(vals[0])
@@ -161,6 +198,37 @@ def check_funnel(width: int, shortlist_dim: int | None, shortlist: int | None, k
             )
 
 
+def check_width(manifest: Any, path: str | Path, width: int, dimensions: int | None) -> None:
+    """Refuse an index whose width cannot be this artifact's.
+
+    The rule: the width must be one `embed` of this artifact gives, and, since an unrestricted
+    Matryoshka model gives every width from 1 up (so any narrower model's index would pass),
+    it must also be the built dimension or one the manifest lists, unless `--dimensions` names
+    it (the width the index was embedded at with 'embed --dimensions N').
+    """
+    try:
+        manifest.width(width)
+    except RequestError as e:
+        raise RequestError(
+            f"--index {path} has width {width}, which this model does not give ({e}). "
+            "Index texts embedded by this artifact with 'embed --format npy'."
+        ) from None
+    if dimensions is not None:
+        if dimensions != width:
+            raise RequestError(
+                f"--index {path} has width {width}, not --dimensions {dimensions}. Pass the "
+                "width the index was embedded at, or leave --dimensions out."
+            )
+        return
+    listed = sorted({manifest.dimension, *manifest.dimensions}, reverse=True)
+    if width not in listed:
+        raise RequestError(
+            f"--index {path} has width {width}, which is none of {manifest.name}'s widths "
+            f"({', '.join(map(str, listed))}), so it may come from another model. If this "
+            f"artifact wrote it with 'embed --dimensions {width}', pass --dimensions {width}."
+        )
+
+
 def command(args: Any, records: Iterable[Any]) -> int:
     """`<artifact> search`: embed each query, search the index, print one JSONL line a query."""
     from encoderfile.runtime.artifact import open_bundle
@@ -170,13 +238,7 @@ def command(args: Any, records: Iterable[Any]) -> int:
     rows, width = index.shape
     check_funnel(width, args.shortlist_dim, args.shortlist, args.k)
     embedder = Embedder(open_bundle(args.bundle, read_model=False), args.threads)
-    try:
-        embedder.manifest.width(width)
-    except RequestError as e:
-        raise RequestError(
-            f"--index {args.index} has width {width}, which this model does not give ({e}). "
-            "Index texts embedded by this artifact with 'embed --format npy'."
-        ) from None
+    check_width(embedder.manifest, args.index, width, getattr(args, "dimensions", None))
     embedder.prefix(args.prompt)  # an unknown prompt fails before any work
     ids = read_ids(args.ids, rows) if args.ids else None
     for batch in _batched(records, QUERIES_PER_BATCH):

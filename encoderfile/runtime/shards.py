@@ -33,6 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 from encoderfile import __version__
 from encoderfile.errors import RequestError, UsageError
 from encoderfile.runtime import records
+from encoderfile.runtime.artifact import short_pair
 from encoderfile.runtime.manifest import MANIFEST_FILE, MODEL_FILE
 
 if TYPE_CHECKING:
@@ -223,9 +224,10 @@ def _check_same_run(journal: Journal, header: dict[str, Any], out: Path) -> None
         )
     for was, now in zip(journal.header["inputs"], header["inputs"], strict=True):
         if (was["size"], was["sha256"]) != (now["size"], now["sha256"]):
+            before, after = short_pair(was["sha256"], now["sha256"])
             raise UsageError(
                 f"--input {now['path']} changed since {out} was started (size {was['size']} → "
-                f"{now['size']}, sha256 {was['sha256'][:12]}… → {now['sha256'][:12]}…). "
+                f"{now['size']}, sha256 {before} → {after}). "
                 f"Restore the original file, or embed into a new --output-dir."
             )
     for name in SHAPING_OPTIONS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,15 @@ def test_manifest_alone_is_read_without_the_model(tiny_bundle: Path) -> None:
     assert isinstance(manifest, Manifest)
     assert (manifest.name, manifest.dimension, manifest.dimensions) == ("tiny", 8, (8, 4))
     assert manifest.max_length == 16 and manifest.normalized
+
+
+def test_sha_prefixes_in_a_message_differ(tiny_bundle: Path) -> None:
+    """A pin damaged past its 12th character still shows two different prefixes."""
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    pin = manifest["files"]["model.onnx"]
+    manifest["files"]["model.onnx"] = pin[:20] + ("0" if pin[20] != "0" else "1") + pin[21:]
+    (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError) as raised:
+        open_bundle(tiny_bundle)
+    want, found = re.search(r"\(manifest (\w+)…, found (\w+)…\)", str(raised.value)).groups()  # type: ignore[union-attr]
+    assert want != found and len(want) == 24 and pin.startswith(found)

@@ -10,7 +10,7 @@ import pytest
 
 from encoderfile.errors import RequestError
 from encoderfile.runtime import search
-from tests.fixtures.artifacts import run_artifact
+from tests.fixtures.artifacts import make_tiny_bundle, run_artifact
 from tests.runtime.test_boundary import (
     BUILDER_LIBRARIES,
     SERVING,
@@ -87,7 +87,7 @@ def test_index_is_memory_mapped_and_checked(tmp_path: Path) -> None:
     with pytest.raises(RequestError, match=r"holds float64 \[3, 4\]; search needs float32"):
         search.open_index(tmp_path / "f64.npy")
     (tmp_path / "bad.npy").write_text("not numpy")
-    with pytest.raises(RequestError, match="cannot read --index"):
+    with pytest.raises(RequestError, match="is not a .npy file"):
         search.open_index(tmp_path / "bad.npy")
 
 
@@ -214,3 +214,78 @@ def test_frozen_artifact_indexes_and_searches(
     lines = [json.loads(line) for line in found.stdout.decode().splitlines()]
     assert [line["hits"][0]["id"] for line in lines] == [2, 4]
     assert all(len(line["hits"]) == 2 for line in lines)
+
+
+# ------------------------------------------------------------------- hostile files (issue 30)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'"a"\n"b\xff"\n', "line 2 is not UTF-8 (byte 3)"),
+        (b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'}\n", "is a .npy file, not ids"),
+        (b'"a"\n' + b"[" * 100_000 + b"\n", "line 2 is not JSON"),
+    ],
+)
+def test_bad_ids_file_is_one_error_line(
+    run: Run, tmp_path: Path, content: bytes, message: str
+) -> None:
+    index = index_of(run, tmp_path, TEXTS[:2])
+    (tmp_path / "ids.jsonl").write_bytes(content)
+    err = run(
+        "search", "--index", str(index), "--ids", str(tmp_path / "ids.jsonl"), "x"
+    ).one_error_line()
+    assert message in err
+
+
+def test_ids_pointing_at_the_index_is_one_error_line(run: Run, tmp_path: Path) -> None:
+    index = index_of(run, tmp_path, TEXTS)
+    err = run("search", "--index", str(index), "--ids", str(index), "x").one_error_line()
+    assert "is a .npy file, not ids" in err
+
+
+def test_text_file_as_index_is_one_clean_line(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not numpy\n")
+    err = run("search", "--index", str(tmp_path / "notes.txt"), "x").one_error_line()
+    assert "is not a .npy file" in err and "pickle" not in err
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    err = run("search", "--index", str(tmp_path / "objects.npy"), "x").one_error_line()
+    assert "holds Python objects" in err and "allow_pickle" not in err
+
+
+@pytest.mark.filterwarnings("error")  # no RuntimeWarning from numpy either
+def test_inf_or_nan_row_is_one_error_line(run: Run, tmp_path: Path) -> None:
+    index = np.ones((4, 8), np.float32)
+    index[2, 3] = np.inf
+    np.save(tmp_path / "inf.npy", index)
+    for funnel in ([], ["--shortlist-dim", "4", "--shortlist", "4", "-k", "2"]):
+        err = run("search", "--index", str(tmp_path / "inf.npy"), *funnel, "x").one_error_line()
+        assert "--index row 2 holds inf or NaN" in err
+    index[2, 3] = 3e38  # huge but finite: no overflow in the norm
+    np.save(tmp_path / "huge.npy", index)
+    assert run("search", "--index", str(tmp_path / "huge.npy"), "x").rc == 0
+
+
+def test_index_of_another_models_width_is_refused(run: Run, tmp_path: Path) -> None:
+    """An unrestricted artifact gives every width from 1 up, so the width alone would accept any
+    narrower model's index: search takes the built and listed widths, others by --dimensions."""
+    bundle = make_tiny_bundle(tmp_path / "open", restrict_dimensions=False)
+    np.save(tmp_path / "other.npy", np.ones((2, 5), np.float32))
+    other = str(tmp_path / "other.npy")
+    err = run("search", "--index", other, "x", bundle=bundle).one_error_line()
+    assert "has width 5, which is none of tiny's widths (8, 4)" in err
+    assert "pass --dimensions 5" in err
+    ok = run("search", "--index", other, "--dimensions", "5", "x", bundle=bundle)
+    assert ok.rc == 0, ok.err
+    err = run("search", "--index", other, "--dimensions", "4", "x", bundle=bundle).one_error_line()
+    assert "has width 5, not --dimensions 4" in err
+    assert (
+        run(
+            "search",
+            "--index",
+            str(index_of(run, tmp_path, TEXTS, "--dimensions", "4")),
+            "x",
+            bundle=bundle,
+        ).rc
+        == 0
+    )
