@@ -322,9 +322,9 @@ def sweep(
             f"--dims {dims!r} is not a list of integers. Write e.g. --dims 384,128,64."
         )
     funnels = sweeping.parse_funnels(funnel)
-    others = [json.loads(p.read_text()) for p in compare or []]
+    others = [sweeping.load_result(p) for p in compare or []]
     judged = retrieval.load_qrels(qrels)
-    query_set = retrieval.load_collection(queries, only=set(judged))
+    query_set = retrieval.load_collection(queries, only=set(judged), only_from=qrels)
     documents = retrieval.load_collection(corpus)
     if path.is_dir():
         bundle_dir = path
@@ -371,7 +371,7 @@ def main() -> None:
     except Exception as e:
         if not _is_usage_error(e):
             raise
-        message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+        message = " ".join(e.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
         _say(f"encoderfile: {message}. Run 'encoderfile --help' for usage.")
         sys.exit(2)
     if code == 130:

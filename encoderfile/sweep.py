@@ -220,6 +220,41 @@ def _rescore(docs: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: i
 
 # ----------------------------------------------------------------------------------------- output
 
+RESULT_KEYS = ("model", "width", "queries", "documents", "rescore_depth", "rows")
+ROW_KEYS = ("precision", "dims", "ndcg", "bytes_per_vector")
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """Another sweep's --json output (for --compare), checked for what plot() reads."""
+    fix = "Pass the output of 'encoderfile sweep --json'."
+    try:
+        result = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise EvaluationError(
+            f"cannot read --compare {path}: {e.strerror}. Check the path."
+        ) from None
+    except UnicodeDecodeError as e:
+        raise EvaluationError(
+            f"--compare {path} is not UTF-8 (byte {e.start + 1}). {fix}"
+        ) from None
+    except (ValueError, RecursionError):
+        raise EvaluationError(f"--compare {path} is not JSON. {fix}") from None
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if (
+        not isinstance(result, dict)
+        or not isinstance(rows, list)
+        or any(key not in result for key in RESULT_KEYS)
+        or not all(isinstance(r, dict) and all(k in r for k in ROW_KEYS) for r in rows)
+        or not all(r["precision"] in PRECISIONS for r in rows)
+        or not all(
+            isinstance(r[k], int | float) and not isinstance(r[k], bool)
+            for r in rows
+            for k in ("dims", "ndcg", "bytes_per_vector")
+        )
+    ):
+        raise EvaluationError(f"--compare {path} is not a sweep result. {fix}")
+    return result
+
 
 def table(result: dict[str, Any]) -> str:
     """The rows as a Markdown table, each relative to full-width float32."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,3 +251,101 @@ def test_vectors_are_cached_by_bundle_prompt_and_texts(
     assert (sweep.embed(embedder, TEXTS, None, "corpus", tmp_path) == first).all()
     with pytest.raises(AssertionError, match="embedded again"):  # another prompt: another key
         sweep.embed(embedder, TEXTS, "query", "corpus", tmp_path)
+
+
+# ------------------------------------------------------------------- hostile files (issue 30)
+
+
+def sweep_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str | Path
+) -> str:
+    """`encoderfile sweep ARGS` run in this process: its one stderr line (exit 2 checked)."""
+    from encoderfile import cli as builder_cli
+
+    monkeypatch.setattr(sys, "argv", ["encoderfile", "sweep", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        builder_cli.main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert err.startswith("encoderfile: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: (d / "qrels.tsv").write_bytes(b"h\nq0\td0\t1\nq\xff\td0\t1\n"),
+            "line 3 is not UTF-8",
+        ),
+        (
+            lambda d: (d / "queries.jsonl").write_bytes(b'{"_id": "q0", "text": "caf\xe9"}\n'),
+            "line 1 is not UTF-8",
+        ),
+        (
+            lambda d: (d / "corpus.jsonl.gz").write_bytes(b"not gzip at all\n"),
+            "is not a complete gzip file",
+        ),
+        (
+            lambda d: (d / "corpus.jsonl.gz").write_bytes(
+                gzip.compress((d / "corpus.jsonl").read_bytes())[:-12]
+            ),
+            "is not a complete gzip file",
+        ),
+        (lambda d: (d / "compare.json").write_bytes(b"\xff\xfe"), "--compare"),
+        (lambda d: (d / "compare.json").write_text('{"rows": 1}'), "is not a sweep result"),
+        (lambda d: (d / "compare.json").write_text("[" * 100_000), "is not JSON"),
+    ],
+)
+def test_bad_sweep_files_are_one_error_line(
+    tiny_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    damage: Any,
+    message: str,
+) -> None:
+    data = write_beir(tmp_path / "data", TEXTS, TEXTS[:1], [("q0", "d0", 1)])
+    damage(data)
+    corpus = (
+        data / "corpus.jsonl.gz" if (data / "corpus.jsonl.gz").exists() else data / "corpus.jsonl"
+    )
+    compare = ["--compare", data / "compare.json"] if (data / "compare.json").exists() else []
+    err = sweep_in_process(
+        monkeypatch,
+        capsys,
+        tiny_bundle,
+        *("--queries", data / "queries.jsonl", "--corpus", corpus, "--qrels", data / "qrels.tsv"),
+        *compare,
+    )
+    assert message in err and "Traceback" not in err
+
+
+def test_qrels_that_match_no_query_are_named(
+    tiny_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = write_beir(tmp_path / "data", TEXTS, TEXTS[:2], [("Q-0", "d0", 1), ("Q-1", "d1", 1)])
+    err = sweep_in_process(
+        monkeypatch,
+        capsys,
+        tiny_bundle,
+        *("--queries", data / "queries.jsonl", "--corpus", data / "corpus.jsonl"),
+        *("--qrels", data / "qrels.tsv"),
+    )
+    assert "none of the 2 ids in" in err and "('q0', 'q1') is a query id in" in err
+    assert "('Q-0', 'Q-1')" in err and "no usable entries" not in err
+
+
+def test_missing_argument_has_one_period(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from encoderfile import cli as builder_cli
+
+    monkeypatch.setattr(sys, "argv", ["encoderfile", "build"])
+    with pytest.raises(SystemExit):
+        builder_cli.main()
+    err = capsys.readouterr().err
+    assert "Missing argument" in err and ".." not in err and err.count("\n") == 1, err
