@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -219,10 +220,16 @@ def output(path: str | None) -> Iterator[IO[bytes]]:
         sink.flush()
         return
     target = Path(os.path.realpath(path))  # write through symlinks: they stay links
-    if target.is_dir():
+    try:
+        mode: int | None = os.stat(path).st_mode  # the kernel follows /proc's fd links too
+    except OSError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
         raise RequestError(f"--output {path} is a directory. Name a file.")
-    if target.exists() and not target.is_file():
-        with _open_through(path, target) as fh:
+    if mode is not None and (not stat.S_ISREG(mode) or _names_a_descriptor(path)):
+        # A pipe, device or socket (/dev/stdout into `| wc`), or a file a shell opened for us
+        # (/dev/stdout into `> file` or `>> file`): write into it, never replace it.
+        with _open_through(path, "wb" if not stat.S_ISREG(mode) else "ab") as fh:
             yield fh
         return
     import tempfile
@@ -249,10 +256,18 @@ def output(path: str | None) -> Iterator[IO[bytes]]:
         raise
 
 
+def _names_a_descriptor(path: str) -> bool:
+    """Whether `path` is one of an open descriptor's names (/dev/stdout, /dev/fd/N,
+    /proc/self/fd/N): realpath cannot follow those to a pipe, and renaming onto them would
+    detach the file from the descriptor."""
+    where = os.path.abspath(path)
+    return where in ("/dev/stdout", "/dev/stderr") or where.startswith(("/dev/fd/", "/proc/"))
+
+
 @contextmanager
-def _open_through(path: str, target: Path) -> Iterator[IO[bytes]]:
+def _open_through(path: str, mode: str) -> Iterator[IO[bytes]]:
     try:
-        with open(target, "wb", buffering=1 << 20) as fh:
+        with open(path, mode, buffering=1 << 20) as fh:
             yield fh
     except BrokenPipeError:
         raise

@@ -137,6 +137,24 @@ def test_output_to_a_device_through_a_symlink_stays_a_device(
     assert sorted(p.name for p in out_dir.iterdir()) == ["stdout"]
 
 
+@pytest.mark.parametrize("name", ["/dev/stdout", "/proc/self/fd/1", "/dev/fd/1"])
+def test_output_to_dev_stdout_writes_to_the_pipe_or_file(
+    tiny_bundle: Path, out_dir: Path, name: str
+) -> None:
+    """realpath cannot follow /dev/stdout to a pipe; into `>> file` it appends, never replaces."""
+    result = embed(tiny_bundle, "-o", name, "hello")  # stdout is a pipe
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tokens"] > 0
+    log = out_dir / "log.jsonl"
+    log.write_text('{"earlier": true}\n')
+    for text in ("one", "two"):
+        with log.open("ab") as appended:
+            argv = [*runtime(tiny_bundle), "embed", "-o", name, text]
+            assert subprocess.run(argv, stdout=appended, timeout=120).returncode == 0
+    assert len(log.read_text().splitlines()) == 3
+    assert sorted(p.name for p in out_dir.iterdir()) == ["log.jsonl"]
+
+
 def test_enormous_line_is_cut_early_with_bounded_memory(tiny_bundle: Path, tmp_path: Path) -> None:
     """A 10 MB line is read no further than max_length x CHARS_PER_TOKEN characters (16 x 128
     for the tiny model): peak RSS stays about that of a short line, and it is reported truncated."""
