@@ -113,6 +113,10 @@ def run(args: argparse.Namespace, bundle: Bundle) -> int:
         raise EncoderfileError(
             f"--shutdown-delay={args.shutdown_delay} is out of range. Use 0 to 3600 seconds."
         )
+    if not (args.no_http or args.no_grpc) and args.port == args.grpc_port:
+        raise EncoderfileError(
+            f"--port and --grpc-port are both {args.port}. Give HTTP and gRPC different ports."
+        )
     logs.configure(args.log_format)
     limits = Limits(args.max_body_bytes, args.max_inputs, args.max_chars, args.max_inflight)
     keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
@@ -141,16 +145,26 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
 
     grpc_server = health = http = http_task = None
-    if not args.no_grpc:
-        from encoderfile.runtime.serve.grpc_service import create_server, set_serving
+    # Both ports are taken before either server starts: a busy port is one line, with no
+    # server left running for the closing event loop to complain about.
+    sock = None if args.no_http else _bind(args.host, args.port)
+    try:
+        if not args.no_grpc:
+            from encoderfile.runtime.serve.grpc_service import create_server, set_serving
 
-        grpc_server, health = create_server(service, _join(args.host, args.grpc_port))
-        await set_serving(health, False)
-        await grpc_server.start()
-    if not args.no_http:
+            _probe_grpc(args.host, args.grpc_port)
+            grpc_server, health = create_server(service, _join(args.host, args.grpc_port))
+            await set_serving(health, False)
+            await grpc_server.start()
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        if grpc_server is not None:
+            await grpc_server.stop(0)
+        raise
+    if sock is not None:
         from encoderfile.runtime.serve.http_app import create_app
 
-        sock = _bind(args.host, args.port)
         config = uvicorn.Config(
             create_app(service, cors_origins=args.cors_origin, extra_routes=extra_routes),
             http=timed_protocol(args.read_timeout),  # httptools, with a read timeout
@@ -232,6 +246,22 @@ def _bind(host: str, port: int) -> socket.socket:
             "or another --host."
         ) from None
     return sock
+
+
+def _probe_grpc(host: str, port: int) -> None:
+    """Refuse a busy gRPC port in one line (gRPC's own bind failure also logs from its C core)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(address)
+    except OSError as e:
+        raise EncoderfileError(
+            f"cannot bind gRPC to {_join(host, port)} ({e.strerror}). Pick a free --grpc-port, "
+            "or another --host."
+        ) from None
 
 
 def _join(host: str, port: int) -> str:

@@ -235,6 +235,36 @@ def test_port_in_use_is_a_clear_error(shared_tiny_bundle: Path, tiny_server: Ser
     assert f"cannot bind HTTP to {HOST}:{tiny_server.port}" in result.stderr
 
 
+@pytest.mark.slow  # starts the runtime in a process
+@pytest.mark.parametrize("busy", ["http", "grpc", "same"])
+def test_busy_port_with_both_transports_is_one_line(shared_tiny_bundle: Path, busy: str) -> None:
+    """HTTP busy with gRPC on left a started gRPC server behind ('Event loop is closed' and
+    9 lines); gRPC busy added a line from gRPC's C core."""
+    held = socket.socket()
+    held.bind((HOST, 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    with socket.socket() as spare:
+        spare.bind((HOST, 0))
+        free = spare.getsockname()[1]
+    http, grpc_port = {"http": (taken, free), "grpc": (free, taken), "same": (free, free)}[busy]
+    try:
+        result = subprocess.run(
+            [*runtime_command(shared_tiny_bundle), "serve", "--port", str(http),
+             "--grpc-port", str(grpc_port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        held.close()
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    expected = {
+        "http": f"cannot bind HTTP to {HOST}:{taken} (Address already in use)",
+        "grpc": f"cannot bind gRPC to {HOST}:{taken} (Address already in use)",
+        "same": f"--port and --grpc-port are both {free}",
+    }[busy]
+    assert result.stderr.startswith("encoderfile: ") and expected in result.stderr
+
+
 def test_frozen_artifact_serves(minilm_artifact: Path, artifact_env: dict, tmp_path: Path):
     server = Server([str(minilm_artifact), "--threads", "1"], tmp_path / "log",
                     env=artifact_env).wait_ready(timeout=180)  # fmt: skip
