@@ -115,6 +115,7 @@ def write(
         precision=precision or Precision(recipe.precision),
         image=_image_section(image, recipe),
         pinned=pinned,
+        aliases=tuple(recipe.aliases),
     )
     return _write_files(out, files, manifest)
 
@@ -136,6 +137,7 @@ def write_image_only(out: Path, recipe: Recipe, image: VisionBuild, pinned: bool
         built_at=_built_at(),
         image=section,
         pinned=pinned,
+        aliases=tuple(recipe.aliases),
     )
     return _write_files(out, files, manifest)
 

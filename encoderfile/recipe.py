@@ -249,6 +249,11 @@ class Recipe(_Strict):
     tokenizer: TokenizerSpec = TokenizerSpec()
     prompts: dict[str, str] = Field(default_factory=dict, description="task name -> prefix")
     default_prompt: str | None = None
+    aliases: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]] = Field(
+        default_factory=list,
+        description="other names the OpenAI routes accept as `model` and GET /v1/models "
+        "lists, e.g. the Hub repo id of a model built from a local directory",
+    )
     image: ImageSpec | None = Field(
         None, description="an image model in the same embedding space (optional)"
     )

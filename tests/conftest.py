@@ -15,6 +15,7 @@ import pytest
 from tests.fixtures.artifacts import *  # noqa: F403
 from tests.fixtures.image_bundle import *  # noqa: F403
 from tests.fixtures.models import *  # noqa: F403
+from tests.fixtures.tiktoken_offline import *  # noqa: F403
 
 SLOW_FIXTURES = frozenset(
     {

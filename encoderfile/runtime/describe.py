@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from encoderfile.runtime.manifest import (
@@ -22,7 +23,7 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         "version": manifest.version,
         "format_version": manifest.format_version,
         "model": _source(model),
-        "model_id": (model.repo or model.path) if model else None,
+        "model_id": _model_id(manifest),
         "revision": model.revision if model else None,
         "sha256": manifest.files.get(MODEL_FILE),
         "graph": manifest.graph.to_dict() if manifest.graph else None,
@@ -91,9 +92,23 @@ def _widths(d: dict[str, Any]) -> str:
 
 
 def _source(model: ModelSource | None) -> dict[str, Any] | None:
+    """The source without its file hashes; a local directory by its last name only (the
+    build machine's paths stay out of what the artifact shows)."""
     if model is None:
         return None
-    return {k: v for k, v in model.to_dict().items() if k != "files"}
+    shown = {k: v for k, v in model.to_dict().items() if k != "files"}
+    if shown.get("path"):
+        shown["path"] = PurePath(str(shown["path"])).name
+    return shown
+
+
+def _model_id(manifest: Manifest) -> str | None:
+    """The Hub repo id built from; for a local build the recipe's first alias, else the name."""
+    if manifest.model is None:
+        return None
+    if manifest.model.repo:
+        return manifest.model.repo
+    return manifest.aliases[0] if manifest.aliases else manifest.name
 
 
 def _label(source: dict[str, Any]) -> str:

@@ -256,12 +256,15 @@ class Manifest:
     image: ImageSection | None = None
     restrict_dimensions: bool = False  # True: requests may ask only for `dimensions`
     pinned: bool = True  # False: some source file had no sha256 pin in the recipe
+    aliases: tuple[str, ...] = ()  # other names the OpenAI routes accept as `model`
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         out = _plain(self)
         if self.image is None:
             del out["image"]
+        if not self.aliases:  # manifests of recipes without aliases stay as they were
+            del out["aliases"]
         return out
 
     def to_json(self) -> bytes:
@@ -299,6 +302,7 @@ class Manifest:
                 image=ImageSection.from_dict(raw["image"]) if raw.get("image") else None,
                 restrict_dimensions=bool(raw.get("restrict_dimensions", False)),
                 pinned=bool(raw.get("pinned", True)),
+                aliases=tuple(str(a) for a in raw.get("aliases") or ()),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(

@@ -28,12 +28,13 @@ AVERAGING = "arithmetic"  # /img/stats' default averaging_method (image_service)
 
 
 def model_ids(manifest: Manifest) -> list[str]:
-    """What the OpenAI routes accept as `model`: the artifact name, then the repo id (or local
-    path) it was built from."""
+    """What the OpenAI routes accept as `model`: the artifact name, the Hub repo id it was built
+    from (never a local path), then the recipe's `aliases`."""
     ids = [manifest.name]
     source = manifest.model or (manifest.image.model if manifest.image else None)
     if source is not None and source.repo:
         ids.append(source.repo)
+    ids += [a for a in manifest.aliases if a not in ids]
     return ids
 
 
@@ -78,15 +79,16 @@ def query_prompt(manifest: Manifest) -> str:
     )
 
 
-def nomic_info(manifest: Manifest, source: str) -> dict[str, Any]:
-    """nomic-serve's GET /info fields; model paths name entries of this artifact. Its
-    `tokenizer` (a path) is left out: ours, the tokenizer settings, keeps the name."""
-    files = manifest.files
+def nomic_info(manifest: Manifest) -> dict[str, Any]:
+    """nomic-serve's GET /info fields; model paths name entries of this artifact
+    (`<name>:model.onnx`, never a path of the machine it was built or runs on). Its `tokenizer`
+    (a path) is left out: ours, the tokenizer settings, keeps the name."""
+    files, name = manifest.files, manifest.name
     return {
         "averaging": AVERAGING,
         "load_cuda": GPU_ENABLED,
-        "txt_model": f"{source}:{MODEL_FILE}" if MODEL_FILE in files else None,
-        "img_model": f"{source}:{VISION_FILE}" if VISION_FILE in files else None,
+        "txt_model": f"{name}:{MODEL_FILE}" if MODEL_FILE in files else None,
+        "img_model": f"{name}:{VISION_FILE}" if VISION_FILE in files else None,
     }
 
 

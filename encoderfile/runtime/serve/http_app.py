@@ -1,4 +1,5 @@
-"""The HTTP API: native routes (/embed, /embed/batch), OpenAI's /v1/embeddings, docs, metrics."""
+"""The HTTP API: native routes (/embed, /embed/batch), OpenAI's /v1/embeddings, TEI's routes
+(tei.py), docs, metrics."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,10 +39,11 @@ from encoderfile.errors import (
     RequestError,
     UnauthorizedError,
 )
-from encoderfile.runtime.serve import compat, guards
+from encoderfile.runtime import openai_tokens
+from encoderfile.runtime.serve import compat, guards, tei
 from encoderfile.runtime.serve import metrics as prom
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES, BODY_BYTES
-from encoderfile.runtime.serve.openapi import spec
+from encoderfile.runtime.serve.openapi import add_tei, spec
 from encoderfile.runtime.serve.service import Service
 
 if TYPE_CHECKING:
@@ -84,8 +87,14 @@ def status_of(exc: BaseException) -> tuple[int, str]:
 
 
 def error_response(exc: BaseException, scope: Scope) -> Json:
-    """Native shape {"error": {message, type}}; on /v1 and /embeddings OpenAI's, with param/code."""
+    """Native shape {"error": {message, type}}; on /v1 and /embeddings OpenAI's, with param/code;
+    on TEI's routes (and /embed, /tokenize with `inputs`) TEI's {"error", "error_type"}."""
     status, kind = status_of(exc)
+    if tei.is_tei(scope):
+        status, body = tei.error(exc)
+        scope.setdefault("state", {})["error_kind"] = kind
+        retry = {"Retry-After": "1"} if status in (429, 503) else {}
+        return Json(body, status, retry)
     if status == 422 and _is_openai(scope["path"]):
         status = 400  # OpenAI answers 400 for every invalid request; its SDK raises BadRequestError
     scope.setdefault("state", {})["error_kind"] = kind
@@ -117,6 +126,7 @@ def create_app(
         Route("/health", api.health),
         Route("/ready", api.ready),
         Route("/info", api.info),
+        Route("/", api.tei_root, methods=["GET", "POST"]),
         Route("/metrics", api.metrics),
         Route("/openapi.json", api.openapi),
         Route("/docs", api.docs),
@@ -129,6 +139,9 @@ def create_app(
         *[Route(path, api.query, methods=post) for path in ("/query", "/txt/query")],
         *compat.CompatRoutes(service.manifest, api.openapi).routes(),
         Route("/tokenize", api.tokenize, methods=post),
+        Route("/decode", api.tei_decode, methods=post),
+        Route("/embed_all", api.tei_embed_all, methods=post),
+        *[Route(path, api.tei_other_kind, methods=post) for path in tei.OTHER_KINDS],
         Route("/img/embed", api.img_embed, methods=post),
         Route("/img/batch", api.img_batch, methods=post),
         Route("/img/stats", api.img_stats, methods=post),
@@ -276,6 +289,7 @@ class _Api:
         self.service = service
         self.name = service.manifest.name
         self._embedding = 0  # requests between tokenized and answered
+        self.tei = tei.Tei(service)
 
     async def health(self, request: Request) -> Response:
         text, vision = self.service.manifest.has_text, self.service.images.available
@@ -294,24 +308,31 @@ class _Api:
         return Json({"status": "ready"})
 
     async def info(self, request: Request) -> Response:
-        source = str(self.service.bundle.source)
-        return Json({**compat.nomic_info(self.service.manifest, source), **self.service.info()})
+        manifest = self.service.manifest
+        return Json({**compat.nomic_info(manifest), **self.tei.info(), **self.service.info()})
 
     async def metrics(self, request: Request) -> Response:
         return PlainTextResponse(self.service.metrics.render(), media_type=prom.CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
         service = self.service
-        document = spec(service.manifest, service.limits, service.vocab_size())
-        return Json(compat.extend_spec(document, service.manifest))
+        vocab = service.vocab_size()
+        document = compat.extend_spec(
+            spec(service.manifest, service.limits, vocab), service.manifest
+        )
+        add_tei(document, service.manifest, service.limits, vocab)
+        return Json(document)
 
     async def docs(self, request: Request) -> Response:
         root = request.scope.get("root_path", "")
         return HTMLResponse(_DOCS_PAGE.format(title=f"{self.name} — encoderfile", root=root))
 
     async def embed(self, request: Request) -> Response:
+        """nomic-serve's /embed (`input`), or TEI's (`inputs`): the field tells them apart."""
         started = time.perf_counter()
         body = await _read_object(request, self.service.limits.max_body_bytes)
+        if _api(request, body) == "tei":
+            return await self._tei_embed(request, body)
         body = compat.native_fields(body, self.service.manifest, batch=False)
         _only(body, {"input", "dim", "prompt", "truncate"}, "POST /embed")
         text = body.get("input")
@@ -390,13 +411,13 @@ class _Api:
         elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             encodings = self.service.tokenize(value, prompt=prompt)
         elif isinstance(value, list) and value and all(_is_int(v) for v in value):
-            encodings = self._token_ids([value], prompt)
+            encodings = await self._openai_token_ids([value], prompt)
         elif (
             isinstance(value, list)
             and value
             and all(isinstance(v, list) and all(_is_int(t) for t in v) for v in value)
         ):
-            encodings = self._token_ids(value, prompt)
+            encodings = await self._openai_token_ids(value, prompt)
         else:
             raise InvalidFieldError(
                 f"'input' must be a string, a list of strings, a list of token ids or a list "
@@ -445,6 +466,10 @@ class _Api:
 
     async def tokenize(self, request: Request) -> Response:
         body = await _read_object(request, self.service.limits.max_body_bytes)
+        if _api(request, body) == "tei":
+            tokens = self.tei.tokenize(body)
+            request.state.inputs = len(tokens)
+            return Json(tokens)
         _only(body, {"input", "prompt"}, "POST /tokenize")
         value = body.get("input")
         single = isinstance(value, str)
@@ -499,13 +524,67 @@ class _Api:
         request.state.inputs = 1
         return Json({**stats, "time_ms": _ms(started)})
 
-    def _token_ids(self, rows: list[list[int]], prompt: str | None) -> list[TokenIds]:
-        if prompt is not None:
-            raise InvalidFieldError(
-                "'prompt' applies to text inputs, not token ids. Drop it, or send text.",
-                param="prompt",
-            )
-        return self.service.token_ids(rows)
+    async def tei_root(self, request: Request) -> Response:
+        """TEI's `/`: GET is its health check, POST its /embed."""
+        request.scope.setdefault("state", {})[tei.STATE_KEY] = "tei"
+        if request.method == "GET":
+            if not self.service.ready:
+                raise NotReadyError(
+                    "The model is loading or the server is draining. Retry shortly."
+                )
+            return Response(status_code=200)
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        return await self._tei_embed(request, body)
+
+    async def _tei_embed(self, request: Request, body: dict[str, Any]) -> Response:
+        encodings, dimensions, normalize = self.tei.embed_inputs(body)
+        result = await self._embed(request, encodings, dimensions)
+        rows = result.vectors
+        if normalize:  # only for a graph without L2 at its end (TEI's normalize=true)
+            norms = np.linalg.norm(rows, axis=1, keepdims=True)
+            rows = rows / np.maximum(norms, np.float32(1e-12))
+        return Json(rows)
+
+    async def tei_decode(self, request: Request) -> Response:
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        texts = self.tei.decode(body)
+        request.state.inputs = len(texts)
+        return Json(texts)
+
+    async def tei_embed_all(self, request: Request) -> Response:
+        raise self.tei.embed_all()
+
+    async def tei_other_kind(self, request: Request) -> Response:
+        raise self.tei.other_kind(request.url.path)
+
+    async def _openai_token_ids(self, rows: list[list[int]], prompt: str | None) -> list[Encoding]:
+        """OpenAI's token arrays: ids of cl100k_base (what OpenAI's embedding models and
+        LangChain's OpenAIEmbeddings use), decoded to the text they encode, then embedded as text.
+        Never read as ids of this model's vocabulary (that would be a wrong vector)."""
+        self.service.check_count(len(rows), "input")
+        for i, row in enumerate(rows):
+            if not row:
+                raise InvalidFieldError(
+                    f"'input[{i}]' has no token ids. Send at least one.", param="input"
+                )
+            if len(row) > openai_tokens.MAX_IDS:
+                raise InvalidFieldError(
+                    f"'input[{i}]' has {len(row)} token ids, over OpenAI's limit of "
+                    f"{openai_tokens.MAX_IDS}. Split it, or send text.",
+                    param="input",
+                )
+            bad = next((t for t in row if not openai_tokens.is_token(t)), None)
+            if bad is not None:
+                raise InvalidFieldError(
+                    f"'input[{i}]' has token id {bad}, which is not a {openai_tokens.ENCODING} "
+                    "token. /v1/embeddings reads token ids as tiktoken's cl100k_base, as OpenAI "
+                    "does (LangChain's OpenAIEmbeddings sends those by default). Send text "
+                    "(LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)), or "
+                    "send ids of this model's own vocabulary to POST /embed as TEI's 'inputs'.",
+                    param="input",
+                )
+        texts = await asyncio.to_thread(openai_tokens.decode, rows)
+        return self.service.tokenize(texts, prompt=prompt, decoded=True)
 
     async def _embed(
         self, request: Request, encodings: Sequence[Encoding | TokenIds], dimensions: int | None
@@ -588,6 +667,20 @@ async def _read_object(request: Request, limit: int) -> dict[str, Any]:
             f"The body is a JSON {_json_type(value)}, not an object. Send a JSON object."
         )
     return value
+
+
+def _api(request: Request, body: dict[str, Any]) -> str:
+    """ "tei" for a TEI request on a shared path (`inputs`, not `input`), else "native"."""
+    if "inputs" in body and "input" in body:
+        raise InvalidFieldError(
+            f"POST {request.url.path} got both 'input' (nomic-serve's request) and 'inputs' "
+            "(TEI's). Send one of them.",
+            param="input",
+        )
+    if "inputs" in body:
+        request.scope.setdefault("state", {})[tei.STATE_KEY] = "tei"
+        return "tei"
+    return "native"
 
 
 def _only(body: dict[str, Any], allowed: set[str], route: str) -> None:

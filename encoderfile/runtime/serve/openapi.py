@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import encoderfile
+from encoderfile.runtime import openai_tokens
 from encoderfile.runtime.manifest import MIN_DIMENSION, NO_PROMPT, Manifest
 
 if TYPE_CHECKING:
@@ -92,11 +93,16 @@ def spec(manifest: Manifest, limits: Limits | None = None, vocab_size: int = 0) 
     }
     text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars, "pattern": NOT_BLANK}
     texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
-    token_ids = {
+    openai_ids = {  # tiktoken cl100k_base, as OpenAI's API reads token arrays (openai_tokens)
         "type": "array",
-        "items": {"type": "integer", "minimum": 0, "maximum": max(vocab_size - 1, 0)},
+        "items": {
+            "oneOf": [
+                {"type": "integer", "minimum": 0, "maximum": openai_tokens.RANKS - 1},
+                {"type": "integer", "enum": sorted(openai_tokens.SPECIAL)},
+            ]
+        },
         "minItems": 1,
-        "maxItems": manifest.max_length,
+        "maxItems": openai_tokens.MAX_IDS,
     }
     vector = {"type": "array", "items": {"type": "number"}}
     native_error = {
@@ -172,30 +178,22 @@ def spec(manifest: Manifest, limits: Limits | None = None, vocab_size: int = 0) 
                     "oneOf": [
                         text,
                         texts,
-                        token_ids,
+                        openai_ids,
                         {
                             "type": "array",
-                            "items": token_ids,
+                            "items": openai_ids,
                             "minItems": 1,
                             "maxItems": limits.max_inputs,
                         },
                     ],
-                    "description": "text(s), or token ids of this model's vocabulary",
+                    "description": "text(s), or token ids of tiktoken's cl100k_base (OpenAI's "
+                    "embedding tokenizer, what LangChain sends), decoded to text; ids of this "
+                    "model's vocabulary go to POST /embed as TEI's `inputs`",
                 },
                 "encoding_format": {"type": "string", "enum": ["float", "base64"]},
                 "dimensions": dim,
                 "user": {"type": "string", "nullable": True},
                 "prompt": {**prompt, "description": "extension: " + prompt["description"]},
-            },
-            "not": {  # a prompt is text: it cannot go with token ids
-                "required": ["input", "prompt"],
-                "properties": {
-                    "input": {
-                        "type": "array",
-                        "items": {"oneOf": [{"type": "integer"}, token_ids]},
-                    },
-                    "prompt": {"type": "string"},
-                },
             },
             "example": {"model": manifest.name, "input": ["hello world"]},
         },
@@ -372,4 +370,189 @@ def _image_schemas(dims: list[int]) -> dict[str, Any]:
                 "time_ms": {"type": "number"},
             },
         },
+    }
+
+
+def add_tei(doc: dict[str, Any], manifest: Manifest, limits: Limits, vocab_size: int) -> None:
+    """TEI's routes (tei.py) into `doc`, after compat.extend_spec: `/` and the TEI-only routes,
+    and on /embed, /txt/embed and /tokenize TEI's request beside the native one (told apart by
+    `inputs` against `input`)."""
+    schemas, paths = doc["components"]["schemas"], doc["paths"]
+    native = schemas["EmbedRequest"]["properties"]
+    text, prompt = native["input"], schemas["OpenAIRequest"]["properties"]["prompt"]
+    ids_item = {"type": "integer", "minimum": 0, "maximum": max(vocab_size - 1, 0)}
+    token_ids = {"type": "array", "items": ids_item, "minItems": 1, "maxItems": manifest.max_length}
+    one = {"oneOf": [text, token_ids]}
+    many = {"type": "array", "items": one, "minItems": 1, "maxItems": limits.max_inputs}
+    texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
+    nullable_bool = {"type": "boolean", "nullable": True}
+    normalize: dict[str, Any] = {**nullable_bool, "default": True}
+    if manifest.normalized:  # the graph ends in L2: there is no unnormalised vector to give
+        normalize["enum"] = [True, None]
+    prompt_name = {**prompt, "description": "TEI's name for 'prompt' (text inputs only)"}
+    vector = {"type": "array", "items": {"type": "number"}}
+    schemas["TeiEmbedRequest"] = {
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "inputs": {
+                "oneOf": [text, token_ids, many],
+                "description": "text, token ids of this model's vocabulary, or a list of those",
+            },
+            "normalize": normalize,
+            "truncate": {**nullable_bool, "default": True},
+            "truncation_direction": {
+                "type": "string",
+                "enum": ["Right", "Left", "right", "left", None],
+                "nullable": True,
+            },
+            "prompt_name": prompt_name,
+            "dimensions": schemas["OpenAIRequest"]["properties"]["dimensions"],
+            "encoding_format": {"type": "string", "enum": ["float", None], "nullable": True},
+        },
+        "example": {"inputs": ["hello world", "goodbye"]},
+    }
+    schemas["TeiEmbedResponse"] = {"type": "array", "items": vector}
+    schemas["TeiTokenizeRequest"] = {
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "inputs": {"oneOf": [text, texts]},
+            "add_special_tokens": {**nullable_bool, "default": True},
+            "prompt_name": prompt_name,
+        },
+        "example": {"inputs": "hello world"},
+    }
+    schemas["TeiTokenizeResponse"] = {
+        "type": "array",
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "text", "special"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "text": {"type": "string"},
+                    "special": {"type": "boolean"},
+                    "start": {"type": "integer", "nullable": True},
+                    "stop": {"type": "integer", "nullable": True},
+                },
+            },
+        },
+    }
+    any_ids = {"type": "array", "items": ids_item, "minItems": 1}
+    schemas["TeiDecodeRequest"] = {
+        "type": "object",
+        "required": ["ids"],
+        "additionalProperties": False,
+        "properties": {
+            "ids": {
+                "oneOf": [
+                    any_ids,
+                    {
+                        "type": "array",
+                        "items": any_ids,
+                        "minItems": 1,
+                        "maxItems": limits.max_inputs,
+                    },
+                ]
+            },
+            "skip_special_tokens": {**nullable_bool, "default": True},
+        },
+        "example": {"ids": [101, 7592, 102]},
+    }
+    schemas["TeiDecodeResponse"] = {"type": "array", "items": {"type": "string"}}
+    schemas["TeiError"] = {
+        "type": "object",
+        "required": ["error", "error_type"],
+        "properties": {
+            "error": {"type": "string"},
+            "error_type": {
+                "type": "string",
+                "enum": ["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"],
+            },
+        },
+    }
+    tei_embed = _tei_post(
+        "Embed (TEI): a bare list of vectors", "TeiEmbedRequest", "TeiEmbedResponse"
+    )
+    paths["/"] = {
+        "get": {
+            "summary": "TEI's health check: 200 once the model is loaded",
+            "tags": ["tei"],
+            "responses": {
+                "200": {"description": "Ready"},
+                "503": _json(_ref("TeiError"), "Loading or draining; retry"),
+            },
+        },
+        **tei_embed,
+    }
+    paths["/decode"] = _tei_post(
+        "Token ids of this model's vocabulary back to text (TEI)",
+        "TeiDecodeRequest",
+        "TeiDecodeResponse",
+    )
+    for path, summary in (
+        ("/embed_all", "Per-token vectors (TEI): 424, the graph outputs only pooled vectors"),
+        ("/rerank", "Re-rank (TEI): 424 until the artifact holds a re-ranker"),
+        ("/predict", "Classify (TEI): 424 until the artifact holds a classifier"),
+        ("/embed_sparse", "Sparse vectors (TEI): 424 until the artifact holds a sparse model"),
+    ):
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "tags": ["tei"],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "401": _json(_ref("TeiError"), "Missing or wrong API key"),
+                    "413": _json(_ref("TeiError"), "Body too large"),
+                    "422": _json(_ref("TeiError"), "Body is not a JSON object"),
+                    "424": _json(_ref("TeiError"), "This model kind does not serve the route"),
+                },
+            }
+        }
+    for path, request, response in (
+        ("/embed", "TeiEmbedRequest", "TeiEmbedResponse"),
+        ("/tokenize", "TeiTokenizeRequest", "TeiTokenizeResponse"),
+    ):
+        _both(paths, path, request, response)
+    paths["/txt/embed"] = paths["/embed"]
+
+
+def _tei_post(summary: str, request: str, response: str) -> dict[str, Any]:
+    op = _post(summary, request, response, "tei", "TeiError")
+    responses = op["post"]["responses"]
+    responses["400"] = _json(_ref("TeiError"), "Empty batch")
+    responses["413"] = _json(_ref("TeiError"), "Body too large, or more inputs than --max-inputs")
+    responses["422"] = _json(_ref("TeiError"), "Body is not JSON, or a field is invalid")
+    responses["424"] = _json(_ref("TeiError"), "The model cannot serve the request")
+    responses.pop("404", None)
+    return op
+
+
+def _both(paths: dict[str, Any], path: str, tei_request: str, tei_response: str) -> None:
+    """A native route that takes TEI's request too: each body, answer and error either kind."""
+    native = paths[path]["post"]
+    body = native["requestBody"]["content"]["application/json"]["schema"]
+    responses = {}
+    for code, answer in native["responses"].items():
+        schema = answer["content"]["application/json"]["schema"]
+        other = _ref(tei_response) if code == "200" else _ref("TeiError")
+        responses[code] = _json({"oneOf": [schema, other]}, answer["description"])
+    responses["424"] = _json(_ref("TeiError"), "The model cannot serve the request (TEI)")
+    paths[path] = {
+        "post": {
+            **native,
+            "summary": native["summary"] + "; with `inputs`, TEI's request and answer",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"oneOf": [body, _ref(tei_request)]}}},
+            },
+            "responses": responses,
+        }
     }

@@ -182,10 +182,16 @@ class Service:
         truncate: bool = True,
         param: str = "input",
         single: bool = False,
+        decoded: bool = False,
     ) -> list[Encoding]:
-        """Check texts against the limits and tokenize them (with the prompt's prefix)."""
+        """Check texts against the limits and tokenize them (with the prompt's prefix).
+
+        `decoded`: texts decoded from OpenAI token ids, which the client checked: no blank
+        check, and cut to --max-chars instead of refused (the model sees far fewer tokens)."""
         self.check_count(len(texts), param)
-        for i, text in enumerate(texts):
+        if decoded:
+            texts = [t[: self.limits.max_chars] for t in texts]
+        for i, text in enumerate(texts if not decoded else ()):
             name = param if single else f"{param}[{i}]"
             if not text.strip():
                 raise InvalidFieldError(

@@ -196,3 +196,23 @@ def test_model_ids_accept_the_repo_the_artifact_was_built_from(tmp_path: Path) -
     assert compat.model_ids(manifest) == ["x-512", "nomic-ai/x"]
     local = ModelSource("local", {"model.onnx": "a" * 64}, path="../models/x")
     assert compat.model_ids(Manifest("x", "1", 8, (8,), True, {}, model=local)) == ["x"]
+
+
+def test_recipe_aliases_are_model_ids_and_no_local_path_is(tmp_path: Path) -> None:
+    from encoderfile import recipe
+
+    root = Path(__file__).parents[3]
+    minilm = recipe.load(root / "recipes" / "all-minilm-l6-v2.yaml")
+    assert minilm.aliases == ["sentence-transformers/all-MiniLM-L6-v2"]
+    local = ModelSource("local", {"model.onnx": "a" * 64}, path="../models/all-minilm-l6-v2")
+    manifest = Manifest(
+        "all-minilm-l6-v2", "1", 384, (384,), True, {}, model=local, aliases=tuple(minilm.aliases)
+    )
+    assert compat.model_ids(manifest) == ["all-minilm-l6-v2", *minilm.aliases]
+    assert Manifest.from_dict(manifest.to_dict()).aliases == manifest.aliases
+    from encoderfile.runtime.describe import describe
+
+    shown = describe(manifest)
+    assert shown["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "../models" not in str(shown) and shown["model"]["path"] == "all-minilm-l6-v2"
+    assert compat.nomic_info(manifest)["txt_model"] is None  # no model.onnx in files here
