@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp_types import ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from encoderfile.errors import EncoderfileError
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from encoderfile.runtime.artifact import Bundle
     from encoderfile.runtime.embedder import Embeddings
 
+log = logging.getLogger("encoderfile.mcp")
 PATH = "/mcp"
 INFO_URI = "encoderfile://info"
 QUERY, DOCUMENT = "query", "document"  # prompt names rank uses when the model has them
@@ -78,6 +81,37 @@ class ImageResult(TypedDict):
     dimensions: int
 
 
+class _Server(MCPServer):
+    """MCPServer whose argument errors read as the project's do: the field and what is wrong,
+    without pydantic's input echo and documentation URL."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as e:
+            cause = e.__cause__
+            if isinstance(e, UnexpectedToolError):
+                raise
+            if not isinstance(cause, ValidationError):  # our own message, without the prefix
+                raise ToolError(
+                    f"{name}: {str(e).removeprefix(f'Error executing tool {name}: ')}"
+                ) from cause
+            problems = "; ".join(
+                f"'{_field(err['loc'])}': {err['msg'][:1].lower()}{err['msg'][1:]}"
+                if err["loc"]
+                else err["msg"]
+                for err in cause.errors(include_url=False, include_input=False)
+            )
+            raise ToolError(
+                f"{name}: {problems}. Send arguments as the tool's inputSchema describes."
+            ) from cause
+
+
+def _field(loc: Sequence[int | str]) -> str:
+    """('pairs', 0, 1) -> pairs[0][1]."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
 def create_server(service: Service) -> MCPServer:
     """An MCP server whose tools embed through `service` (which must be loaded to answer)."""
     m = service.manifest
@@ -91,7 +125,7 @@ def create_server(service: Service) -> MCPServer:
         f"{service.limits.max_chars} characters per call, {m.max_length} tokens each "
         "(longer texts are truncated)."
     )
-    server = MCPServer(
+    server = _Server(
         m.name,
         version=m.version,
         instructions=f"Local, offline embeddings. {facts} Tool 'info' describes the model.",
@@ -221,10 +255,188 @@ def run_stdio(bundle: Bundle, threads: int | None) -> int:
     service = Service(bundle, Limits())
     service.load(threads)
     try:
-        asyncio.run(create_server(service).run_stdio_async())
+        asyncio.run(_serve_stdio(create_server(service), service.limits.max_body_bytes))
     finally:
         service.close()
     return 0
+
+
+async def _serve_stdio(server: MCPServer, max_line_bytes: int) -> None:
+    """The SDK's run_stdio_async over our transport (the SDK's drops bad lines unanswered)."""
+    lowlevel = server._lowlevel_server  # noqa: SLF001 - what run_stdio_async runs, on our streams
+    async with stdio_streams(max_line_bytes) as (read_stream, write_stream):
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
+@contextlib.asynccontextmanager
+async def stdio_streams(
+    max_line_bytes: int, stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
+    """MCP's stdio transport, one JSON-RPC message a line, answering every line it cannot pass
+    on: not UTF-8 or not JSON with -32700, not a JSON-RPC 2.0 message (an array, a number, no
+    method, another version, an object id) or over `max_line_bytes` with -32600, each with the
+    request's id when it has a valid one, else null, and a warning on stderr. A reply that
+    cannot be UTF-8 (a lone surrogate echoed from the request) is sent with JSON escapes.
+
+    Without explicit streams, fd 1 points at stderr while serving, so stray prints from
+    libraries cannot corrupt the wire."""
+    import anyio
+    from mcp.shared._context_streams import create_context_streams
+    from mcp.shared.message import SessionMessage
+
+    restore: Callable[[], None] | None = None
+    if stdin is None:
+        stdin = os.fdopen(os.dup(0), "rb")
+    if stdout is None:
+        wire = os.dup(1)
+        os.dup2(2, 1)
+        stdout = os.fdopen(wire, "wb")
+
+        def restore() -> None:
+            os.dup2(wire, 1)
+
+    reader_in, read_stream = create_context_streams[Any](0)
+    write_stream, writer_out = create_context_streams[Any](0)
+    refusals, refused = create_context_streams[dict[str, Any]](16)
+
+    async def read() -> None:
+        assert stdin is not None
+        async with reader_in, refusals:
+            n = 0
+            while True:
+                line = await anyio.to_thread.run_sync(_read_line, stdin, max_line_bytes)
+                if line is None:
+                    return
+                n += 1
+                message, error = _parse(line, max_line_bytes)
+                if error is not None:
+                    log.warning("mcp stdin line %d: %s", n, error["error"]["message"])
+                    await refusals.send(error)
+                else:
+                    await reader_in.send(SessionMessage(message))
+
+    async def write() -> None:
+        assert stdout is not None
+
+        async def put(data: bytes) -> None:
+            await anyio.to_thread.run_sync(_write_line, stdout, data)
+
+        async def replies() -> None:
+            async with writer_out:
+                async for session_message in writer_out:
+                    await put(_encode(session_message.message))
+
+        async def errors() -> None:
+            async with refused:
+                async for error in refused:
+                    await put(json.dumps(error).encode())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(replies)
+            tg.start_soon(errors)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            tg.start_soon(write)
+            yield read_stream, write_stream
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _read_line(stdin: IO[bytes], limit: int) -> bytes | None:
+    """The next line (without its end), None at EOF; a line over `limit` bytes is read to its
+    end but kept only to limit + 1 bytes, so memory stays bounded."""
+    line = stdin.readline(limit + 1)
+    if not line:
+        return None
+    if line.endswith(b"\n"):
+        return line[:-1]
+    while (rest := stdin.readline(1 << 20)) and not rest.endswith(b"\n"):
+        pass
+    return line
+
+
+def _parse(line: bytes, limit: int) -> tuple[Any, dict[str, Any] | None]:
+    """A JSON-RPC message, or the error object that answers the line."""
+    import mcp_types
+
+    if len(line) > limit:
+        return None, _error(
+            None, mcp_types.INVALID_REQUEST, f"The message is over {limit} bytes. Send less."
+        )
+    if not line.strip():
+        return None, _error(
+            None, mcp_types.INVALID_REQUEST, "The line is empty. Send one JSON-RPC message a line."
+        )
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return None, _error(
+            None,
+            mcp_types.PARSE_ERROR,
+            f"The message is not UTF-8 (byte {e.start + 1}). Send UTF-8 JSON.",
+        )
+    except (ValueError, RecursionError):
+        return None, _error(
+            None,
+            mcp_types.PARSE_ERROR,
+            "The message is not JSON. Send one JSON-RPC message a line.",
+        )
+    ident = value.get("id") if isinstance(value, dict) else None
+    ident = ident if isinstance(ident, str) or type(ident) is int else None
+    if not isinstance(value, dict):
+        kind = (
+            "an array (batches are not part of MCP)" if isinstance(value, list) else "not an object"
+        )
+        return None, _error(
+            None,
+            mcp_types.INVALID_REQUEST,
+            f"The message is {kind}. Send one JSON-RPC 2.0 object a line.",
+        )
+    if "id" in value and ident is None and not (value["id"] is None and "error" in value):
+        return None, _error(
+            None,
+            mcp_types.INVALID_REQUEST,
+            "The message's id is neither a string nor an integer. Send a string or integer id.",
+        )
+    if value.get("jsonrpc") != "2.0":
+        return None, _error(
+            ident,
+            mcp_types.INVALID_REQUEST,
+            'The message lacks "jsonrpc": "2.0". Send JSON-RPC 2.0.',
+        )
+    try:
+        return mcp_types.jsonrpc_message_adapter.validate_python(value, by_name=False), None
+    except ValidationError:
+        if "method" not in value and "result" not in value and "error" not in value:
+            why = "it has no method"
+        else:
+            why = "it is not a request, notification or response"
+        return None, _error(
+            ident,
+            mcp_types.INVALID_REQUEST,
+            f"The message is not valid JSON-RPC 2.0: {why}. Fix it.",
+        )
+
+
+def _error(ident: str | int | None, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": ident, "error": {"code": code, "message": message}}
+
+
+def _encode(message: Any) -> bytes:
+    try:
+        return message.model_dump_json(by_alias=True, exclude_unset=True).encode()  # type: ignore[no-any-return]
+    except ValueError:  # a lone surrogate: UTF-8 cannot carry it, a JSON escape can
+        return json.dumps(
+            message.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        ).encode()
+
+
+def _write_line(stdout: IO[bytes], data: bytes) -> None:
+    stdout.write(data + b"\n")
+    stdout.flush()
 
 
 async def _embed(

@@ -18,6 +18,7 @@ import encoderfile
 from encoderfile.errors import (
     EncoderfileError,
     InvalidFieldError,
+    MalformedRequestError,
     NotFoundError,
     NotReadyError,
     UnauthorizedError,
@@ -203,7 +204,21 @@ class Service:
                     f"{self.limits.max_chars}. Shorten it, or raise --max-chars.",
                     param=param,
                 )
-        encodings = self._embedder().tokenize(texts, prompt=self.check_prompt(prompt))
+        prefix = self.check_prompt(prompt)
+        try:
+            encodings = self._embedder().tokenize(texts, prompt=prefix)
+        except TypeError:  # the tokenizer's answer to a string it cannot encode as UTF-8
+            for i, text in enumerate(texts):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    name = param if single else f"{param}[{i}]"
+                    raise MalformedRequestError(
+                        f"'{name}' has a lone UTF-16 surrogate (such as \\ud800). Send valid "
+                        "Unicode text.",
+                        param=param,
+                    ) from None
+            raise
         if not truncate:
             for i, enc in enumerate(encodings):
                 if enc.overflowing:

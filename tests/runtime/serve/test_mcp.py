@@ -319,3 +319,94 @@ def test_documented_session_runs_against_the_artifact(
     got = re.findall(pattern, ranked)
     assert [i for i, _ in got] == [i for i, _ in documented]
     assert all(a.startswith(b) for (_, a), (_, b) in zip(got, documented, strict=True))
+
+
+# ------------------------------------------------------------------- hostile stdio (issue 30)
+
+HOSTILE_LINES: list[tuple[bytes, int, Any, str]] = [  # line, code, id, words
+    (b"not json", -32700, None, "is not JSON"),
+    (b'{"jsonrpc": "2.0", "id": 3,', -32700, None, "is not JSON"),
+    (b'{"jsonrpc": "2.0", "method": "ping", "id": "\xff"}', -32700, None, "not UTF-8"),
+    (b"[]", -32600, None, "an array"),
+    (b"42", -32600, None, "not an object"),
+    (b"{}", -32600, None, '"jsonrpc": "2.0"'),
+    (b'{"jsonrpc": "2.0", "id": 4}', -32600, 4, "it has no method"),
+    (b'{"jsonrpc": "1.0", "id": 5, "method": "ping"}', -32600, 5, '"jsonrpc": "2.0"'),
+    (b'{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}', -32600, None, "id is neither"),
+    (b'{"jsonrpc": "2.0", "id": true, "method": "ping"}', -32600, None, "id is neither"),
+    (b"[" * 100_000, -32700, None, "is not JSON"),
+    (b"x" * 3_000_000, -32600, None, "is over 2097152 bytes"),
+]
+
+
+def raw_mcp(bundle: Path) -> subprocess.Popen[bytes]:
+    """`mcp` on raw pipes, initialised."""
+    proc = subprocess.Popen(
+        [*runtime_command(bundle), "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}  # fmt: skip
+    assert "result" in raw_call(proc, {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init})  # fmt: skip
+    raw_send(proc, json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode())
+    return proc
+
+
+def raw_send(proc: subprocess.Popen[bytes], line: bytes) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+
+
+def raw_reply(proc: subprocess.Popen[bytes], timeout: float = 30) -> dict[str, Any]:
+    import select
+
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no reply within {timeout} s"
+    return json.loads(proc.stdout.readline())  # type: ignore[no-any-return]
+
+
+def raw_call(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> dict[str, Any]:
+    raw_send(proc, json.dumps(message).encode())
+    return raw_reply(proc)
+
+
+@pytest.mark.slow  # starts `mcp` in a process
+def test_stdio_answers_every_hostile_line(shared_tiny_bundle: Path) -> None:
+    """Each bad line gets a JSON-RPC error (id null unless the message had a valid one) and a
+    warning on stderr; a lone surrogate is a tool error as HTTP's 400; serving goes on."""
+    proc = raw_mcp(shared_tiny_bundle)
+    try:
+        for line, code, ident, words in HOSTILE_LINES:
+            raw_send(proc, line)
+            reply = raw_reply(proc)
+            assert reply["id"] == ident and reply["error"]["code"] == code, (line[:40], reply)
+            assert words in reply["error"]["message"], (line[:40], reply)
+
+        def call(n: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+            params = {"name": name, "arguments": arguments}
+            reply = raw_call(proc, {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": params})  # fmt: skip
+            assert reply["id"] == n
+            return reply["result"]  # type: ignore[no-any-return]
+
+        surrogate = call(10, "embed", {"texts": ["a \ud800 b"]})
+        assert surrogate["isError"]
+        assert "'texts[0]' has a lone UTF-16 surrogate" in surrogate["content"][0]["text"]
+        for arguments, words in (
+            ({"texts": "x"}, "embed: 'texts': input should be a valid list."),
+            ({"texts": []}, "embed: 'texts': list should have at least 1 item"),
+        ):
+            text = call(11, "embed", arguments)["content"][0]["text"]
+            assert text.startswith(words) and "pydantic" not in text and "input_value" not in text
+        unknown = call(12, "no\ud800such", {})  # echoed: sent with a JSON escape, not lost
+        assert unknown["isError"] and "no\ud800such" in unknown["content"][0]["text"]
+        assert not call(13, "embed", {"texts": ["still here"]})["isError"]
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    assert "mcp stdin line 3" in log and "mcp stdin line 14" in log  # after 2 of handshake
