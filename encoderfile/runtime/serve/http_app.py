@@ -552,9 +552,11 @@ class _Api:
         return Json(texts)
 
     async def tei_embed_all(self, request: Request) -> Response:
+        await _read_object(request, self.service.limits.max_body_bytes)  # a bad body says so
         raise self.tei.embed_all()
 
     async def tei_other_kind(self, request: Request) -> Response:
+        await _read_object(request, self.service.limits.max_body_bytes)
         raise self.tei.other_kind(request.url.path)
 
     async def _openai_token_ids(self, rows: list[list[int]], prompt: str | None) -> list[Encoding]:

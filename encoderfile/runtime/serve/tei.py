@@ -18,6 +18,7 @@ from encoderfile.errors import (
     EncoderfileError,
     InvalidFieldError,
     MalformedRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     NotReadyError,
     OverloadedError,
@@ -75,6 +76,7 @@ def _status(exc: BaseException) -> tuple[int, str]:
         (OverloadedError, 429, "Overloaded"),
         (NotReadyError, 503, "Unhealthy"),
         (UnauthorizedError, 401, "Validation"),
+        (MethodNotAllowedError, 405, "Validation"),
         (NotFoundError, 424, "Backend"),  # e.g. no text model: "the model is not ..."
         (ClientGoneError, 499, "Validation"),
         (MalformedRequestError, 422, "Validation"),
@@ -106,8 +108,8 @@ class Tei:
     ) -> tuple[list[Encoding | TokenIds], int | None, bool]:
         """The checked inputs, the width and whether to L2-normalise, from a TEI EmbedRequest."""
         only(body, EMBED_FIELDS, "POST /embed")
-        fmt = body.get("encoding_format", "float")
-        if fmt != "float":
+        fmt = body.get("encoding_format")
+        if fmt not in ("float", None):
             raise TeiError(
                 f"'encoding_format' {fmt!r} is not served on /embed (TEI answers floats). Send "
                 "'float', or use POST /v1/embeddings with encoding_format 'base64'.",
