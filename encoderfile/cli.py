@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import typer
+_signalled: list[int] = []  # the signal that interrupted the command, once one has
 
-from encoderfile import __version__, recipe, resolve
-from encoderfile.errors import EncoderfileError, EvaluationError, RecipeError, UsageError
+
+def _record(signum: int, frame: Any) -> None:
+    _signalled.append(signum)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "encoderfile":
+    # The command's own process: note a signal that arrives while the imports below run
+    # (raising here would be a traceback from the console script); main() then reports it.
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _record)
+
+import typer  # noqa: E402
+
+from encoderfile import __version__, recipe, resolve  # noqa: E402
+from encoderfile.errors import EncoderfileError, EvaluationError, RecipeError, UsageError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -356,7 +370,24 @@ def _is_int_list(text: str) -> bool:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)  # unwind: partial outputs are removed
+    """Run the command; SIGINT or SIGTERM at any moment, even inside an import, ends with one
+    line and 130 or 143 (the atomic writers have removed their partial outputs)."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if _signalled:  # arrived while this module was importing
+            raise KeyboardInterrupt
+        _run()
+    except BaseException:
+        if not _signalled:
+            raise
+    finally:
+        for sig, handler in previous.items():  # as they were (main() may run in a test)
+            signal.signal(sig, handler)
+    _say("encoderfile: interrupted; nothing was written")
+    sys.exit(128 + _signalled[0])
+
+
+def _run() -> None:
     try:
         code = app(standalone_mode=False)  # Ctrl-C: typer returns 130
     except EncoderfileError as e:
@@ -366,21 +397,24 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:  # EOF at a prompt
         sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except Exception as e:
         if not _is_usage_error(e):
             raise
         message = " ".join(e.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
         _say(f"encoderfile: {message}. Run 'encoderfile --help' for usage.")
         sys.exit(2)
-    if code == 130:
-        _say("encoderfile: interrupted; nothing was written")
+    if code == 130:  # typer saw a Ctrl-C our handler did not (it always records one)
+        _signalled.append(signal.SIGINT)
+        raise KeyboardInterrupt
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+def _interrupt(signum: int, frame: Any) -> None:
+    """Record the first signal and unwind. Whatever the unwinding turns into (an ImportError
+    when it lands inside an extension module's import), main() reports the signal."""
+    if not _signalled:
+        _signalled.append(signum)
+    raise KeyboardInterrupt
 
 
 def _is_usage_error(error: Exception) -> bool:

@@ -100,7 +100,10 @@ cli.main()
 
 @pytest.mark.parametrize(
     ("sig", "code", "said"),
-    [("SIGINT", 130, "encoderfile: interrupted; nothing was written\n"), ("SIGTERM", 143, "")],
+    [
+        ("SIGINT", 130, "encoderfile: interrupted; nothing was written\n"),
+        ("SIGTERM", 143, "encoderfile: interrupted; nothing was written\n"),
+    ],
 )
 def test_signal_mid_build_exits_conventionally_leaving_nothing(
     tmp_path: Path, recipe: Path, sig: str, code: int, said: str
@@ -127,3 +130,46 @@ def test_stale_partial_dir_of_a_killed_build_is_removed(tmp_path: Path, recipe: 
     (stale / "model.onnx").write_bytes(b"half")
     assert cli("build", recipe, "--bundle-only", "--out", out).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["tiny"]
+
+
+# Sends the signal (argv[1]) while module argv[2] is being imported: the handler's exception
+# surfaces as an ImportError, as it does when it lands inside an extension module's init.
+SIGNAL_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+sig, target = signal.Signals[sys.argv.pop(1)], sys.argv.pop(1)
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, module=None):
+        if name == target:
+            sys.meta_path.remove(self)
+            try:
+                os.kill(os.getpid(), sig)
+                for _ in range(10000):
+                    pass  # the Python-level handler runs here
+            except BaseException as e:
+                raise ImportError("initialization failed") from e
+        return None
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["encoderfile", *sys.argv[1:]]
+from encoderfile import cli
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("module", ["typer", "encoderfile.compiler"])
+def test_signal_while_importing_is_one_line(
+    tmp_path: Path, recipe: Path, sig: str, module: str
+) -> None:
+    """typer: before main() runs (the console script's own imports); encoderfile.compiler:
+    inside the command, where an interrupted import was 'ImportError: initialization failed'."""
+    out = tmp_path / "build"
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_WHILE_IMPORTING, sig, module, "build", str(recipe)]
+        + ["--bundle-only", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == {"SIGINT": 130, "SIGTERM": 143}[sig], result.stderr
+    assert result.stderr == "encoderfile: interrupted; nothing was written\n"
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
