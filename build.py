@@ -17,7 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
-SYSTEM_PACKAGES = {"/usr/bin/chromium": "chromium", "/usr/bin/strace": "strace"}
+SYSTEM_PACKAGES = {  # qemu-user runs the suite's vectors on emulated CPUs (other ISAs)
+    "/usr/bin/chromium": "chromium",
+    "/usr/bin/strace": "strace",
+    "/usr/bin/qemu-x86_64": "qemu-user",
+}
 DEFAULT_RECIPE = "recipes/all-minilm-l6-v2.yaml"
 
 

@@ -25,7 +25,6 @@ import gzip
 import json
 import math
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from tokenizers import Tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import isa_line  # noqa: E402
+
 from encoderfile import recipe as recipe_mod  # noqa: E402
 from encoderfile import splice  # noqa: E402
 from encoderfile.compiler import compile_bundle, load_graph  # noqa: E402
@@ -54,9 +55,9 @@ MODELS = {
     ),
 }
 PRECISIONS = ("fp32", "fp16", "int8", "int8-ffn")
-# int8-ffn: precision int8 with the recipe's int8 section set to quantize the FFN down-projections
+# int8-ffn: precision int8 with the shipped int8 recipe's section: the FFN down-projections
 # too (faster, lower cosine); MiniLM only.
-VARIANTS = {"int8-ffn": ("int8", {"ffn_down": True, "smooth_alpha": 0.75})}
+VARIANTS = {"int8-ffn": ("int8", {"ffn_down": True, "smooth_alpha": 0.65})}
 OPEN_GATE = {"mean_cosine": 0.0, "min_cosine": -1.0, "batch_max_abs_diff": 1.0}
 DEFAULT_GATE = recipe_mod.Gate()
 MAX_LENGTH = 256
@@ -278,9 +279,8 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Precision: fp32 vs fp16 vs int8",
         "",
-        f"Measured by `benchmarks/precision.py` on {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with other agents' CPU work during the run, so absolute figures are noisy; "
-        f"the ratios come from interleaved runs), onnxruntime {ort.__version__}, "
+        f"Measured by `benchmarks/precision.py`; {isa_line()}; load average at the end "
+        f"{os.getloadavg()[0]:.1f} (the ratios come from interleaved runs), onnxruntime {ort.__version__}, "
         f"2 threads, batch {BATCH}, length-sorted, best of {args.rounds}.",
         "`int8-dynamic` is onnxruntime's `quantize_dynamic` spliced the same way: shown for "
         "comparison, the builder refuses it.",

@@ -21,6 +21,7 @@ import encoderfile
 from encoderfile.errors import BuildError, RecipeError, ResolveError
 from encoderfile.recipe import Recipe, Step, TokenizerSpec
 from encoderfile.resolve import ResolvedModel
+from encoderfile.runtime import cpu
 from encoderfile.runtime.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -111,6 +112,7 @@ def write(
         tokenizer=TokenizerSettings.from_dict(recipe.tokenizer.model_dump()),
         tools=tool_versions(),
         built_at=_built_at(),
+        build_cpu=cpu.isa(),
         golden=golden,
         precision=precision or Precision(recipe.precision),
         image=_image_section(image, recipe),
@@ -135,6 +137,7 @@ def write_image_only(out: Path, recipe: Recipe, image: VisionBuild, pinned: bool
         files=_hashes(files),
         tools=tool_versions(),
         built_at=_built_at(),
+        build_cpu=cpu.isa(),
         image=section,
         pinned=pinned,
         aliases=tuple(recipe.aliases),

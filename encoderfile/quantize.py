@@ -7,10 +7,15 @@ fp16   Weights of 256+ values are stored as float16 and cast back to float32 by 
        node; onnxruntime folds those casts when it loads the graph, so the file is half the size
        and the arithmetic stays fp32 (CPUs have few fp16 kernels, and fp32 maths keeps a text's
        vector bitwise independent of its batch).
-int8   onnxruntime's quantize_static in QDQ format: per-channel int8 weights and uint8
-       activations whose scales are fixed at build time from calibration texts. A fixed scale
-       makes each row's arithmetic independent of the rest of the batch, unlike dynamic
-       quantization, whose scale is computed over the whole (padded) batch tensor.
+int8   onnxruntime's quantize_static in QDQ format: per-channel 7-bit weights (int8 in
+       [-64, 64]) and uint8 activations whose scales are fixed at build time from calibration
+       texts. A fixed scale makes each row's arithmetic independent of the rest of the batch,
+       unlike dynamic quantization, whose scale is computed over the whole (padded) batch tensor.
+       7-bit weights make the integer GEMM exact on every CPU: onnxruntime's u8 x s8 kernels on
+       AVX2 and AVX-512BW (vpmaddubsw) add two products in int16 before widening, VNNI and ARM64
+       ones accumulate in int32; a pair is at most 2 * 255 * 64 = 32640 <= 32767, so none
+       saturates, and a vector differs across CPUs only by fp32 rounding. Full 8-bit weights
+       (up to 2 * 255 * 127 = 64770) saturated on AVX2 and moved MiniLM's vectors by 0.046.
        Only MatMuls with a weight are quantized; activation x activation MatMuls (attention)
        and the feed-forward down-projections, whose input follows GELU/SwiGLU and has outliers
        that one fixed per-tensor scale cannot hold, stay fp32. Before calibration each
@@ -40,6 +45,11 @@ from onnx import TensorProto, helper, numpy_helper
 from encoderfile.errors import VerifyError
 from encoderfile.recipe import Int8
 
+INT16_MAX = 32767
+ACTIVATION_MAX = 255  # uint8 activations
+WEIGHT_LIMIT = INT16_MAX // (
+    2 * ACTIVATION_MAX
+)  # 64: the largest |int8 weight| that cannot saturate
 FP16_MIN_SIZE = 256  # smaller float initializers (scalars, masks' -inf stand-ins) stay fp32
 # Ops whose output feeds a feed-forward down-projection (GELU written out ends in Mul; SwiGLU
 # is a Mul of two branches): those MatMuls keep fp32.
@@ -198,6 +208,7 @@ def int8(
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=True,  # weights in [-WEIGHT_LIMIT, WEIGHT_LIMIT]
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=["MatMul"],
@@ -208,6 +219,11 @@ def int8(
             lowered = onnx.load(str(target))
     finally:
         root.setLevel(level)
+    if unsafe := saturating_weights(lowered):
+        raise VerifyError(
+            f"int8 weights of {where} exceed |{WEIGHT_LIMIT}| ({', '.join(unsafe[:3])}), so "
+            "AVX2 CPUs would saturate them. This is a bug in encoderfile; please report it."
+        )
     # The weights left in float (embedding tables, FFN-down) are stored as fp16, as in fp16().
     halved = fp16(lowered)
     lowered = halved.model
@@ -217,10 +233,11 @@ def int8(
     return Lowered(
         lowered,
         {
-            "scheme": "static QDQ: int8 per-channel weights, uint8 activations with fixed "
+            "scheme": f"static QDQ: 7-bit per-channel weights (|w| <= {WEIGHT_LIMIT}, exact on "
+            "every CPU), uint8 activations with fixed "
             f"MinMax-calibrated scales, SmoothQuant alpha={options.smooth_alpha}; other float "
             "weights stored fp16",
-            "calibration_texts": sum(len(f["input_ids"]) for f in calibration),
+            "calibration_texts": sum(len(next(iter(f.values()))) for f in calibration),
             "quantized": {"MatMul": len(quantize)},
             "smoothed_inputs": smoothed,
             "float_weights_stored_fp16": halved.changes["weights_converted"],
@@ -236,6 +253,19 @@ def int8(
             "weight_bytes": {"before": weight_bytes(model), "after": weight_bytes(lowered)},
         },
     )
+
+
+def saturating_weights(model: onnx.ModelProto) -> list[str]:
+    """The int8 weights a u8 x s8 kernel could saturate on (|w| > WEIGHT_LIMIT); [] = exact."""
+    weights = {i.name: i for i in model.graph.initializer if i.data_type == TensorProto.INT8}
+    return [
+        node.input[0]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in weights
+        and int(np.abs(numpy_helper.to_array(weights[node.input[0]]).astype(np.int16)).max())
+        > WEIGHT_LIMIT
+    ]
 
 
 def _smooth(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from encoderfile import gate, quantize, recipe
 from encoderfile.compiler import compile_bundle
 from encoderfile.errors import RecipeError, VerifyError
+from encoderfile.runtime import cpu
 from tests.fixtures.models import manifest, real_recipe, tiny_tokenizer
 from tests.test_cli import cli, fails_cleanly
 from tests.test_compiler import embed
@@ -142,6 +145,60 @@ def test_gate_catches_a_batch_dependent_graph() -> None:
     assert result.batch_max_abs_diff > 1e-5
 
 
+def one_matmul(rows: int = 32, cols: int = 16) -> onnx.ModelProto:
+    """x [batch, rows] @ W [rows, cols] with W ~ N(0, 1): the smallest graph int8 quantizes."""
+    weight = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", rows])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", cols])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_int8_weights_cannot_saturate_a_16_bit_pair_sum(tmp_path: Path) -> None:
+    """AVX2's u8 x s8 kernel adds two products in int16: 2 * 255 * |w| must stay <= 32767."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    assert 2 * quantize.ACTIVATION_MAX * quantize.WEIGHT_LIMIT <= quantize.INT16_MAX
+    assert 2 * quantize.ACTIVATION_MAX * (quantize.WEIGHT_LIMIT + 1) > quantize.INT16_MAX
+    feeds = [
+        {"x": np.random.default_rng(i).standard_normal((4, 32)).astype(np.float32)}
+        for i in range(4)
+    ]
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.feeds = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    # onnxruntime's defaults (full 8-bit weights, the scheme before 7-bit): the check catches it
+    onnx.save(one_matmul(), str(tmp_path / "fp32.onnx"))
+    quantize_static(
+        str(tmp_path / "fp32.onnx"),
+        str(tmp_path / "s8.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+    )
+    assert quantize.saturating_weights(onnx.load(str(tmp_path / "s8.onnx"))) == ["W_quantized"]
+    lowered = quantize.int8(one_matmul(), feeds, "mm.onnx", recipe.Int8(smooth_alpha=0))
+    assert quantize.saturating_weights(lowered.model) == []
+    weights = [
+        numpy_helper.to_array(i)
+        for i in lowered.model.graph.initializer
+        if i.data_type == TensorProto.INT8
+    ]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64
+    assert "7-bit per-channel weights" in lowered.changes["scheme"]
+
+
 def test_held_out_texts_are_not_calibration_texts() -> None:
     assert not set(gate.HELD_OUT_TEXTS) & set(quantize.CALIBRATION_TEXTS)
     assert len(gate.HELD_OUT_TEXTS) >= 20 and len(quantize.CALIBRATION_TEXTS) >= 20
@@ -261,3 +318,72 @@ def test_gate_failure_stops_the_build_with_a_report(tmp_path: Path, minilm_dir: 
         "< 1.0",
         "Worst cosines to fp32: 0.9",
     )
+
+
+@pytest.mark.slow  # quantizes the real MiniLM
+def test_shipped_int8_graph_cannot_saturate(minilm_int8: Path) -> None:
+    model = onnx.load(str(minilm_int8 / "model.onnx"))
+    assert quantize.saturating_weights(model) == []
+    int8_weights = [
+        i for i in model.graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) == 2
+    ]
+    assert len(int8_weights) == 36  # every quantized MatMul's weight matrix was inspected
+
+
+# ------------------------------------------------ the same vectors on another CPU (QEMU user mode)
+
+# Haswell: AVX2 + FMA, no AVX-512 (the u8 x s8 kernel with 16-bit pair sums); Nehalem: SSE4.2 only
+# (other int8 and fp32 kernels again). On an AVX2 machine Nehalem is the other ISA, on an AVX-512
+# or VNNI machine both are.
+EMULATED_CPUS = ("Haswell-noTSX", "Nehalem")
+
+
+def emulated(cpu_model: str) -> list[str]:
+    """This venv's Python on an emulated CPU (Debian's qemu-user; build.py setup installs it)."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the emulated CPUs are x86-64 ones")
+    qemu = shutil.which("qemu-x86_64")
+    assert qemu, "qemu-x86_64 is missing: run `python3 build.py setup` (apt-get install qemu-user)"
+    return [qemu, "-cpu", cpu_model, sys.executable]
+
+
+def runtime(prefix: list[str], bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1"}
+    command = [*prefix, "-m", "encoderfile.runtime", "--bundle", str(bundle), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow  # runs onnxruntime under CPU emulation
+@pytest.mark.parametrize("cpu_model", EMULATED_CPUS)
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_vectors_are_the_same_on_an_emulated_cpu(
+    precision: str, cpu_model: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    bundle = request.getfixturevalue(
+        {"fp32": "minilm_bundle"}.get(precision, f"minilm_{precision}")
+    )
+    texts = [
+        "Hello!",
+        "東京は日本の首都です。",
+        "search_query: how do vaccines train the immune system?",
+    ]
+    vectors = {}
+    for where, prefix in (("native", [sys.executable]), (cpu_model, emulated(cpu_model))):
+        out = tmp_path / f"{where}.npy"
+        done = runtime(
+            prefix, bundle, "--threads", "1", "embed", *texts, "--format", "npy", "-o", str(out)
+        )
+        assert done.returncode == 0, done.stderr
+        vectors[where] = np.load(out)
+    assert np.abs(vectors["native"] - vectors[cpu_model]).max() <= 1e-5
+
+
+@pytest.mark.slow  # runs onnxruntime under CPU emulation
+def test_int8_golden_vectors_verify_on_an_emulated_avx2_cpu(minilm_int8: Path) -> None:
+    """Built on this CPU; verified on AVX2 without AVX-512 or VNNI, the kernel that saturated."""
+    done = runtime(emulated("Haswell-noTSX"), minilm_int8, "verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("ok: max |diff|")
+    assert float(done.stdout.split("max |diff| ")[1].split()[0]) <= 1e-5
+    built_on = manifest(minilm_int8)["build_cpu"]
+    assert built_on == list(cpu.isa())

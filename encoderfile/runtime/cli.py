@@ -421,16 +421,18 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from encoderfile.runtime import golden
+    from encoderfile.runtime import cpu, golden
     from encoderfile.runtime.artifact import open_bundle
 
-    results = golden.check(open_bundle(args.bundle), args.threads)
+    bundle = open_bundle(args.bundle)
+    results = golden.check(bundle, args.threads)
     for result in results:
         print(result.line())
     if all(r.ok for r in results):
         return 0
     print(
-        "encoderfile: this machine computes embeddings that differ from the build's. "
+        "encoderfile: this machine computes embeddings that differ from the build's (built on "
+        f"{cpu.describe(bundle.manifest.build_cpu)}; this CPU {cpu.describe(cpu.isa())}). "
         "Report it with the output of 'info --json'.",
         file=sys.stderr,
     )

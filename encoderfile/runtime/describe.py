@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
+from encoderfile.runtime import cpu
 from encoderfile.runtime.manifest import (
     MIN_DIMENSION,
     MODEL_FILE,
@@ -41,6 +42,7 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         "source_files": dict(model.files) if model else {},
         "tools": dict(manifest.tools),
         "built_at": manifest.built_at,
+        "build_cpu": list(manifest.build_cpu),
         "pinned": manifest.pinned,
         "golden": {
             "tolerance": golden.tolerance if golden else None,
@@ -79,6 +81,10 @@ def rows(description: dict[str, Any]) -> list[tuple[str, str]]:
         *[(f"source {k}", v) for k, v in sorted(d["source_files"].items())],
         ("tools", ", ".join(f"{k} {v}" for k, v in sorted(d["tools"].items()))),
         ("built_at", str(d["built_at"])),
+        (
+            "build_cpu",
+            f"{cpu.describe(tuple(d['build_cpu']))} (golden vectors and gate measured there)",
+        ),
         ("pinned", "yes" if d["pinned"] else "NO: some source files had no sha256 pin"),
         ("image", _image_line(d["image"])),
     ]

@@ -18,16 +18,18 @@ class GoldenResult:
     count: int
     max_abs_diff: float
     tolerance: float
+    worst: str  # the input whose vector differs most
 
     @property
     def ok(self) -> bool:
         return self.max_abs_diff <= self.tolerance
 
     def line(self) -> str:
-        return (
+        line = (
             f"{'ok' if self.ok else 'FAILED'}: max |diff| {self.max_abs_diff:.3g} over "
             f"{self.count} golden {self.kind} (tolerance {self.tolerance:g})"
         )
+        return line if self.ok else f"{line}, worst {self.worst!r}"
 
 
 def check(bundle: Bundle, threads: int | None = None) -> list[GoldenResult]:
@@ -56,5 +58,10 @@ def _compare(golden: Golden, got: np.ndarray) -> GoldenResult:
             f"golden {golden.kind} vectors have shape {expected.shape}, the model gives "
             f"{got.shape}. Rebuild the bundle."
         )
-    diff = float(np.abs(got - expected).max()) if expected.size else 0.0
-    return GoldenResult(golden.kind, len(expected), diff, golden.tolerance)
+    per_input = np.abs(got - expected).max(1) if expected.size else np.zeros(1)
+    worst = int(per_input.argmax())
+    shown = golden.inputs[worst] if golden.inputs else ""
+    shown = shown if len(shown) <= 60 else shown[:59] + "…"
+    return GoldenResult(
+        golden.kind, len(expected), float(per_input[worst]), golden.tolerance, shown
+    )

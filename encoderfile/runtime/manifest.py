@@ -251,6 +251,7 @@ class Manifest:
     tokenizer: TokenizerSettings | None = None
     tools: dict[str, str] = field(default_factory=dict)
     built_at: str | None = None  # from SOURCE_DATE_EPOCH; None keeps bundles deterministic
+    build_cpu: tuple[str, ...] = ()  # runtime.cpu.isa() where the golden vectors and gate ran
     golden: Golden | None = None
     precision: Precision = field(default_factory=Precision)
     image: ImageSection | None = None
@@ -297,6 +298,7 @@ class Manifest:
                 ),
                 tools={str(k): str(v) for k, v in (raw.get("tools") or {}).items()},
                 built_at=raw.get("built_at"),
+                build_cpu=tuple(str(f) for f in raw.get("build_cpu") or ()),
                 golden=Golden.from_dict(raw["golden"]) if raw.get("golden") else None,
                 precision=Precision.from_dict(raw.get("precision")),
                 image=ImageSection.from_dict(raw["image"]) if raw.get("image") else None,

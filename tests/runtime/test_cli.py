@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoderfile.runtime import cli, records
+from encoderfile.runtime import cli, cpu, records
 from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import Embedder
 
@@ -278,6 +280,10 @@ def test_info_text_and_json(run: Run, tiny_bundle: Path) -> None:
     assert (info["name"], info["dimension"], info["max_length"]) == ("tiny", 8, 16)
     assert info["steps"] == manifest["steps"] and info["prompts"] == manifest["prompts"]
     assert set(info) >= {"version", "model", "tools", "built_at", "dimensions", "runtime"}
+    # the CPU the golden vectors (and a gate) were measured on: arch, then kernel features
+    assert info["build_cpu"] == manifest["build_cpu"] == list(cpu.isa())
+    assert info["build_cpu"][0] == platform.machine() and len(info["build_cpu"]) > 1
+    assert re.search(rf"build_cpu +{' '.join(cpu.isa())} \(golden vectors and gate measured", text)
 
 
 def test_verify_passes_and_fails(run: Run, tiny_bundle: Path) -> None:
@@ -287,8 +293,13 @@ def test_verify_passes_and_fails(run: Run, tiny_bundle: Path) -> None:
     manifest = json.loads(path.read_text())
     manifest["golden"]["vectors"][0][0] += 0.01
     path.write_text(json.dumps(manifest))
+    manifest["build_cpu"] = ["x86_64", "SSE41", "AVX512VNNI"]
+    path.write_text(json.dumps(manifest))
     bad = run("verify")
+    # which vector, by how much, and the two CPUs
     assert bad.rc == 1 and bad.out.startswith(b"FAILED: max |diff| 0.01")
+    assert f"worst {manifest['golden']['texts'][0]!r}" in bad.out.decode()
+    assert ("(built on x86_64 SSE41 AVX512VNNI; this CPU " + " ".join(cpu.isa()) + ")") in bad.err
 
 
 def test_version(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
