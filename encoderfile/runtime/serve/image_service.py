@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from encoderfile.errors import InvalidFieldError, NotFoundError, NotReadyError, RequestError
@@ -28,6 +29,9 @@ class ImageService:
         self.max_inputs = min(max_inputs, MAX_IMAGES)
         self.embedder: ImageEmbedder | None = None
         self._running = threading.Semaphore(2)  # images are heavy: bound concurrent work
+        self._lock = threading.Lock()
+        self._active = 0  # image jobs running
+        self._pending = 0  # pixels decoded since memory was last released
 
     @property
     def available(self) -> bool:
@@ -85,15 +89,17 @@ class ImageService:
         """Decode, preprocess and embed images; blocking (call it from a worker thread)."""
         embedder = self._embedder()
         self.check_count(len(contents), param)
-        with self._running:
+        with self._running, self._releasing() as decoded:
             pixels = []
             for i, content in enumerate(contents):
                 where = param if single else f"{param}[{i}]"
                 image = self.decode(content, where)
+                decoded.append(image.width * image.height)
                 try:
                     pixels.append(embedder.pixels(image, where))
                 except RequestError as e:
                     raise InvalidFieldError(str(e), param=param) from None
+                del image
             return embedder.embed(pixels, dimensions)
 
     def stats(self, content: object, averaging_method: str | None, param: str) -> dict[str, Any]:
@@ -107,5 +113,31 @@ class ImageService:
                 f"got {method!r}.",
                 param="averaging_method",
             )
-        with self._running:
-            return pictures.stats(self.decode(content, param), method)
+        with self._running, self._releasing() as decoded:
+            image = self.decode(content, param)
+            decoded.append(image.width * image.height)
+            result = pictures.stats(image, method)
+            del image  # freed before the memory is released
+            return result
+
+    @contextlib.contextmanager
+    def _releasing(self) -> Iterator[list[int]]:
+        """Collects the pixel counts decoded inside; once the last image job to finish has
+        handled over TRIM_PIXELS in all, freed memory goes back to the OS (see
+        image.release_memory), so big images leave no lasting RSS behind."""
+        from encoderfile.runtime import image as pictures
+
+        decoded: list[int] = []
+        with self._lock:
+            self._active += 1
+        try:
+            yield decoded
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._pending += sum(decoded)
+                release = self._active == 0 and self._pending >= pictures.TRIM_PIXELS
+                if release:
+                    self._pending = 0
+            if release:
+                pictures.release_memory()
