@@ -304,7 +304,9 @@ async def stdio_streams(
         async with reader_in, refusals:
             n = 0
             while True:
-                line = await anyio.to_thread.run_sync(_read_line, stdin, max_line_bytes)
+                line = await anyio.to_thread.run_sync(
+                    _read_line, stdin, max_line_bytes, abandon_on_cancel=True
+                )
                 if line is None:
                     return
                 n += 1
@@ -319,7 +321,13 @@ async def stdio_streams(
         assert stdout is not None
 
         async def put(data: bytes) -> None:
-            await anyio.to_thread.run_sync(_write_line, stdout, data)
+            try:
+                await anyio.to_thread.run_sync(_write_line, stdout, data)
+            except (BrokenPipeError, ValueError):  # the client closed our stdout: stop serving
+                if not serving.cancel_scope.cancel_called:
+                    log.warning("mcp stdout is closed (the client went away); stopping")
+                    serving.cancel_scope.cancel()
+                await anyio.sleep_forever()  # until the cancellation arrives
 
         async def replies() -> None:
             async with writer_out:
@@ -336,9 +344,9 @@ async def stdio_streams(
             tg.start_soon(errors)
 
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(read)
-            tg.start_soon(write)
+        async with anyio.create_task_group() as serving:
+            serving.start_soon(read)
+            serving.start_soon(write)
             yield read_stream, write_stream
     finally:
         if restore is not None:

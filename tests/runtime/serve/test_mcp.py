@@ -410,3 +410,15 @@ def test_stdio_answers_every_hostile_line(shared_tiny_bundle: Path) -> None:
     assert proc.stderr is not None
     log = proc.stderr.read().decode()
     assert "mcp stdin line 3" in log and "mcp stdin line 14" in log  # after 2 of handshake
+
+
+@pytest.mark.slow  # starts `mcp` in a process
+def test_stdio_stops_quietly_when_the_client_closes_stdout(shared_tiny_bundle: Path) -> None:
+    proc = raw_mcp(shared_tiny_bundle)
+    assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+    proc.stdout.close()
+    raw_send(proc, b'{"jsonrpc": "2.0", "id": 2, "method": "ping"}')
+    proc.stdin.close()
+    assert proc.wait(30) == 0
+    log = proc.stderr.read().decode()
+    assert "stdout is closed" in log and "Traceback" not in log, log
