@@ -11,7 +11,6 @@ Ties rank the lower row first, so results are deterministic.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -233,6 +232,7 @@ def command(args: Any, records: Iterable[Any]) -> int:
     """`<artifact> search`: embed each query, search the index, print one JSONL line a query."""
     from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.records import output
 
     index = open_index(args.index)
     rows, width = index.shape
@@ -241,6 +241,15 @@ def command(args: Any, records: Iterable[Any]) -> int:
     check_width(embedder.manifest, args.index, width, getattr(args, "dimensions", None))
     embedder.prefix(args.prompt)  # an unknown prompt fails before any work
     ids = read_ids(args.ids, rows) if args.ids else None
+    with output(None) as out:  # stdout closed or full: one error line
+        _search(args, records, embedder, index, ids, out)
+    return 0
+
+
+def _search(
+    args: Any, records: Iterable[Any], embedder: Any, index: np.ndarray, ids: Any, out: Any
+) -> None:
+    width = index.shape[1]
     for batch in _batched(records, QUERIES_PER_BATCH):
         queries = embedder.embed(
             [r.text for r in batch],
@@ -256,9 +265,8 @@ def command(args: Any, records: Iterable[Any]) -> int:
             json.dumps({"query": record.text, "hits": record_hits}, ensure_ascii=False)
             for record, record_hits in zip(batch, hits(*found, ids), strict=True)
         ]
-        sys.stdout.write("\n".join(lines) + "\n")
-        sys.stdout.flush()
-    return 0
+        out.write(("\n".join(lines) + "\n").encode())
+        out.flush()
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

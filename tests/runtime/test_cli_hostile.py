@@ -63,6 +63,17 @@ def test_full_stdout_is_one_error(tiny_bundle: Path) -> None:
     one_error_line(result, "No space left on device")
 
 
+def test_search_to_a_closed_or_full_stdout_is_one_error(tiny_bundle: Path, out_dir: Path) -> None:
+    index = out_dir / "index.npy"
+    assert embed(tiny_bundle, "--format", "npy", "-o", str(index), "a", "b").returncode == 0
+    argv = [*runtime(tiny_bundle), "search", "--index", str(index), "hello"]
+    closed = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *argv], stderr=subprocess.PIPE)
+    one_error_line(closed, "stdout is closed")
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE)
+    one_error_line(result, "No space left on device")
+
+
 def _blocked_embed(bundle: Path, target: Path) -> subprocess.Popen[bytes]:
     """`embed -o target` reading stdin from a pipe that stays open: it waits mid-run, its temp
     file beside `target` already there."""
