@@ -358,11 +358,27 @@ def sweep(
         doc_prompt=doc_prompt,
         cache=out / "sweep-cache",
     )
-    typer.echo(json.dumps(result, indent=2) if as_json else sweeping.table(result))
+    _print(json.dumps(result, indent=2) if as_json else sweeping.table(result))
     if plot is not None:
         labelled = [(r["model"] if others else "", r) for r in [result, *others]]
         sweeping.plot(labelled, plot)
         _say(f"wrote {plot}")
+
+
+def _print(text: str) -> None:
+    """`text` on stdout; a closed or full stdout is a user error, not a traceback."""
+    if sys.stdout is None:
+        raise UsageError("stdout is closed. Redirect it to a file.")
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # a quiet exit flush
+        raise UsageError(
+            f"cannot write the result to stdout: {e.strerror}. Free space, or redirect it."
+        ) from None
 
 
 def _is_int_list(text: str) -> bool:

@@ -14,6 +14,7 @@ re-normalised (what the runtime's `dimensions` returns). Every score is a cosine
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -332,6 +333,16 @@ def plot(results: Sequence[tuple[str, dict[str, Any]]], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(partial, format="png")
+        partial.replace(path)  # nothing half-written at `path`
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise EvaluationError(
+            f"cannot write --plot {path}: {e.strerror or e}. Choose a writable path."
+        ) from None
+    finally:
+        plt.close(fig)

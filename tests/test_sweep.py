@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,8 @@ def sweep_in_process(
         builder_cli.main()
     err = capsys.readouterr().err
     assert exited.value.code == 2, err
-    assert err.startswith("encoderfile: ") and err.count("\n") == 1, err
+    err = "".join(line for line in err.splitlines(True) if not line.startswith("embedding "))
+    assert err.startswith("encoderfile: ") and err.count("\n") == 1, err  # after the progress
     return err
 
 
@@ -349,3 +351,38 @@ def test_missing_argument_has_one_period(
         builder_cli.main()
     err = capsys.readouterr().err
     assert "Missing argument" in err and ".." not in err and err.count("\n") == 1, err
+
+
+def test_unwritable_plot_is_one_error_line(
+    tiny_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = write_beir(tmp_path / "data", TEXTS, TEXTS[:1], [("q0", "d0", 1)])
+    (tmp_path / "file").write_text("")
+    err = sweep_in_process(
+        monkeypatch,
+        capsys,
+        tiny_bundle,
+        *("--queries", data / "queries.jsonl", "--corpus", data / "corpus.jsonl"),
+        *("--qrels", data / "qrels.tsv", "--out", tmp_path / "build"),
+        *("--plot", tmp_path / "file" / "plot.png"),
+    )
+    assert "cannot write --plot" in err and "Choose a writable path" in err
+    assert (tmp_path / "file").is_file() and not list(tmp_path.rglob("*.partial-*"))
+
+
+@pytest.mark.slow  # runs the CLI in a process
+def test_closed_or_full_stdout_is_one_error_line(tiny_bundle: Path, tmp_path: Path) -> None:
+    data = write_beir(tmp_path / "data", TEXTS, TEXTS[:1], [("q0", "d0", 1)])
+    argv = [sys.executable, "-m", "encoderfile.cli", "sweep", str(tiny_bundle)]
+    argv += ["--queries", str(data / "queries.jsonl"), "--corpus", str(data / "corpus.jsonl")]
+    argv += ["--qrels", str(data / "qrels.tsv"), "--out", str(tmp_path / "build")]
+    closed = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *argv], capture_output=True, text=True)  # fmt: skip
+    with open("/dev/full", "wb") as full:
+        filled = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True)
+    for result, words in ((closed, "stdout is closed"), (filled, "No space left on device")):
+        last = result.stderr.splitlines()[-1]  # after the progress labels
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert last.startswith("encoderfile: ") and words in last
