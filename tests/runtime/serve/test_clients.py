@@ -1,13 +1,16 @@
-"""Every python block of docs/clients.md, run unmodified against a served all-MiniLM-L6-v2
-bundle: OpenAI, LangChain (defaults: tiktoken cl100k_base token ids; and
-check_embedding_ctx_length=False), LlamaIndex, Chroma, huggingface_hub (TEI) and gRPC. Each
-block's `vector` must match the CLI's `embed hello` (cosine >= 0.99999)."""
+"""Every python and js block of docs/clients.md, run unmodified against a served all-MiniLM-L6-v2
+bundle: OpenAI (Python, and JavaScript with Node.js), LangChain (defaults: tiktoken cl100k_base
+token ids; and check_embedding_ctx_length=False), LlamaIndex, Chroma, huggingface_hub (TEI) and
+gRPC. Each block's `vector` must match the CLI's `embed hello` (cosine >= 0.99999). A client that
+is not installed fails its test (the dev extra installs the Python ones; the npm package is
+installed here into .cache/npm/, and Node.js with npm must be on PATH): never a skip."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +25,9 @@ pytestmark = pytest.mark.slow  # a real model served in a subprocess
 
 ROOT = Path(__file__).parents[3]
 DOC = ROOT / "docs" / "clients.md"
-BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"^```(sh|python|js)\n(.*?)^```", re.S | re.M)
+NPM_OPENAI = "openai@6"  # the newest major that runs on Node.js 20 (openai@7 needs 22)
+NPM_DIR = ROOT / ".cache" / "npm" / NPM_OPENAI.replace("@", "-")  # git-ignored, kept between runs
 CLIENTS = {  # a word each block has -> its name in the test ids
     "from openai import": "openai",
     "check_embedding_ctx_length=False": "langchain-text",
@@ -49,6 +54,26 @@ def minilm_server(
     yield from serving(minilm_bundle, tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def npm_openai() -> Path:
+    """node_modules holding the `openai` npm package, installed once per machine."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail(
+            "Node.js and npm are needed to test docs/clients.md's OpenAI JavaScript recipe "
+            f"(openai npm package {NPM_OPENAI}); install Node.js 20 or later with npm"
+        )
+    modules = NPM_DIR / "node_modules"
+    if not (modules / "openai" / "package.json").exists():
+        NPM_DIR.mkdir(parents=True, exist_ok=True)
+        (NPM_DIR / "package.json").write_text('{"private": true}\n')
+        argv = [npm, "install", "--no-audit", "--no-fund", "--no-save", NPM_OPENAI]
+        result = subprocess.run(argv, cwd=NPM_DIR, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            pytest.fail(f"`npm install {NPM_OPENAI}` failed in {NPM_DIR}:\n{result.stderr}")
+    return modules
+
+
 @pytest.fixture(scope="module")
 def cli_vector(minilm_bundle: Path) -> np.ndarray:
     argv = [sys.executable, "-m", "encoderfile.runtime", "--bundle", str(minilm_bundle)]
@@ -63,7 +88,11 @@ def run(
     code = code.replace("localhost:8080", server.url.removeprefix("http://"))
     code = code.replace("localhost:50051", server.grpc_target)
     argv = ["bash", "-euo", "pipefail", "-c", code]
-    if kind == "python":  # prints the block's `vector` last
+    if kind == "js":  # an ES module beside cwd/node_modules; prints the block's `vector` last
+        script = cwd / "recipe.mjs"
+        script.write_text(code + "\nconsole.log(JSON.stringify(vector));\n")
+        argv = ["node", str(script)]
+    elif kind == "python":  # prints the block's `vector` last
         argv = [
             sys.executable,
             "-c",
@@ -86,9 +115,28 @@ def test_client_block_matches_the_cli(
     # tiktoken (LangChain's default) finds cl100k_base in its cache, as after a first download.
     result = run(code, minilm_server, tmp_path, {"TIKTOKEN_CACHE_DIR": str(tiktoken_offline)})
     assert result.returncode == 0, f"{code}\n{result.stderr}"
+    assert cosine(result, cli_vector) >= 0.99999, client_name(code)
+
+
+def cosine(result: subprocess.CompletedProcess, cli_vector: np.ndarray) -> float:
+    """Cosine of the vector a block printed last to the CLI's (printed with -s for the record)."""
     vector = np.float32(json.loads(result.stdout.strip().splitlines()[-1]))
-    cosine = vector @ cli_vector / (np.linalg.norm(vector) * np.linalg.norm(cli_vector))
-    assert cosine >= 0.99999, (client_name(code), cosine)
+    value = float(vector @ cli_vector / (np.linalg.norm(vector) * np.linalg.norm(cli_vector)))
+    print(f"cosine {value:.7f}")
+    return value
+
+
+def test_openai_js_block_matches_the_cli(
+    minilm_server: Server, cli_vector: np.ndarray, npm_openai: Path, tmp_path: Path
+) -> None:
+    """The OpenAI JavaScript recipe, run with Node.js and the `openai` npm package (base64)."""
+    (code,) = blocks("js")
+    assert 'from "openai"' in code
+    (tmp_path / "node_modules").symlink_to(npm_openai, target_is_directory=True)
+    result = run(code, minilm_server, tmp_path, {}, "js")
+    assert result.returncode == 0, f"{code}\n{result.stderr}"
+    assert result.stdout.splitlines()[0] == "384"  # the recipe's own console.log
+    assert cosine(result, cli_vector) >= 0.99999
 
 
 def test_langchain_default_without_tiktoken_table_fails_before_any_request(
