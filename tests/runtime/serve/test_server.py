@@ -265,7 +265,9 @@ def test_busy_port_with_both_transports_is_one_line(shared_tiny_bundle: Path, bu
     assert result.stderr.startswith("encoderfile: ") and expected in result.stderr
 
 
-def test_frozen_artifact_serves(minilm_artifact: Path, artifact_env: dict, tmp_path: Path):
+def test_frozen_artifact_serves(
+    minilm_artifact: Path, artifact_env: dict, tiktoken_offline: Path, tmp_path: Path
+) -> None:
     server = Server([str(minilm_artifact), "--threads", "1"], tmp_path / "log",
                     env=artifact_env).wait_ready(timeout=180)  # fmt: skip
     try:
@@ -296,5 +298,34 @@ def test_frozen_artifact_serves(minilm_artifact: Path, artifact_env: dict, tmp_p
             info = httpx.get(f"{server.url}/info").json()
         assert info["artifact_sha256"] == hashlib.sha256(minilm_artifact.read_bytes()).hexdigest()
         assert httpx.get(f"{server.url}/docs/assets/swagger-ui.css").status_code == 200
+        frozen = (minilm_artifact, artifact_env, server, name)
+        assert_frozen_reads_openai_token_ids(*frozen, {text: from_cli})
     finally:
         assert server.stop() == 0, server.log()
+
+
+def assert_frozen_reads_openai_token_ids(
+    artifact: Path, env: dict, server: Server, name: str, embedded: dict[str, np.ndarray]
+) -> None:
+    """/v1/embeddings token arrays are cl100k_base ids, decoded with the table frozen into the
+    artifact (templates/runtime.spec): LangChain's default [[15339]] is "hello"."""
+    import tiktoken  # cl100k_base from the tiktoken_offline cache
+
+    cli = subprocess.run(
+        [str(artifact), "embed", "hello"], capture_output=True, check=True, env=env, timeout=120
+    )
+    expected = {"hello": np.float32(json.loads(cli.stdout)["embedding"]), **embedded}
+    cl100k = tiktoken.get_encoding("cl100k_base")
+    assert cl100k.encode("hello") == [15339]
+    for text, want in expected.items():  # "hello": LangChain's {"input": [[15339]]}
+        body = {"input": [cl100k.encode(text)], "model": name}
+        answer = httpx.post(f"{server.url}/v1/embeddings", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        got = np.float32(answer.json()["data"][0]["embedding"])
+        cosine = got @ want / (np.linalg.norm(got) * np.linalg.norm(want))
+        print(f"frozen artifact, cl100k ids of {text!r} vs embed: cosine {cosine:.7f}")
+        assert cosine >= 0.99999, (text, cosine)
+    for bad in ([[100256]], [[10**6]], [[-1]], [[15339, 100261]]):
+        refused = httpx.post(f"{server.url}/v1/embeddings", json={"input": bad, "model": name})
+        assert refused.status_code == 400, (bad, refused.text)
+        assert "check_embedding_ctx_length=False" in refused.json()["error"]["message"], bad
