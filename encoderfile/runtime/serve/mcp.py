@@ -93,9 +93,10 @@ class _Server(MCPServer):
             if isinstance(e, UnexpectedToolError):
                 raise
             if not isinstance(cause, ValidationError):  # our own message, without the prefix
-                raise ToolError(
-                    f"{name}: {str(e).removeprefix(f'Error executing tool {name}: ')}"
-                ) from cause
+                prefix = f"Error executing tool {name}: "
+                if not str(e).startswith(prefix):
+                    raise
+                raise ToolError(f"{name}: {str(e).removeprefix(prefix)}") from cause
             problems = "; ".join(
                 f"'{_field(err['loc'])}': {err['msg'][:1].lower()}{err['msg'][1:]}"
                 if err["loc"]
