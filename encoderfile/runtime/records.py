@@ -208,14 +208,14 @@ def chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 
 @contextmanager
-def output(path: str | None) -> Iterator[IO[bytes]]:
+def output(path: str | None, elsewhere: str = "pass --output FILE") -> Iterator[IO[bytes]]:
     """stdout; or a file: a regular file (or a symlink to one) is written to a temp file beside
     it and renamed over it only when everything succeeded, while a FIFO, device or socket is
     written through, never replaced."""
     if path is None:
         if sys.stdout is None:
-            raise RequestError("stdout is closed. Redirect it, or pass --output FILE.")
-        sink = _Stdout(sys.stdout.buffer)
+            raise RequestError(f"stdout is closed. Redirect it{_or(elsewhere)}.")
+        sink = _Stdout(sys.stdout.buffer, elsewhere)
         yield sink  # type: ignore[misc]
         sink.flush()
         return
@@ -300,12 +300,17 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def _or(alternative: str) -> str:
+    return f", or {alternative}" if alternative else ""
+
+
 class _Stdout:
     """stdout for the writers: a write error (a full disk, /dev/full) is one user error, and
     what is still buffered goes to /dev/null so that Python's exit flush stays quiet."""
 
-    def __init__(self, raw: IO[bytes]):
+    def __init__(self, raw: IO[bytes], elsewhere: str = "pass --output FILE"):
         self.raw = raw
+        self.elsewhere = elsewhere
 
     def write(self, data: bytes) -> int:
         written: int = self._guard(self.raw.write, data)
@@ -322,7 +327,7 @@ class _Stdout:
         except OSError as e:
             os.dup2(os.open(os.devnull, os.O_WRONLY), self.raw.fileno())
             raise RequestError(
-                f"cannot write the output to stdout: {e.strerror}. Free space, or pass --output."
+                f"cannot write the output to stdout: {e.strerror}. Free space{_or(self.elsewhere)}."
             ) from None
 
 

@@ -241,7 +241,7 @@ def command(args: Any, records: Iterable[Any]) -> int:
     check_width(embedder.manifest, args.index, width, getattr(args, "dimensions", None))
     embedder.prefix(args.prompt)  # an unknown prompt fails before any work
     ids = read_ids(args.ids, rows) if args.ids else None
-    with output(None) as out:  # stdout closed or full: one error line
+    with output(None, elsewhere="") as out:  # stdout closed or full: one error line
         _search(args, records, embedder, index, ids, out)
     return 0
 
