@@ -171,7 +171,7 @@ def _inspect_bundle(path: Path) -> dict[str, Any]:
 def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
     spec = recipe.load(path)
     if spec.model is None:
-        image = resolve.resolve_image(spec, path, allow_unpinned=allow_unpinned)
+        image = resolve.resolve_image(spec, allow_unpinned=allow_unpinned)
         assert image is not None
         return {
             "name": spec.name,
@@ -180,7 +180,7 @@ def _inspect_recipe(path: Path, allow_unpinned: bool) -> dict[str, Any]:
             "dimension": spec.dimension,
             "dimensions": spec.allowed_dimensions,
         }
-    resolved = resolve.resolve(spec, path, allow_unpinned=allow_unpinned)
+    resolved = resolve.resolve(spec, allow_unpinned=allow_unpinned)
     return {
         "name": spec.name,
         "version": spec.version,
@@ -200,13 +200,11 @@ def pin(recipe_path: RecipeArg, allow_unpinned: AllowUnpinned = False) -> None:
     """Write the sha256 of every model file into the recipe."""
     spec = recipe.load(recipe_path)
     resolved = (
-        resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False)
+        resolve.resolve(spec, allow_unpinned=allow_unpinned, check_hashes=False)
         if spec.model is not None
         else None
     )
-    image = resolve.resolve_image(
-        spec, recipe_path, allow_unpinned=allow_unpinned, check_hashes=False
-    )
+    image = resolve.resolve_image(spec, allow_unpinned=allow_unpinned, check_hashes=False)
     text = recipe_path.read_text(encoding="utf-8")
     # The image model's files sit under the top-level 'image:' key, after which its pins go.
     split = re.search(r"^image:", text, re.MULTILINE)

@@ -46,13 +46,13 @@ def compile_bundle(
     unpinned = progress.unpinned(spec)
     if spec.model is None:  # an image model alone
         stages.next("image", spec.image.model.graph if spec.image else "")
-        image_only = _compile_image(spec, recipe_path, allow_unpinned)
+        image_only = _compile_image(spec, allow_unpinned)
         stages.next("bundle")
         out = bundle.write_image_only(out_dir / spec.name, spec, image_only, pinned=not unpinned)
-        _warn_unpinned(stages, recipe_path, unpinned)
+        _warn_unpinned(stages, spec, unpinned)
         return out
     stages.next("resolve", progress.where(spec.model))
-    resolved = resolve.resolve(spec, recipe_path, allow_unpinned=allow_unpinned)
+    resolved = resolve.resolve(spec, allow_unpinned=allow_unpinned)
     where = spec.model.graph
     model = load_graph(resolved.graph, where)
     tokenizer = bundle.prepare_tokenizer(resolved.tokenizer, spec.tokenizer)
@@ -69,7 +69,7 @@ def compile_bundle(
     batch = verify.encode(tokenizer, verify.SAMPLE_TEXTS, inputs)
     graph: bytes | Path = resolved.graph if lowered is None else model.SerializeToString()
     states = verify.run(verify.session(graph), batch, states_name, where)
-    fitted = rotation.fit(fp32, spec, recipe_path, tokenizer, inputs, states.shape[-1], where)
+    fitted = rotation.fit(fp32, spec, tokenizer, inputs, states.shape[-1], where)
     matrix = fitted.matrix if fitted else None
     expected = verify.reference(states, batch.mask, spec, matrix)
 
@@ -98,7 +98,7 @@ def compile_bundle(
         precision = Precision(spec.precision, lowered.changes, result.to_manifest())
     if spec.image:
         stages.next("image", spec.image.model.graph)
-    image = _compile_image(spec, recipe_path, allow_unpinned) if spec.image else None
+    image = _compile_image(spec, allow_unpinned) if spec.image else None
     stages.next("bundle")
     out = bundle.write(
         out_dir / spec.name,
@@ -112,20 +112,18 @@ def compile_bundle(
         pinned=not unpinned,
         rotation=fitted.to_manifest(spec.allowed_dimensions) if fitted else None,
     )
-    _warn_unpinned(stages, recipe_path, unpinned)
+    _warn_unpinned(stages, spec, unpinned)
     return out
 
 
-def _warn_unpinned(stages: progress.Stages, recipe_path: Path, unpinned: list[str]) -> None:
+def _warn_unpinned(stages: progress.Stages, spec: recipe.Recipe, unpinned: list[str]) -> None:
     """After a successful build only, so that a failed one still prints one line."""
     if unpinned:
-        stages.warn(progress.unpinned_warning(recipe_path, unpinned))
+        stages.warn(progress.unpinned_warning(spec, unpinned))
 
 
-def _compile_image(
-    spec: recipe.Recipe, recipe_path: Path, allow_unpinned: bool
-) -> vision.VisionBuild:
-    resolved = resolve.resolve_image(spec, recipe_path, allow_unpinned=allow_unpinned)
+def _compile_image(spec: recipe.Recipe, allow_unpinned: bool) -> vision.VisionBuild:
+    resolved = resolve.resolve_image(spec, allow_unpinned=allow_unpinned)
     assert resolved is not None and spec.image is not None
     where = f"image model {spec.image.model.graph}"
     return vision.build(load_graph(resolved.graph, where), spec, resolved, where)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
 
 from encoderfile.recipe import GraphSpec, Recipe
@@ -79,8 +78,8 @@ def unpinned(spec: Recipe) -> list[str]:
     ]
 
 
-def unpinned_warning(recipe_path: Path, files: list[str]) -> str:
+def unpinned_warning(spec: Recipe, files: list[str]) -> str:
     return (
-        f"{recipe_path} has no sha256 pin for {len(files)} file(s): {', '.join(files)}. "
-        f"The build records pinned: false. Run 'encoderfile pin {recipe_path}' to pin them."
+        f"{spec.path} has no sha256 pin for {len(files)} file(s): {', '.join(files)}. "
+        f"The build records pinned: false. Run 'encoderfile pin {spec.path}' to pin them."
     )

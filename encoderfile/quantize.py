@@ -44,6 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from encoderfile.errors import VerifyError
 from encoderfile.recipe import Int8
+from encoderfile.runtime.manifest import ATTENTION_MASK
 
 INT16_MAX = 32767
 ACTIVATION_MAX = 255  # uint8 activations
@@ -293,7 +294,7 @@ def _smooth(
     )
     peak = {x: np.zeros(0, np.float32) for x in inputs}
     for feeds in calibration:
-        real = feeds["attention_mask"].astype(bool)
+        real = feeds[ATTENTION_MASK].astype(bool)
         for x, values in zip(inputs, sess.run(inputs, feeds), strict=True):
             channel_max = np.abs(values[real]).max(0)
             peak[x] = channel_max if peak[x].size == 0 else np.maximum(peak[x], channel_max)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from encoderfile.errors import RecipeError
 
@@ -228,6 +228,13 @@ REFUSED_PRECISIONS = {
 
 
 class Recipe(_Strict):
+    _path: Path = PrivateAttr(default_factory=lambda: Path("recipe.yaml"))  # set by load()
+
+    @property
+    def path(self) -> Path:
+        """The file this recipe was read from: errors name it, relative paths start beside it."""
+        return self._path
+
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
     version: Annotated[str, Field(min_length=1, max_length=50)]
     model: ModelSpec | None = Field(
@@ -326,13 +333,15 @@ def load(path: Path) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: the recipe must be a YAML mapping. See recipes/*.yaml.")
     try:
-        return Recipe.model_validate(data)
+        spec = Recipe.model_validate(data)
     except RecursionError:
         raise RecipeError(
             f"{path}: a value is nested too deeply to check. Write a flat recipe (see recipes/)."
         ) from None
     except ValidationError as e:
         raise RecipeError(f"{path}: {_describe(e)}") from e
+    spec._path = path
+    return spec
 
 
 def _describe(error: ValidationError) -> str:

@@ -39,7 +39,6 @@ def sha256_file(path: Path) -> str:
 
 def resolve(
     recipe: Recipe,
-    recipe_path: Path,
     *,
     allow_unpinned: bool = False,
     check_hashes: bool = True,
@@ -47,8 +46,8 @@ def resolve(
     """Locate every file the recipe lists and check it against its pin."""
     spec = recipe.model
     if spec is None:
-        raise ResolveError(f"{recipe_path}: the recipe has no text model. Add 'model'.")
-    files, actual, source = _resolve_files(spec, recipe_path, allow_unpinned, check_hashes)
+        raise ResolveError(f"{recipe.path}: the recipe has no text model. Add 'model'.")
+    files, actual, source = _resolve_files(spec, recipe.path, allow_unpinned, check_hashes)
     return ResolvedModel(
         files=files,
         sha256=actual,
@@ -60,7 +59,6 @@ def resolve(
 
 def resolve_image(
     recipe: Recipe,
-    recipe_path: Path,
     *,
     allow_unpinned: bool = False,
     check_hashes: bool = True,
@@ -70,7 +68,7 @@ def resolve_image(
         return None
     spec = recipe.image.model
     files, actual, source = _resolve_files(
-        spec, recipe_path, allow_unpinned, check_hashes, section="image.model"
+        spec, recipe.path, allow_unpinned, check_hashes, section="image.model"
     )
     return ResolvedGraph(files, actual, source, files[spec.graph])
 

@@ -17,6 +17,7 @@ from encoderfile import splice, verify
 from encoderfile.errors import RecipeError, ResolveError
 from encoderfile.recipe import Recipe, Rotate
 from encoderfile.resolve import sha256_file
+from encoderfile.runtime.manifest import TEXT_OUTPUT
 from encoderfile.splice import rotate
 
 FIT_BATCH = 16  # texts a model call, sorted by length (as the runtime batches)
@@ -45,7 +46,6 @@ def step(recipe: Recipe) -> Rotate | None:
 def fit(
     model: onnx.ModelProto,
     recipe: Recipe,
-    recipe_path: Path,
     tokenizer: Tokenizer,
     inputs: list[str],
     hidden: int,
@@ -56,7 +56,7 @@ def fit(
     if spec is None:
         return None
     splice.check_rotate(recipe, hidden)
-    texts = read_texts(recipe_path.parent / spec.fit.texts, spec.fit.sha256, recipe_path)
+    texts = read_texts(recipe.path.parent / spec.fit.texts, spec.fit.sha256, recipe.path)
     before = recipe.steps[: recipe.steps.index(spec)]
     partial = splice.apply(
         model,
@@ -70,7 +70,7 @@ def fit(
     for start in range(0, len(order), FIT_BATCH):
         rows = order[start : start + FIT_BATCH]
         batch = verify.encode(tokenizer, [texts[i] for i in rows], partial.inputs)
-        vectors[rows] = verify.run(session, batch, "sentence_embedding", where)
+        vectors[rows] = verify.run(session, batch, TEXT_OUTPUT, where)
     matrix, variance = rotate.fit(vectors)
     return Fitted(matrix, len(texts), variance)
 

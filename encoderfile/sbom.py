@@ -43,7 +43,15 @@ from packageurl import PackageURL
 
 import encoderfile
 from encoderfile.errors import BuildError
-from encoderfile.runtime.manifest import MANIFEST_FILE
+from encoderfile.runtime.artifact import read_manifest
+from encoderfile.runtime.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    VISION_FILE,
+    Manifest,
+    ModelSource,
+)
 
 INTERNAL = "_internal/"  # PyInstaller 6's onedir: everything but the executable lives here
 EXECUTABLE = "encoderfile"  # the bootloader with the PKG archive (and its PYZ) appended
@@ -62,10 +70,8 @@ class Inventory:
 
 def generate(bundle_dir: Path, runtime: Path) -> bytes:
     """The SBOM (CycloneDX 1.6 JSON bytes) of `runtime` frozen with the bundle in `bundle_dir`."""
-    manifest = json.loads((bundle_dir / MANIFEST_FILE).read_bytes())
-    shipped = {
-        name: _sha256_file(bundle_dir / name) for name in (*manifest["files"], MANIFEST_FILE)
-    }
+    manifest = read_manifest(bundle_dir)
+    shipped = {name: _sha256_file(bundle_dir / name) for name in (*manifest.files, MANIFEST_FILE)}
     shipped["runtime.tar.gz"] = _sha256_file(runtime)
     bom = _bom(manifest, shipped, inventory(runtime))
     text = JsonV1Dot6(bom).output_as_string(indent=2)
@@ -114,11 +120,11 @@ def _frozen_modules(executable: Path) -> list[str]:
 # ---------------------------------------------------------------------------- the document
 
 
-def _bom(manifest: dict[str, Any], shipped: dict[str, str], found: Inventory) -> Bom:
+def _bom(manifest: Manifest, shipped: dict[str, str], found: Inventory) -> Bom:
     artifact = Component(
         type=ComponentType.APPLICATION,
-        name=manifest["name"],
-        version=manifest["version"],
+        name=manifest.name,
+        version=manifest.version,
         bom_ref="artifact",
         description="encoderfile artifact: an embedding model frozen with its runtime",
         components=[_file(name, sha, "artifact") for name, sha in sorted(shipped.items())],
@@ -143,10 +149,10 @@ def _bom(manifest: dict[str, Any], shipped: dict[str, str], found: Inventory) ->
     return bom
 
 
-def _tools(manifest: dict[str, Any]) -> list[Component]:
+def _tools(manifest: Manifest) -> list[Component]:
     versions = {"encoderfile": encoderfile.__version__}
     for name in BUILD_TOOLS:
-        versions[name] = (manifest.get("tools") or {}).get(name) or metadata.version(name)
+        versions[name] = manifest.tools.get(name) or metadata.version(name)
     return [
         Component(
             type=ComponentType.APPLICATION if name == "pyinstaller" else ComponentType.LIBRARY,
@@ -169,38 +175,38 @@ def _file(name: str, sha256: str, parent: str, **props: str) -> Component:
     )
 
 
-def _models(manifest: dict[str, Any]) -> list[Component]:
-    """The text model (model.onnx + tokenizer.json) and the image model (vision.onnx), if any."""
-    files = manifest["files"]
+def _models(manifest: Manifest) -> list[Component]:
+    """The text model (model + tokenizer) and the image model, if any."""
+    files = manifest.files
     models = []
-    if manifest.get("model") is not None:
+    if manifest.model is not None:
         models.append(
             _model(
                 "model",
-                manifest["name"],
-                manifest["version"],
-                {k: files[k] for k in ("model.onnx", "tokenizer.json")},
-                manifest["model"],
-                manifest["steps"],
+                manifest.name,
+                manifest.version,
+                {k: files[k] for k in (MODEL_FILE, TOKENIZER_FILE)},
+                manifest.model,
+                manifest.steps,
                 {
-                    "dimension": manifest["dimension"],
-                    "dimensions": manifest.get("dimensions"),
-                    "normalized": manifest.get("normalized"),
-                    "max_length": (manifest.get("tokenizer") or {}).get("max_length"),
-                    "precision": (manifest.get("precision") or {"mode": "fp32"})["mode"],
+                    "dimension": manifest.dimension,
+                    "dimensions": list(manifest.dimensions),
+                    "normalized": manifest.normalized,
+                    "max_length": manifest.max_length,
+                    "precision": manifest.precision.mode,
                 },
             )
         )
-    if image := manifest.get("image"):
+    if image := manifest.image:
         models.append(
             _model(
                 "image-model",
-                f"{manifest['name']}-vision",
-                manifest["version"],
-                {"vision.onnx": files["vision.onnx"]},
-                image["model"],
-                image["steps"],
-                {"dimension": manifest["dimension"], "size": image.get("size")},
+                f"{manifest.name}-vision",
+                manifest.version,
+                {VISION_FILE: files[VISION_FILE]},
+                image.model,
+                image.steps,
+                {"dimension": manifest.dimension, "size": image.size},
             )
         )
     return models
@@ -211,31 +217,31 @@ def _model(
     name: str,
     version: str,
     files: dict[str, str],
-    source: dict[str, Any],
-    steps: list[dict[str, Any]],
+    source: ModelSource,
+    steps: tuple[dict[str, Any], ...],
     shape: dict[str, Any],
 ) -> Component:
     """A compiled model, with the source it was compiled from as its pedigree."""
-    hub = source.get("source") == "hub"
+    hub = source.source == "hub"
     origin = Component(
         type=ComponentType.MACHINE_LEARNING_MODEL,
-        name=source["repo"] if hub else source["path"],
-        version=source.get("revision"),
+        name=(source.repo if hub else source.path) or "",
+        version=source.revision,
         bom_ref=f"{ref}:source",
         components=[
-            _file(path, sha, f"{ref}:source") for path, sha in sorted(source["files"].items())
+            _file(path, sha, f"{ref}:source") for path, sha in sorted(source.files.items())
         ],
         external_references=[
             ExternalReference(
                 type=ExternalReferenceType.DISTRIBUTION,
-                url=XsUri(f"https://huggingface.co/{source['repo']}/tree/{source['revision']}"),
+                url=XsUri(f"https://huggingface.co/{source.repo}/tree/{source.revision}"),
             )
         ]
         if hub
         else [],
-        properties=[Property(name="encoderfile:source", value=str(source.get("source")))],
+        properties=[Property(name="encoderfile:source", value=source.source)],
     )
-    described = {"steps": steps, **shape}
+    described = {"steps": list(steps), **shape}
     return Component(
         type=ComponentType.MACHINE_LEARNING_MODEL,
         name=name,

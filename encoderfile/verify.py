@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 from encoderfile.errors import VerifyError
 from encoderfile.recipe import Recipe, Step
-from encoderfile.runtime.manifest import Golden
+from encoderfile.runtime.manifest import ATTENTION_MASK, Golden, text_columns
 
 BUILD_TOLERANCE = 1e-5  # spliced graph vs numpy reference, same machine
 GOLDEN_TOLERANCE = 1e-4  # artifact self-check on another machine (other CPU kernels)
@@ -36,15 +36,10 @@ class Batch:
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], inputs: list[str]) -> Batch:
-    encodings = tokenizer.encode_batch(texts)
-    ids = np.array([e.ids for e in encodings], dtype=np.int64)
-    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-    available = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-    }
-    return Batch({name: available[name] for name in inputs}, mask)
+    columns = [text_columns(e) for e in tokenizer.encode_batch(texts)]
+    feeds = {name: np.array([c[name] for c in columns], dtype=np.int64) for name in inputs}
+    mask = np.array([c[ATTENTION_MASK] for c in columns], dtype=np.int64)
+    return Batch(feeds, mask)
 
 
 def session(model: bytes | Path) -> ort.InferenceSession:

@@ -13,7 +13,16 @@ from tokenizers import Encoding, Tokenizer
 
 from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime.artifact import Bundle
-from encoderfile.runtime.manifest import NO_PROMPT, TEXT_INPUTS, TEXT_OUTPUT, Manifest
+from encoderfile.runtime.manifest import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    NO_PROMPT,
+    TEXT_INPUTS,
+    TEXT_OUTPUT,
+    TOKEN_TYPE_IDS,
+    Manifest,
+    text_columns,
+)
 from encoderfile.runtime.model_cache import ModelCache
 from encoderfile.runtime.session import open_session, shorten
 
@@ -140,17 +149,13 @@ class Embedder:
 
     def _feed(self, batch: Sequence[Encoding]) -> dict[str, Any]:
         length = max(len(e.ids) for e in batch)
-        pads = {"input_ids": self._pad_id, "attention_mask": 0, "token_type_ids": self._pad_type_id}
+        pads = {INPUT_IDS: self._pad_id, ATTENTION_MASK: 0, TOKEN_TYPE_IDS: self._pad_type_id}
         feed = {name: np.full((len(batch), length), pads[name], np.int64) for name in self._inputs}
         for row, enc in enumerate(batch):
             cols = slice(length - len(enc.ids), None) if self._pad_left else slice(0, len(enc.ids))
-            for name, values in (
-                ("input_ids", enc.ids),
-                ("attention_mask", enc.attention_mask),
-                ("token_type_ids", enc.type_ids),
-            ):
-                if name in feed:
-                    feed[name][row, cols] = values
+            columns = text_columns(enc)
+            for name in feed:
+                feed[name][row, cols] = columns[name]
         return feed
 
 

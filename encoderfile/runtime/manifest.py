@@ -20,13 +20,23 @@ TOKENIZER_FILE = "tokenizer.json"
 VISION_FILE = "vision.onnx"
 SBOM_FILE = "sbom.json"  # written by freeze (what PyInstaller collected), not in a bundle
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # token_type_ids is optional
+INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
+TEXT_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)  # token_type_ids is optional
 TEXT_OUTPUT = "sentence_embedding"  # float32 [batch, dimension]
 IMAGE_INPUT = "pixel_values"  # uint8 [batch, size, size, 3]
 IMAGE_OUTPUT = "image_embedding"  # float32 [batch, dimension]
 IMAGE_RESIZE = "shortest side, bicubic (PIL), then centre crop"
 NO_PROMPT = ("none", "")  # prompt names that ask for no prefix, even over a default_prompt
 MIN_DIMENSION = 1  # the narrowest width a request may ask for (as nomic-serve, TEI and OpenAI)
+
+
+def text_columns(encoding: Any) -> dict[str, list[int]]:
+    """Each text input's values from a tokenizers.Encoding (ids, attention mask, type ids)."""
+    return {
+        INPUT_IDS: encoding.ids,
+        ATTENTION_MASK: encoding.attention_mask,
+        TOKEN_TYPE_IDS: encoding.type_ids,
+    }
 
 
 def _plain(section: Any) -> dict[str, Any]:

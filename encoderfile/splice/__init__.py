@@ -10,6 +10,7 @@ import onnx
 
 from encoderfile.errors import SpliceError
 from encoderfile.recipe import Recipe, Step
+from encoderfile.runtime.manifest import ATTENTION_MASK
 from encoderfile.splice import contract, layer_norm, normalize, pooling, rotate, truncate
 from encoderfile.splice.editor import MIN_OPSET, GraphEditor
 
@@ -51,7 +52,7 @@ def apply(
     spliced = onnx.ModelProto()
     spliced.CopyFrom(model)
     g = GraphEditor(spliced.graph, version)
-    x = add_steps(g, states, recipe.steps, recipe.dimension, "attention_mask", rotation)
+    x = add_steps(g, states, recipe.steps, recipe.dimension, ATTENTION_MASK, rotation)
     inputs = contract.finish(spliced, x, recipe.dimension)
     return Spliced(spliced, inputs, states, hidden, g.added)
 
