@@ -21,6 +21,10 @@ SYSTEM_PACKAGES = {  # qemu-user runs the suite's vectors on emulated CPUs (othe
     "/usr/bin/chromium": "chromium",
     "/usr/bin/strace": "strace",
     "/usr/bin/qemu-x86_64": "qemu-user",
+    # the busybox chroot and the OCI image (tests/test_portable.py, tests/test_oci.py)
+    "/bin/busybox": "busybox-static",
+    "/usr/bin/umoci": "umoci",
+    "/usr/bin/skopeo": "skopeo",
 }
 DEFAULT_RECIPE = "recipes/all-minilm-l6-v2.yaml"
 

@@ -125,6 +125,28 @@ def inspect(
         typer.echo(f"{key:<14} {shown}")
 
 
+@app.command()
+def image(
+    artifact: Annotated[
+        Path, typer.Argument(help="an artifact built by 'encoderfile build'", dir_okay=False)
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="where <name>.oci/ and <name>.oci.tar go (default: beside the artifact)"),
+    ] = None,
+    busybox: Annotated[
+        Path, typer.Option(help="a statically linked busybox for the artifact's sh stub")
+    ] = Path("/bin/busybox"),
+) -> None:
+    """Write a reproducible OCI image of ARTIFACT: an image layout and a docker-loadable tar."""
+    from encoderfile import oci
+
+    built = oci.build(artifact, out, busybox)
+    _say(f"image {built.reference} {built.digest}")
+    _say(f"layout {built.layout}")
+    _say(f"archive {built.archive} (docker load -i / podman load -i / skopeo copy oci-archive:)")
+
+
 def _graph_summary(graph: Path | bytes) -> dict[str, Any]:
     """Inputs, outputs and opset of an ONNX file (or its bytes, read from an artifact)."""
     from encoderfile.compiler import load_graph

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import encoderfile
-from encoderfile import sbom
+from encoderfile import elf, sbom
 from encoderfile.errors import ArtifactError, BuildError
 from encoderfile.runtime import artifact
 from encoderfile.runtime.artifact import BUNDLE_FILES, open_bundle
@@ -33,9 +33,10 @@ from encoderfile.runtime.manifest import MANIFEST_FILE, SBOM_FILE
 
 PACKAGE = Path(encoderfile.__file__).resolve().parent
 TEMPLATES = Path(str(importlib.resources.files("encoderfile.templates")))
-RUNTIME_FORMAT = 1  # bump to invalidate cached runtimes when this module's output changes
+RUNTIME_FORMAT = 2  # bump to invalidate cached runtimes when this module's output changes
 STUB_ALIGN = 4096
 KEEP_RUNTIMES = 3  # cached runtime archives kept per work dir
+LIBRARY_DIR = "_internal"  # the onedir's library folder: the bundled loader's --library-path
 RUNTIME_SIDE = ("encoderfile.errors", "encoderfile.runtime", "encoderfile.proto")
 
 
@@ -160,6 +161,12 @@ def runtime_archive(work_dir: Path) -> Path:
     build_log = build_root / "pyinstaller.log"  # named by BuildError; kept on failure
     onedir = _pyinstaller(build_root, build_log)
     _strip(onedir, build_log)
+    bundle_libc(onedir)
+    if problems := elf.audit(onedir, LIBRARY_DIR):
+        raise BuildError(
+            f"the runtime would need libraries of the host: {'; '.join(problems[:5])}. Install "
+            "them on the build machine (they are copied from beside its dynamic loader)."
+        )
     packed = build_root / "runtime.tar.gz"
     pack(onedir, packed)
     os.replace(build_log, log)
@@ -173,6 +180,7 @@ def runtime_key() -> str:
     """sha256 over everything that shapes the runtime: sources, templates, packages, python."""
     h = hashlib.sha256(f"{RUNTIME_FORMAT}\0{sys.version}\0{platform.machine()}\0".encode())
     h.update(f"{shutil.which('strip')}\0{EXCLUDES}\0{HIDDEN_IMPORTS}\0".encode())
+    h.update(hashlib.sha256(loader().read_bytes()).digest())  # the glibc copied in
     for path in _frozen_sources():
         h.update(f"{path.relative_to(PACKAGE.parent)}\0".encode())
         h.update(hashlib.sha256(path.read_bytes()).digest())
@@ -250,6 +258,35 @@ def _strip(onedir: Path, log: Path) -> None:
             )
 
 
+def loader() -> Path:
+    """The build machine's dynamic loader (the PT_INTERP of this Python), symlinks resolved."""
+    interpreter = elf.read(Path(sys.executable).resolve()).interpreter
+    if interpreter is None:
+        raise BuildError(f"{sys.executable} names no dynamic loader. Build with a dynamic Python.")
+    return Path(interpreter).resolve()
+
+
+def bundle_libc(onedir: Path) -> None:
+    """Copy the dynamic loader and the C library parts the runtime needs into its library folder.
+
+    PyInstaller leaves glibc out (it expects the host's); the stub instead starts the runtime
+    through this loader with --library-path, so the runtime never uses a library of the host and
+    runs on any x86-64 Linux, whatever its libc. The parts come from beside the loader (glibc
+    installs them together), unmodified (never stripped): their sha256 are the distribution's.
+    """
+    libdir = onedir / LIBRARY_DIR
+    ld = loader()
+    wanted = {ld.name}
+    for path in sorted(onedir.rglob("*")):
+        if path.is_file() and not path.is_symlink() and elf.is_elf(path):
+            wanted.update(elf.read(path).needed)
+    for name in sorted(wanted):
+        source = ld.parent / name
+        if not (libdir / name).exists() and source.exists():
+            shutil.copyfile(source.resolve(), libdir / name)
+            (libdir / name).chmod(0o755)
+
+
 def pack(onedir: Path, target: Path) -> None:
     """A deterministic tar.gz of `onedir`: sorted members, mtime 0, owner 0, gzip mtime 0."""
     with (
@@ -279,6 +316,8 @@ def render_stub(name: str, runtime_sha256: str, runtime_length: int) -> bytes:
             .replace("@RUNTIME_SHA256@", runtime_sha256)
             .replace("@RUNTIME_LENGTH@", str(runtime_length))
             .replace("@RUNTIME_OFFSET@", str(offset))
+            .replace("@LOADER@", f"{LIBRARY_DIR}/{loader().name}")
+            .replace("@LIBRARY_DIR@", LIBRARY_DIR)
             .encode()
         )
         needed = -(-(len(text) + 1) // STUB_ALIGN) * STUB_ALIGN

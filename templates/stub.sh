@@ -60,4 +60,13 @@ if ! sound "$dir"; then
   rm -rf "$tmp" "$tmp.old" "$dir/${tmp##*/}"
   trap - EXIT INT TERM
 fi
+# The runtime brings its own loader and libc (docs/artifact.md#portability); --library-path,
+# unlike LD_LIBRARY_PATH, is not inherited by child processes. _PYI_*: PyInstaller's bootloader
+# skips its re-exec through the host's loader. LOCPATH: never the host's locale archive.
+loader=$dir/@LOADER@
+if [ -f "$loader" ]; then
+  ENCODERFILE_ARTIFACT=$self _PYI_ARCHIVE_FILE=$dir/encoderfile _PYI_PARENT_PROCESS_LEVEL=-1 \
+    LOCPATH=$dir/@LIBRARY_DIR@/locale exec "$loader" --inhibit-cache \
+    --library-path "$dir/@LIBRARY_DIR@" --argv0 "$dir/encoderfile" "$dir/encoderfile" "$@"
+fi
 ENCODERFILE_ARTIFACT=$self exec "$dir/encoderfile" "$@"

@@ -69,6 +69,7 @@ def test_pack_is_deterministic(tmp_path: Path) -> None:
 def test_stub_is_aligned_and_names_the_runtime() -> None:
     stub = freeze.render_stub("tiny", "ab" * 32, 12345)
     assert len(stub) % freeze.STUB_ALIGN == 0 and stub.startswith(b"#!/bin/sh\n")
+    assert len(freeze.render_stub("n" * 64, "ab" * 32, 10**12)) == freeze.STUB_ALIGN  # one page
     text = stub.decode()
     assert f"sha={'ab' * 32}" in text and "head -c 12345" in text
     assert f"$(({len(stub)} + 1))" in text
@@ -318,7 +319,8 @@ def test_minilm_artifact_matches_the_venv(
 @pytest.mark.slow
 def test_minilm_artifact_size(minilm_artifact: Path, minilm_bundle: Path) -> None:
     model = (minilm_bundle / "model.onnx").stat().st_size
-    assert minilm_artifact.stat().st_size <= model + 65_000_000
+    # issue 26's budget: the runtime, its own loader and libc, the stub and the SBOM in 70 MB
+    assert minilm_artifact.stat().st_size <= model + 70_000_000
 
 
 @pytest.mark.slow
