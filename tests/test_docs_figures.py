@@ -1,5 +1,5 @@
-"""Figures quoted in the README come from one measured source each: the benchmark tables in
-docs/benchmarks.md (bulk rerun, serving run) and the int8 gate of the shipped recipe's build."""
+"""The README's headline figures come from one measured source, docs/benchmarks.md: each cell is
+the figure there, rounded to the README's decimals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-MODELS = {"MiniLM": "all-MiniLM-L6-v2", "NomicBERT": "NomicBERT full size, random weights"}
+BENCHMARKS = (ROOT / "docs/benchmarks.md").read_text()
+MODELS = ("all-MiniLM-L6-v2", "NomicBERT full size, random weights")
+WORKLOADS = ("short", "scifact", "mixed")
 
 
 def section(text: str, heading: str) -> str:
@@ -23,52 +25,67 @@ def cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def numbers(text: str) -> list[str]:
-    return re.findall(r"\d+(?:\.\d+)?", text)
+def row(text: str, first: str) -> list[str]:
+    return next(cells(line) for line in text.splitlines() if line.startswith(f"| {first} |"))
 
 
-def same(quoted: list[str], measured: list[str]) -> bool:
+def first_number(text: str) -> str:
+    return re.findall(r"\d+(?:\.\d+)?", text)[0]
+
+
+def same(quoted: str, measured: list[str]) -> bool:
     """Each quoted figure is the measured one, rounded to the quoted number of decimals."""
-    if len(quoted) != len(measured):
-        return False
-    return all(
+    figures = re.findall(r"\d+(?:\.\d+)?", quoted)
+    return len(figures) == len(measured) and all(
         Decimal(m).quantize(Decimal(q), ROUND_HALF_UP) == Decimal(q)
-        for q, m in zip(quoted, measured, strict=True)
+        for q, m in zip(figures, measured, strict=True)
     )
 
 
-def readme_rows(first_cell: str) -> list[list[str]]:
-    readme = (ROOT / "README.md").read_text()
-    return [cells(line) for line in readme.splitlines() if re.match(first_cell, line)]
+def bulk(model: str, column: int) -> list[str]:
+    rerun = section(BENCHMARKS, "## Bulk again, after model calls went from 64 to 16 texts")
+    table = section(rerun, f"### {model}")
+    return [first_number(row(table, w)[column]) for w in WORKLOADS]
 
 
-def test_readme_bulk_table_is_the_benchmarks_bulk_rerun() -> None:
-    rerun = section(
-        (ROOT / "docs/benchmarks.md").read_text(),
-        "## Bulk again, after model calls went from 64 to 16 texts",
+def serving(model: str, view: str, clients: int, column: int) -> list[str]:
+    """The Serving speed section has one table per model, MiniLM's first."""
+    tables = re.split(r"\n(?=\| view \|)", section(BENCHMARKS, "## Serving speed"))[1:]
+    return [first_number(row(tables[MODELS.index(model)], f"{view} | {clients}")[column])]
+
+
+def startup(model: str) -> list[str]:
+    table = section(
+        BENCHMARKS,
+        "## Start-up and size (2-core x86_64, Python 3.11; ratios from one run each, figures ±15%)",
     )
-    rows = readme_rows(r"\| (MiniLM|NomicBERT), (short|SciFact|mixed) \(")
-    assert len(rows) == 6
-    for row in rows:
-        model, workload = re.match(r"(\w+), (\w+)", row[0]).groups()  # type: ignore[union-attr]
-        table = section(rerun, f"### {MODELS[model]}")
-        source = next(
-            cells(line) for line in table.splitlines() if line.startswith(f"| {workload.lower()} |")
-        )
-        # README: embed (minus start-up), ORT, torch, fastembed, embed/ORT, embed/torch; the
-        # table has them in that order, ORT with its best batch size in brackets.
-        measured = [*source[3:5], source[5].split(" (")[0], *source[6:10]]
-        quoted = [*row[1:5], row[5].split(" (")[0], row[6]]
-        assert same(numbers(" ".join(quoted)), numbers(" ".join(measured))), row
+    name = "NomicBERT, full size, random weights" if model != MODELS[0] else model
+    return [first_number(row(table, name)[5])]
 
 
-def test_readme_serving_table_is_the_benchmarks_serving_run() -> None:
-    benchmarks = (ROOT / "docs/benchmarks.md").read_text()
-    rows = readme_rows(r"\| (MiniLM|NomicBERT) \| \d+ \|")
-    assert len(rows) == 5
-    for row in rows:
-        table = section(benchmarks, f"## {MODELS[row[0]]}")
-        source = next(
-            cells(line) for line in table.splitlines() if line.startswith(f"| {row[1]} |")
-        )
-        assert same(numbers(" ".join(row[2:])), numbers(" ".join(source[1:]))), row
+def parity(model: str) -> list[str]:
+    table = section(
+        BENCHMARKS,
+        "## Parity with the reference implementations (measured by `tests/test_parity.py`)",
+    )
+    return [first_number(row(table, "all-MiniLM-L6-v2, 384 dims")[2])] if model == MODELS[0] else []
+
+
+SOURCES = {
+    "bulk `embed` texts/s: short, SciFact, mixed": lambda m: bulk(m, 3),
+    "bulk `embed` / plain onnxruntime loop at its best batch": lambda m: bulk(m, 8),
+    "bulk `embed` / sentence-transformers on torch": lambda m: bulk(m, 9),
+    "`serve`, 64 clients (wrk) / bulk `embed`": lambda m: serving(m, "wrk", 64, 8),
+    "`serve`, 1 client (hey) / a batch-1 server": lambda m: serving(m, "hey", 1, 7),
+    "`embed hello` start-up / a minimal onnxruntime script": startup,
+    "vectors against sentence-transformers (min cosine)": parity,
+}
+
+
+def test_readme_headline_table_is_docs_benchmarks() -> None:
+    table = section((ROOT / "README.md").read_text(), "## Headline figures")
+    rows = [cells(line) for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [r[0] for r in rows] == list(SOURCES), "the headline rows and their sources differ"
+    for headline, *quoted in rows:
+        for model, cell in zip(MODELS, quoted, strict=True):
+            assert same(cell, SOURCES[headline](model)), (headline, model, cell)

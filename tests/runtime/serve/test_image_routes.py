@@ -138,9 +138,9 @@ def image_server(image_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
     yield from serving(image_bundle, tmp_path_factory)
 
 
-def test_readme_image_examples_run(image_server: Server, tmp_path: Path) -> None:
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
-    block = next(code for kind, code in BLOCK.findall(readme) if "/img/embed" in code)
+def test_documented_image_examples_run(image_server: Server, tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "serve.md").read_text()
+    block = next(code for kind, code in BLOCK.findall(doc) if "/img/embed" in code)
     (tmp_path / "photo.jpg").write_bytes(varied_images()["rotated.jpg"])
     embed, batch, stats = json_values(run_block("sh", block, image_server, tmp_path))
     assert len(embed["embedding"]) == WIDTH and len(batch["embeddings"]) == 2
