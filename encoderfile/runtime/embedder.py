@@ -12,6 +12,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from encoderfile.errors import ArtifactError, RequestError
+from encoderfile.runtime import texts as text_rule
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.manifest import (
     ATTENTION_MASK,
@@ -108,8 +109,7 @@ class Embedder:
         truncate: bool = True,
     ) -> Embeddings:
         for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise RequestError(f"input {i} is empty. Send non-empty texts.")
+            text_rule.check(text if isinstance(text, str) else "", f"input {i}")
         width = self.manifest.width(dimensions)
         encodings = self.tokenize(texts, prompt=prompt)
         if not truncate:

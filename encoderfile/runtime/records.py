@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from encoderfile.errors import RequestError
+from encoderfile.runtime import texts as text_rule
 
 if TYPE_CHECKING:
     import numpy as np
@@ -181,10 +182,7 @@ def _decode(raw: bytes, errors: str, where: str, final: bool = True) -> str:
 
 
 def _valid_unicode(text: str, where: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RequestError(f"{where} contains a lone surrogate escape. Fix the text.") from None
+    text_rule.check_unicode(text, where)  # the one text rule's message
     return True
 
 
@@ -193,7 +191,8 @@ def _keep(text: str, where: str, skip_empty: bool) -> bool:
         return True
     if skip_empty:
         return False
-    raise RequestError(f"{where} is empty. Remove it or pass --skip-empty.")
+    text_rule.check(text, where, fix="Remove it or pass --skip-empty")  # the one rule's message
+    return True
 
 
 def chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:

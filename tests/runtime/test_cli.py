@@ -210,7 +210,7 @@ def test_invalid_utf8_names_the_line_unless_replaced(run: Run) -> None:
         (b'{"text": "fox"', "line 2 is not valid JSON"),
         (b'{"text": ""}', "line 2 is empty"),
         (b"", "line 2 is blank"),
-        (b'{"text": "\\ud800"}', "line 2 contains a lone surrogate"),
+        (b'{"text": "\\ud800"}', "line 2 has a lone UTF-16 surrogate"),
     ],
 )
 def test_bad_jsonl_line_is_named(run: Run, line: bytes, message: str) -> None:

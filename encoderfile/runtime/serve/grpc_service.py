@@ -18,44 +18,28 @@ from grpc_reflection.v1alpha import reflection
 
 from encoderfile.errors import (
     EncoderfileError,
-    NotFoundError,
-    NotReadyError,
-    OverloadedError,
-    PayloadTooLargeError,
-    RequestError,
-    UnauthorizedError,
 )
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
 from encoderfile.runtime.serve import grpc_guards
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES
+from encoderfile.runtime.serve.kinds import kind_of
 from encoderfile.runtime.serve.metrics import error_kind
 from encoderfile.runtime.serve.service import Service
 from encoderfile.runtime.serve.stream import Pipeline
 
 if TYPE_CHECKING:
+    from tokenizers import Encoding
+
     from encoderfile.runtime.embedder import Embeddings
 
 log = logging.getLogger("encoderfile.serve")
 Reply = TypeVar("Reply")
 SERVICE_NAME = embed_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 
-# The one table from error class to status code; the first class in the MRO wins.
-STATUS: dict[type[Exception], grpc.StatusCode] = {
-    UnauthorizedError: grpc.StatusCode.UNAUTHENTICATED,
-    NotFoundError: grpc.StatusCode.NOT_FOUND,
-    PayloadTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    RequestError: grpc.StatusCode.INVALID_ARGUMENT,
-    NotReadyError: grpc.StatusCode.UNAVAILABLE,
-    EncoderfileError: grpc.StatusCode.INTERNAL,
-}
-
 
 def status_of(exc: BaseException) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status code of kinds.KINDS, the table every transport reads."""
+    return grpc.StatusCode[kind_of(exc).grpc]
 
 
 class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
@@ -67,8 +51,9 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
     async def Embed(  # noqa: N802 - gRPC method names
         self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.EmbedResponse:
-        submitted = self._submit(request, context)
-        return await self._call("Embed", context, functools.partial(self._embed, submitted))
+        return await self._call(
+            "Embed", context, functools.partial(self._embed_one, request), request
+        )
 
     async def EmbedStream(  # noqa: N802
         self,
@@ -153,44 +138,48 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             vision_model=info["vision_model"],
         )
 
+    def _checked(self, request: embed_pb2.EmbedRequest) -> tuple[list[Encoding], int]:
+        dimensions = self.service.check_dimensions(
+            request.dimensions if request.HasField("dimensions") else None
+        )
+        encodings = self.service.tokenize(
+            list(request.inputs),
+            prompt=request.prompt if request.HasField("prompt") else None,
+            truncate=request.truncate if request.HasField("truncate") else True,
+            param="inputs",
+        )
+        return encodings, dimensions
+
+    async def _embed_one(
+        self, request: embed_pb2.EmbedRequest, stats: dict[str, int]
+    ) -> embed_pb2.EmbedResponse:
+        """Embed: through Service.embed, which runs a lone request inline or queues it."""
+        started = time.perf_counter()
+        encodings, dimensions = self._checked(request)
+        result = await self.service.embed(encodings, dimensions)
+        return _reply(result, len(encodings), started, stats)
+
     def _submit(
         self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> _Submitted:
-        """Check, tokenize and queue the request now; the reply is awaited by _call."""
+        """A stream's message checked, tokenized and queued now (so that the messages of a
+        stream share model calls); the reply is awaited by _call."""
         started = time.perf_counter()
         try:
             self.service.authorize(dict(context.invocation_metadata() or ()).get("authorization"))
             grpc_guards.check(request)
-            dimensions = self.service.check_dimensions(
-                request.dimensions if request.HasField("dimensions") else None
-            )
-            encodings = self.service.tokenize(
-                list(request.inputs),
-                prompt=request.prompt if request.HasField("prompt") else None,
-                truncate=request.truncate if request.HasField("truncate") else True,
-                param="inputs",
-            )
+            encodings, dimensions = self._checked(request)
             job = self.service.submit(encodings, dimensions)
         except EncoderfileError as e:
             return _Submitted(started, error=e)
         return _Submitted(started, job=job, inputs=len(encodings))
 
     async def _embed(self, submitted: _Submitted, stats: dict[str, int]) -> embed_pb2.EmbedResponse:
-        started = submitted.started
         if submitted.error is not None:
             raise submitted.error
         assert submitted.job is not None
         result = await asyncio.wrap_future(submitted.job)
-        stats["inputs"], stats["tokens"] = submitted.inputs, sum(result.tokens)
-        return embed_pb2.EmbedResponse(
-            embeddings=[
-                embed_pb2.Embedding(values=v, tokens=t, truncated=c)
-                for v, t, c in zip(result.vectors, result.tokens, result.truncated, strict=True)
-            ],
-            dimensions=result.vectors.shape[1],
-            total_tokens=sum(result.tokens),
-            time_ms=(time.perf_counter() - started) * 1000,
-        )
+        return _reply(result, submitted.inputs, submitted.started, stats)
 
     async def _call(  # type: ignore[return]  # context.abort() always raises
         self,
@@ -248,6 +237,21 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
                     "request_id": request_id,
                 },
             )
+
+
+def _reply(
+    result: Embeddings, inputs: int, started: float, stats: dict[str, int]
+) -> embed_pb2.EmbedResponse:
+    stats["inputs"], stats["tokens"] = inputs, sum(result.tokens)
+    return embed_pb2.EmbedResponse(
+        embeddings=[
+            embed_pb2.Embedding(values=v, tokens=t, truncated=c)
+            for v, t, c in zip(result.vectors, result.tokens, result.truncated, strict=True)
+        ],
+        dimensions=result.vectors.shape[1],
+        total_tokens=sum(result.tokens),
+        time_ms=(time.perf_counter() - started) * 1000,
+    )
 
 
 class _Submitted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import os
@@ -12,7 +13,6 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,15 +34,14 @@ from encoderfile.errors import (
     MethodNotAllowedError,
     NotFoundError,
     NotReadyError,
-    OverloadedError,
     PayloadTooLargeError,
-    RequestError,
     UnauthorizedError,
 )
 from encoderfile.runtime import openai_tokens
 from encoderfile.runtime.serve import compat, guards, tei
 from encoderfile.runtime.serve import metrics as prom
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES, BODY_BYTES
+from encoderfile.runtime.serve.kinds import kind_of
 from encoderfile.runtime.serve.openapi import add_tei, spec
 from encoderfile.runtime.serve.service import Service
 
@@ -54,19 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("encoderfile.serve")
 
-# The one table from error class to (HTTP status, error type); the first class in the MRO wins.
-STATUS: dict[type[Exception], tuple[int, str]] = {
-    MalformedRequestError: (400, "invalid_request_error"),
-    UnauthorizedError: (401, "authentication_error"),
-    NotFoundError: (404, "not_found_error"),
-    MethodNotAllowedError: (405, "invalid_request_error"),
-    PayloadTooLargeError: (413, "invalid_request_error"),
-    OverloadedError: (429, "overloaded_error"),
-    ClientGoneError: (499, "client_closed_request"),
-    RequestError: (422, "invalid_request_error"),
-    NotReadyError: (503, "unavailable_error"),
-    EncoderfileError: (500, "internal_error"),
-}
 OPEN_ROUTES = frozenset({"/health", "/ready", "/docs", "/openapi.json"})  # no API key needed
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -80,10 +66,9 @@ class Json(JSONResponse):
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500, "internal_error"
+    """(HTTP status, error type) of kinds.KINDS, the table every transport reads."""
+    kind = kind_of(exc)
+    return kind.http, kind.name
 
 
 def error_response(exc: BaseException, scope: Scope) -> Json:
@@ -288,7 +273,6 @@ class _Api:
     def __init__(self, service: Service):
         self.service = service
         self.name = service.manifest.name
-        self._embedding = 0  # requests between tokenized and answered
         self.tei = tei.Tei(service)
 
     async def health(self, request: Request) -> Response:
@@ -591,37 +575,12 @@ class _Api:
     async def _embed(
         self, request: Request, encodings: Sequence[Encoding | TokenIds], dimensions: int | None
     ) -> Embeddings:
-        self._embedding += 1
-        try:
-            result = None
-            if self.service.model_idle:  # a lone request skips the hand-off to a worker
-                await asyncio.sleep(0)  # requests read with this one get here before it decides
-                if self._embedding == 1:
-                    result = self.service.embed_now(encodings, dimensions)
-            if result is None:
-                job = self.service.submit(encodings, dimensions)
-                result = await _unless_disconnected(request, job)
-        finally:
-            self._embedding -= 1
+        result = await self.service.embed(
+            encodings, dimensions, until=functools.partial(_disconnect, request)
+        )
         request.state.inputs = len(encodings)
         request.state.tokens = sum(result.tokens)
         return result
-
-
-async def _unless_disconnected(request: Request, job: Future[Embeddings]) -> Embeddings:
-    """The job's result; if the client disconnects first, the job is cancelled, which takes it
-    out of the batcher's queue (a job the model is already running just finishes)."""
-    answer = asyncio.wrap_future(job)
-    gone = asyncio.ensure_future(_disconnect(request))
-    either: list[asyncio.Future[Any]] = [answer, gone]
-    try:
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        answer.cancel()  # no-op once answered; else cancels `job` too
-    if answer.cancelled():
-        raise ClientGoneError("The client disconnected before the embeddings were ready.")
-    return answer.result()
 
 
 async def _disconnect(request: Request) -> None:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Future
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -459,10 +458,9 @@ async def _embed(
     try:
         width = service.check_dimensions(dimensions)
         encodings = service.tokenize(texts, prompt=prompt, param=param, single=single)
-        job: Future[Embeddings] = service.submit(encodings, width)
+        return await service.embed(encodings, width)
     except EncoderfileError as e:
         raise ToolError(str(e)) from None
-    return await asyncio.wrap_future(job)
 
 
 async def _run_images(service: Service, images: list[str], dimensions: int | None) -> np.ndarray:

@@ -6,40 +6,14 @@ import bisect
 import threading
 from collections.abc import Callable, Iterable
 
-from encoderfile.errors import (
-    ClientGoneError,
-    MalformedRequestError,
-    MethodNotAllowedError,
-    NotFoundError,
-    NotReadyError,
-    OverloadedError,
-    PayloadTooLargeError,
-    RequestError,
-    UnauthorizedError,
-)
+from encoderfile.runtime.serve.kinds import kind_of
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# The `kind` label of encoderfile_errors_total for both transports: HTTP's error `type` (the
-# first class in the MRO wins; tests check it agrees with http_app.STATUS).
-ERROR_KINDS: dict[type[Exception], str] = {
-    MalformedRequestError: "invalid_request_error",
-    UnauthorizedError: "authentication_error",
-    NotFoundError: "not_found_error",
-    MethodNotAllowedError: "invalid_request_error",
-    PayloadTooLargeError: "invalid_request_error",
-    OverloadedError: "overloaded_error",
-    ClientGoneError: "client_closed_request",
-    RequestError: "invalid_request_error",
-    NotReadyError: "unavailable_error",
-}
-
 
 def error_kind(exc: BaseException) -> str:
-    for cls in type(exc).__mro__:
-        if cls in ERROR_KINDS:
-            return ERROR_KINDS[cls]
-    return "internal_error"
+    """The `kind` label of encoderfile_errors_total: the error kind of kinds.KINDS."""
+    return kind_of(exc).name
 
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -1,14 +1,16 @@
-"""What the HTTP and gRPC transports share: limits, input checks, readiness, model info."""
+"""What the HTTP, gRPC and MCP transports share: limits, input checks, readiness, model info,
+and embedding (inline or queued)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import encoderfile
 from encoderfile.errors import (
+    ClientGoneError,
     EncoderfileError,
     InvalidFieldError,
-    MalformedRequestError,
     NotFoundError,
     NotReadyError,
     UnauthorizedError,
 )
+from encoderfile.runtime import texts as text_rule
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.describe import describe
 from encoderfile.runtime.manifest import NO_PROMPT
@@ -92,6 +95,7 @@ class Service:
         self._api_keys = [k.encode() for k in api_keys]
         self._ready = threading.Event()
         self._artifact_sha256: str | None = None
+        self._embedding = 0  # embed() calls between checked and answered (on the event loop)
         self.metrics.gauge(
             "encoderfile_inflight_inputs",
             "Inputs accepted and not yet answered.",
@@ -192,33 +196,12 @@ class Service:
         self.check_count(len(texts), param)
         if decoded:
             texts = [t[: self.limits.max_chars] for t in texts]
-        for i, text in enumerate(texts if not decoded else ()):
-            name = param if single else f"{param}[{i}]"
-            if not text.strip():
-                raise InvalidFieldError(
-                    f"'{name}' is empty or blank. Send text to embed.", param=param
-                )
-            if len(text) > self.limits.max_chars:
-                raise InvalidFieldError(
-                    f"'{name}' has {len(text)} characters, over the limit of "
-                    f"{self.limits.max_chars}. Shorten it, or raise --max-chars.",
-                    param=param,
-                )
-        prefix = self.check_prompt(prompt)
-        try:
-            encodings = self._embedder().tokenize(texts, prompt=prefix)
-        except TypeError:  # the tokenizer's answer to a string it cannot encode as UTF-8
+        else:
             for i, text in enumerate(texts):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:
-                    name = param if single else f"{param}[{i}]"
-                    raise MalformedRequestError(
-                        f"'{name}' has a lone UTF-16 surrogate (such as \\ud800). Send valid "
-                        "Unicode text.",
-                        param=param,
-                    ) from None
-            raise
+                name = param if single else f"{param}[{i}]"
+                text_rule.check(text, f"'{name}'", max_chars=self.limits.max_chars, param=param)
+        prefix = self.check_prompt(prompt)
+        encodings = self._embedder().tokenize(texts, prompt=prefix)
         if not truncate:
             for i, enc in enumerate(encodings):
                 if enc.overflowing:
@@ -279,6 +262,32 @@ class Service:
             return None
         return self.batcher.embed_now(encodings, dimensions=dimensions)  # type: ignore[arg-type]
 
+    async def embed(
+        self,
+        encodings: Sequence[Encoding | TokenIds],
+        dimensions: int | None = None,
+        *,
+        until: Callable[[], Awaitable[None]] | None = None,
+    ) -> Embeddings:
+        """Checked inputs embedded, for every transport: a lone request on an idle model runs
+        on the event loop's thread (no hand-off to a worker, Batcher.embed_now), any other is
+        queued in the Batcher to share model calls. `until` returns when the client has gone:
+        then the queued job is cancelled (taken out of the queue) and ClientGoneError raised."""
+        self._embedding += 1
+        try:
+            if self.model_idle:
+                await asyncio.sleep(0)  # requests read with this one get here before it decides
+                if self._embedding == 1:
+                    result = self.embed_now(encodings, dimensions)
+                    if result is not None:
+                        return result
+            job = self.submit(encodings, dimensions)
+            if until is None:
+                return await asyncio.wrap_future(job)
+            return await _unless(job, until)
+        finally:
+            self._embedding -= 1
+
     def info(self) -> dict[str, Any]:
         """Everything a client needs to know about the model and this server."""
         return {
@@ -315,6 +324,22 @@ class Service:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
         self._artifact_sha256 = digest.hexdigest()
+
+
+async def _unless(job: Future[Embeddings], gone: Callable[[], Awaitable[None]]) -> Embeddings:
+    """The job's result; if `gone` returns first, the job is cancelled, which takes it out of
+    the batcher's queue (a job the model is already running just finishes)."""
+    answer = asyncio.wrap_future(job)
+    left = asyncio.ensure_future(gone())
+    either: list[asyncio.Future[Any]] = [answer, left]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        answer.cancel()  # no-op once answered; else cancels `job` too
+    if answer.cancelled():
+        raise ClientGoneError("The client disconnected before the embeddings were ready.")
+    return answer.result()
 
 
 def process_age() -> float:

@@ -14,18 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import encoderfile
 from encoderfile.errors import (
-    ClientGoneError,
-    EncoderfileError,
     InvalidFieldError,
-    MalformedRequestError,
-    MethodNotAllowedError,
-    NotFoundError,
-    NotReadyError,
-    OverloadedError,
-    PayloadTooLargeError,
     RequestError,
-    UnauthorizedError,
 )
+from encoderfile.runtime.serve.kinds import kind_of
 from encoderfile.runtime.serve.service import Service, TokenIds
 
 if TYPE_CHECKING:
@@ -71,22 +63,7 @@ def error(exc: BaseException) -> tuple[int, dict[str, str]]:
 def _status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, TeiError):
         return exc.status, exc.error_type
-    table: list[tuple[type[BaseException], int, str]] = [
-        (PayloadTooLargeError, 413, "Validation"),
-        (OverloadedError, 429, "Overloaded"),
-        (NotReadyError, 503, "Unhealthy"),
-        (UnauthorizedError, 401, "Validation"),
-        (MethodNotAllowedError, 405, "Validation"),
-        (NotFoundError, 424, "Backend"),  # e.g. no text model: "the model is not ..."
-        (ClientGoneError, 499, "Validation"),
-        (MalformedRequestError, 422, "Validation"),
-        (RequestError, 422, "Validation"),
-        (EncoderfileError, 500, "Backend"),
-    ]
-    for cls, status, kind in table:
-        if isinstance(exc, cls):
-            return status, kind
-    return 500, "Backend"
+    return kind_of(exc).tei
 
 
 def is_tei(scope: Any) -> bool:
