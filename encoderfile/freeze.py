@@ -27,6 +27,7 @@ from pathlib import Path
 import encoderfile
 from encoderfile import elf, sbom
 from encoderfile.errors import ArtifactError, BuildError
+from encoderfile.resolve import sha256_file
 from encoderfile.runtime import artifact
 from encoderfile.runtime.artifact import BUNDLE_FILES, open_bundle
 from encoderfile.runtime.manifest import MANIFEST_FILE, SBOM_FILE
@@ -327,7 +328,7 @@ def render_stub(name: str, runtime_sha256: str, runtime_length: int) -> bytes:
 
 
 def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -> Path:
-    runtime_sha256, runtime_length = _sha256(runtime), runtime.stat().st_size
+    runtime_sha256, runtime_length = sha256_file(runtime), runtime.stat().st_size
     stub = render_stub(name, runtime_sha256, runtime_length)
     dist_dir.mkdir(parents=True, exist_ok=True)
     present = [f for f in BUNDLE_FILES if (bundle_dir / f).is_file()]
@@ -336,14 +337,6 @@ def write_artifact(bundle_dir: Path, name: str, runtime: Path, dist_dir: Path) -
     ]
     entries.append((SBOM_FILE, sbom.generate(bundle_dir, runtime)))
     return artifact.write(dist_dir / name, stub, runtime, entries)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _prune(work_dir: Path) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import encoderfile
 from encoderfile import elf
 from encoderfile.errors import BuildError
+from encoderfile.resolve import sha256_file
 from encoderfile.runtime import sbom as runtime_sbom
 from encoderfile.runtime.artifact import read_manifest
 from encoderfile.runtime.manifest import Manifest
@@ -80,7 +81,7 @@ def build(artifact: Path, out_dir: Path | None = None, busybox: Path = BUSYBOX) 
         layer_path = work / "layer.tar"
         _write_layer(layer_path, artifact, name, busybox, epoch)
         layer = _blob_file(blobs, layer_path, LAYER)
-        artifact_sha = _sha256_file(artifact)
+        artifact_sha = sha256_file(artifact)
         labels = _labels(manifest, artifact_sha, hashlib.sha256(sbom).hexdigest(), epoch)
         config = _blob(blobs, _json(_config(name, layer["digest"], labels, epoch)), CONFIG)
         image = _blob(
@@ -274,7 +275,7 @@ def _blob(blobs: Path, data: bytes, media_type: str) -> dict[str, Any]:
 
 
 def _blob_file(blobs: Path, path: Path, media_type: str) -> dict[str, Any]:
-    digest = _sha256_file(path)
+    digest = sha256_file(path)
     size = path.stat().st_size
     os.replace(path, blobs / digest)
     return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": size}
@@ -292,11 +293,3 @@ def _timestamp(epoch: int) -> str:
     import datetime
 
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

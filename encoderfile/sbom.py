@@ -43,6 +43,7 @@ from packageurl import PackageURL
 
 import encoderfile
 from encoderfile.errors import BuildError
+from encoderfile.resolve import sha256_file
 from encoderfile.runtime.artifact import read_manifest
 from encoderfile.runtime.manifest import (
     MANIFEST_FILE,
@@ -71,8 +72,8 @@ class Inventory:
 def generate(bundle_dir: Path, runtime: Path) -> bytes:
     """The SBOM (CycloneDX 1.6 JSON bytes) of `runtime` frozen with the bundle in `bundle_dir`."""
     manifest = read_manifest(bundle_dir)
-    shipped = {name: _sha256_file(bundle_dir / name) for name in (*manifest.files, MANIFEST_FILE)}
-    shipped["runtime.tar.gz"] = _sha256_file(runtime)
+    shipped = {name: sha256_file(bundle_dir / name) for name in (*manifest.files, MANIFEST_FILE)}
+    shipped["runtime.tar.gz"] = sha256_file(runtime)
     bom = _bom(manifest, shipped, inventory(runtime))
     text = JsonV1Dot6(bom).output_as_string(indent=2)
     # the serial number names this content: a hash of the document with a fixed placeholder
@@ -484,11 +485,3 @@ def _ldconfig() -> dict[str, str]:
             name, path = line.strip().split(" (", 1)[0], line.rsplit(" => ", 1)[1]
             found.setdefault(name, path)
     return found
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
