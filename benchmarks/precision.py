@@ -88,9 +88,9 @@ def recipe_for(tmp: Path, shipped: str, model_dir: Path, precision: str) -> Path
 
 
 class Encoder:
-    def __init__(self, model: Path | bytes, tokenizer: Path) -> None:
+    def __init__(self, model: Path | bytes, tokenizer: Path, threads: int = 2) -> None:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.sess = ort.InferenceSession(
@@ -380,9 +380,7 @@ def main() -> int:
             args.output.write_text(render(results, args))
     text = render(results, args)
     args.output.write_text(text)
-    (ROOT / "benchmarks/results/precision.json").write_text(
-        json.dumps(results, indent=1, default=str)
-    )
+    args.output.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     print(text)
     return 0
 
