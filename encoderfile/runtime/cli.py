@@ -7,11 +7,12 @@ User errors print one line `encoderfile: <message>` on stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from encoderfile import __version__
@@ -303,27 +304,47 @@ def _command(argv: list[str]) -> str | None:
 # ---------------------------------------------------------------------------------------- embed
 
 
+def _read_options(args: argparse.Namespace, source: str | None) -> records.ReadOptions:
+    """Where embed's or search's texts come from (`source`: the one --input file, if any)."""
+    return records.ReadOptions(
+        texts=tuple(args.texts),
+        input=source,
+        text_field=args.text_field,
+        id_field=args.id_field,
+        errors=args.errors,
+        skip_empty=args.skip_empty,
+    )
+
+
+def _chunk_embedder(
+    args: argparse.Namespace,
+) -> Callable[
+    [Embedder, list[records.Record], int, records.Truncations], tuple[np.ndarray, list[int]]
+]:
+    """_embed_chunk with embed's --prompt and --no-truncate bound."""
+    return functools.partial(_embed_chunk, prompt=args.prompt, no_truncate=args.no_truncate)
+
+
 def _embed(args: argparse.Namespace) -> int:
     if args.image:
         return _embed_images(args)
     if args.output_dir is not None:
-        from encoderfile.runtime import shards
-
-        args.shard_size = args.shard_size or shards.DEFAULT_SHARD_SIZE
-        return shards.run(args, _embed_chunk)
+        return _embed_shards(args)
     if args.shard_size or args.resume:
         raise UsageError("--shard-size and --resume need --output-dir DIR")
     if args.input and len(args.input) > 1:
         raise UsageError("several --input files need --output-dir DIR")
-    args.input = args.input[0] if args.input else None
-    if args.texts and args.input:
+    source = args.input[0] if args.input else None
+    if args.texts and source:
         raise UsageError("pass texts as arguments or with --input, not both")
-    if args.id_field and not args.input:
+    if args.id_field and not source:
         raise UsageError("--id-field needs --input FILE.jsonl")
     if args.format == "npy" and not args.output and sys.stdout.isatty():
         raise UsageError("refusing to write binary .npy to a terminal; pass --output FILE.npy")
-    if args.input not in (None, "-") and not os.path.isfile(args.input):
-        raise UsageError(f"--input {args.input} does not exist or is not a file")
+    if source not in (None, "-") and not os.path.isfile(source):
+        raise UsageError(f"--input {source} does not exist or is not a file")
+    options = _read_options(args, source)
+    embed_chunk = _chunk_embedder(args)
 
     from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.model_cache import ModelCache
@@ -342,9 +363,9 @@ def _embed(args: argparse.Namespace) -> int:
         truncated = records.Truncations()
         try:
             max_chars = records.char_limit(embedder.manifest.max_length)
-            inputs = records.read_records(args, max_chars)
+            inputs = records.read_records(options, max_chars)
             for chunk in records.chunks(inputs, records.CHUNK):
-                vectors, tokens = _embed_chunk(embedder, chunk, args, width, truncated)
+                vectors, tokens = embed_chunk(embedder, chunk, width, truncated)
                 writer.write(chunk, vectors, tokens)
                 progress.update(len(chunk))
             writer.close()
@@ -354,27 +375,67 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed_shards(args: argparse.Namespace) -> int:
+    if args.output:
+        raise UsageError("pass --output FILE or --output-dir DIR, not both")
+    if args.texts:
+        raise UsageError("--output-dir embeds --input files, not TEXT arguments")
+    if not args.input:
+        raise UsageError("--output-dir needs --input FILE... (JSONL, gzip allowed, globs allowed)")
+    if args.format != "jsonl":
+        raise UsageError("--format does not apply to --output-dir (shards are .npy + .jsonl)")
+    from encoderfile.runtime import shards
+
+    options = shards.ShardOptions(
+        output_dir=args.output_dir,
+        inputs=tuple(args.input),
+        read=_read_options(args, None),
+        shard_size=args.shard_size or shards.DEFAULT_SHARD_SIZE,
+        resume=args.resume,
+        prompt=args.prompt,
+        dimensions=args.dimensions,
+        no_truncate=args.no_truncate,
+        threads=args.threads,
+        bundle=args.bundle,
+    )
+    return shards.run(options, _chunk_embedder(args))
+
+
 def _search(args: argparse.Namespace) -> int:
     if args.texts and args.input:
         raise UsageError("pass queries as arguments or with --input, not both")
     from encoderfile.runtime import search
     from encoderfile.runtime.artifact import read_manifest
 
+    options = search.SearchOptions(
+        index=args.index,
+        ids=args.ids,
+        k=args.k,
+        shortlist_dim=args.shortlist_dim,
+        shortlist=args.shortlist,
+        dimensions=args.dimensions,
+        prompt=args.prompt,
+        no_truncate=args.no_truncate,
+        threads=args.threads,
+        bundle=args.bundle,
+    )
     max_chars = records.char_limit(read_manifest(args.bundle).max_length)
-    return search.command(args, records.read_records(args, max_chars))
+    return search.command(options, records.read_records(_read_options(args, args.input), max_chars))
 
 
 def _embed_chunk(
     embedder: Embedder,
     chunk: list[records.Record],
-    args: argparse.Namespace,
     width: int,
     truncated: records.Truncations,
+    *,
+    prompt: str | None,
+    no_truncate: bool,
 ) -> tuple[np.ndarray, list[int]]:
-    encodings = embedder.tokenize([r.text for r in chunk], prompt=args.prompt)
+    encodings = embedder.tokenize([r.text for r in chunk], prompt=prompt)
     for record, encoding in zip(chunk, encodings, strict=True):
         if encoding.overflowing or record.cut:
-            if args.no_truncate:
+            if no_truncate:
                 raise RequestError(
                     f"{record.where} is longer than max_length="
                     f"{embedder.manifest.max_length} tokens. Shorten it, or drop --no-truncate "
@@ -388,7 +449,14 @@ def _embed_chunk(
 def _stream(args: argparse.Namespace) -> int:
     from encoderfile.runtime import stream
 
-    return stream.run(args)
+    options = stream.StreamOptions(
+        prompt=args.prompt,
+        dimensions=args.dimensions,
+        no_truncate=args.no_truncate,
+        threads=args.threads,
+        bundle=args.bundle,
+    )
+    return stream.run(options)
 
 
 # ---------------------------------------------------------------------------------- info/verify

@@ -3,14 +3,14 @@ JSONL / JSON / NPY in input order, to stdout or atomically to a file."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -30,6 +30,18 @@ CHARS_PER_TOKEN = 128
 def char_limit(max_length: int) -> int:
     """Most characters of a text that max_length tokens can cover."""
     return max_length * CHARS_PER_TOKEN
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """Where the texts come from and how they are checked (embed's and search's options)."""
+
+    texts: Sequence[str] = ()  # TEXT arguments; when empty, stdin lines or `input`
+    input: str | None = None  # a JSONL file ('-': stdin; gzip read transparently)
+    text_field: str = "text"  # JSONL key of the text
+    id_field: str | None = None  # JSONL key copied to the output as 'id'
+    errors: str = "strict"  # invalid UTF-8: "strict" fails naming the line, "replace": U+FFFD
+    skip_empty: bool = False  # skip blank lines / empty texts instead of failing
 
 
 class Record(NamedTuple):
@@ -63,23 +75,23 @@ class Truncations:
         )
 
 
-def read_records(args: argparse.Namespace, max_chars: int) -> Iterator[Record]:
+def read_records(options: ReadOptions, max_chars: int) -> Iterator[Record]:
     """Validated inputs in order, from arguments, stdin lines or a JSONL file, each cut to
     `max_chars` characters (the rest of a longer stdin line is skipped, not read into memory)."""
-    for record in _read_records(args, max_chars):
+    for record in _read_records(options, max_chars):
         if len(record.text) > max_chars:
             record = record._replace(text=record.text[:max_chars], cut=True)
         yield record
 
 
-def _read_records(args: argparse.Namespace, max_chars: int) -> Iterator[Record]:
-    if args.texts:
-        for i, text in enumerate(args.texts, 1):
+def _read_records(options: ReadOptions, max_chars: int) -> Iterator[Record]:
+    if options.texts:
+        for i, text in enumerate(options.texts, 1):
             raw = text.encode("utf-8", "surrogateescape")  # argv keeps invalid bytes as escapes
-            text = _decode(raw, args.errors, f"argument {i}")
-            if _keep(text, f"argument {i}", args.skip_empty):
+            text = _decode(raw, options.errors, f"argument {i}")
+            if _keep(text, f"argument {i}", options.skip_empty):
                 yield Record(f"argument {i}", None, text)
-    elif args.input is None:
+    elif options.input is None:
         if sys.stdin.isatty():
             print(
                 "encoderfile: reading texts from stdin, one per line; end with Ctrl-D",
@@ -87,21 +99,21 @@ def _read_records(args: argparse.Namespace, max_chars: int) -> Iterator[Record]:
             )
         for n, (line, cut) in enumerate(_bounded_lines(sys.stdin.buffer, 4 * max_chars), 1):
             where = f"stdin line {n}"
-            text = _decode(line.rstrip(b"\n").rstrip(b"\r"), args.errors, where, final=not cut)
-            if _keep(text, where, args.skip_empty):
+            text = _decode(line.rstrip(b"\n").rstrip(b"\r"), options.errors, where, final=not cut)
+            if _keep(text, where, options.skip_empty):
                 yield Record(where, None, text, cut)
     else:
-        yield from _jsonl(args)
+        yield from _jsonl(options, options.input)
 
 
-def _jsonl(args: argparse.Namespace) -> Iterator[Record]:
-    name = "stdin" if args.input == "-" else args.input
-    with _open_input(args.input) as fh:
+def _jsonl(options: ReadOptions, path: str) -> Iterator[Record]:
+    name = "stdin" if path == "-" else path
+    with _open_input(path) as fh:
         for n, line in enumerate(fh, 1):
             where = f"{name} line {n}"
-            raw = _decode(line, args.errors, where)
+            raw = _decode(line, options.errors, where)
             if not raw.strip():
-                if args.skip_empty:
+                if options.skip_empty:
                     continue
                 raise RequestError(f"{where} is blank. Remove it or pass --skip-empty.")
             try:
@@ -115,24 +127,24 @@ def _jsonl(args: argparse.Namespace) -> Iterator[Record]:
             if not isinstance(obj, dict):
                 raise RequestError(
                     f"{where} is a JSON {type(obj).__name__}, not an object. Write one object "
-                    f'per line, e.g. {{"{args.text_field}": "…"}}.'
+                    f'per line, e.g. {{"{options.text_field}": "…"}}.'
                 )
-            text = obj.get(args.text_field)
+            text = obj.get(options.text_field)
             if not isinstance(text, str):
                 keys = ", ".join(obj) or "none"
                 problem = "has no" if text is None else "has a non-string"
                 raise RequestError(
-                    f"{where} {problem} field {args.text_field!r} (keys: {keys}). "
+                    f"{where} {problem} field {options.text_field!r} (keys: {keys}). "
                     "Pick the field with --text-field."
                 )
             record_id = None
-            if args.id_field:
-                if args.id_field not in obj:
+            if options.id_field:
+                if options.id_field not in obj:
                     raise RequestError(
-                        f"{where} has no id field {args.id_field!r}. Add it or drop --id-field."
+                        f"{where} has no id field {options.id_field!r}. Add it or drop --id-field."
                     )
-                record_id = obj[args.id_field]
-            if _valid_unicode(text, where) and _keep(text, where, args.skip_empty):
+                record_id = obj[options.id_field]
+            if _valid_unicode(text, where) and _keep(text, where, options.skip_empty):
                 yield Record(where, record_id, text)
 
 

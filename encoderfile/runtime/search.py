@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,22 @@ from encoderfile.errors import RequestError
 SCORES_PER_CHUNK = 1 << 22  # query x row scores held at once (16 MiB of float32)
 QUERIES_PER_BATCH = 64  # queries embedded and searched together (one pass over the index)
 NPY_MAGIC = b"\x93NUMPY"  # how every .npy file begins
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What `search` needs besides its queries."""
+
+    index: str  # the .npy file written by 'embed --format npy'
+    ids: str | None = None  # JSONL, one id per index row (default: the row number)
+    k: int = 10  # hits per query
+    shortlist_dim: int | None = None  # funnel: prefix width of the first pass
+    shortlist: int | None = None  # funnel: rows re-ranked at full width
+    dimensions: int | None = None  # the width the index was embedded at, if 'info' lists none
+    prompt: str | None = None
+    no_truncate: bool = False
+    threads: int | None = None
+    bundle: str | None = None
 
 
 def open_index(path: str | Path) -> np.ndarray:
@@ -228,39 +245,45 @@ def check_width(manifest: Any, path: str | Path, width: int, dimensions: int | N
         )
 
 
-def command(args: Any, records: Iterable[Any]) -> int:
+def command(options: SearchOptions, records: Iterable[Any]) -> int:
     """`<artifact> search`: embed each query, search the index, print one JSONL line a query."""
     from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.embedder import Embedder
     from encoderfile.runtime.records import output
 
-    index = open_index(args.index)
+    index = open_index(options.index)
     rows, width = index.shape
-    check_funnel(width, args.shortlist_dim, args.shortlist, args.k)
-    embedder = Embedder(open_bundle(args.bundle, read_model=False), args.threads)
-    check_width(embedder.manifest, args.index, width, getattr(args, "dimensions", None))
-    embedder.prefix(args.prompt)  # an unknown prompt fails before any work
-    ids = read_ids(args.ids, rows) if args.ids else None
+    check_funnel(width, options.shortlist_dim, options.shortlist, options.k)
+    embedder = Embedder(open_bundle(options.bundle, read_model=False), options.threads)
+    check_width(embedder.manifest, options.index, width, options.dimensions)
+    embedder.prefix(options.prompt)  # an unknown prompt fails before any work
+    ids = read_ids(options.ids, rows) if options.ids else None
     with output(None, elsewhere="") as out:  # stdout closed or full: one error line
-        _search(args, records, embedder, index, ids, out)
+        _search(options, records, embedder, index, ids, out)
     return 0
 
 
 def _search(
-    args: Any, records: Iterable[Any], embedder: Any, index: np.ndarray, ids: Any, out: Any
+    options: SearchOptions,
+    records: Iterable[Any],
+    embedder: Any,
+    index: np.ndarray,
+    ids: Any,
+    out: Any,
 ) -> None:
     width = index.shape[1]
     for batch in _batched(records, QUERIES_PER_BATCH):
         queries = embedder.embed(
             [r.text for r in batch],
-            prompt=args.prompt,
+            prompt=options.prompt,
             dimensions=width,
-            truncate=not args.no_truncate,
+            truncate=not options.no_truncate,
         ).vectors
-        if args.shortlist_dim is None:
-            found = scan(index, queries, width, args.k)
+        # check_funnel lets through both of shortlist_dim and shortlist, or neither
+        if options.shortlist_dim is None or options.shortlist is None:
+            found = scan(index, queries, width, options.k)
         else:
-            found = funnel(index, queries, args.shortlist_dim, args.shortlist, args.k)
+            found = funnel(index, queries, options.shortlist_dim, options.shortlist, options.k)
         lines = [
             json.dumps({"query": record.text, "hits": record_hits}, ensure_ascii=False)
             for record, record_hits in zip(batch, hits(*found, ids), strict=True)

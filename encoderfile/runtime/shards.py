@@ -14,7 +14,7 @@ dot-files, fsynced, renamed into place, then journaled; a shard not in the journ
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import fcntl
 import glob
 import gzip
@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
@@ -58,10 +58,41 @@ SHAPING_OPTIONS = (
     "shard_size",
 )
 
+# Embeds one chunk at `width`, noting truncated records: the same code as embed without shards.
 EmbedChunk = Callable[
-    ["Embedder", list[records.Record], argparse.Namespace, int, records.Truncations],
+    ["Embedder", list[records.Record], int, records.Truncations],
     "tuple[np.ndarray, list[int]]",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardOptions:
+    """What `embed --output-dir` needs: where to read and write, and what shapes the vectors."""
+
+    output_dir: str
+    inputs: Sequence[str]  # --input files or globs, in order
+    read: records.ReadOptions  # its texts and input are ignored: each file is read in turn
+    shard_size: int = DEFAULT_SHARD_SIZE
+    resume: bool = False
+    prompt: str | None = None
+    dimensions: int | None = None
+    no_truncate: bool = False
+    threads: int | None = None
+    bundle: str | None = None
+
+    def shaping(self) -> dict[str, Any]:
+        """The SHAPING_OPTIONS' values, as the journal records them."""
+        read = self.read
+        return {
+            "text_field": read.text_field,
+            "id_field": read.id_field,
+            "skip_empty": read.skip_empty,
+            "errors": read.errors,
+            "no_truncate": self.no_truncate,
+            "prompt": self.prompt,
+            "dimensions": self.dimensions,
+            "shard_size": self.shard_size,
+        }
 
 
 def shard_name(index: int, suffix: str) -> str:
@@ -120,11 +151,11 @@ def fingerprint(path: Path) -> dict[str, Any]:
 
 
 def read_all(
-    files: list[Path], args: argparse.Namespace, max_chars: int
+    files: list[Path], options: records.ReadOptions, max_chars: int
 ) -> Iterator[records.Record]:
     """Records of every file in order, read by records.py (gzip read transparently)."""
     for path in files:
-        one = argparse.Namespace(**{**vars(args), "input": str(path), "texts": []})
+        one = dataclasses.replace(options, input=str(path), texts=())
         try:
             yield from records.read_records(one, max_chars)
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
@@ -364,25 +395,13 @@ class Progress:
 # ----------------------------------------------------------------------------------------- run
 
 
-def check_args(args: argparse.Namespace) -> None:
-    if args.output:
-        raise UsageError("pass --output FILE or --output-dir DIR, not both")
-    if args.texts:
-        raise UsageError("--output-dir embeds --input files, not TEXT arguments")
-    if not args.input:
-        raise UsageError("--output-dir needs --input FILE... (JSONL, gzip allowed, globs allowed)")
-    if args.format != "jsonl":
-        raise UsageError("--format does not apply to --output-dir (shards are .npy + .jsonl)")
-
-
-def run(args: argparse.Namespace, embed_chunk: EmbedChunk) -> int:
+def run(options: ShardOptions, embed_chunk: EmbedChunk) -> int:
     """Embed --input files into --output-dir shards; with --resume, continue a previous run."""
-    check_args(args)
     from encoderfile.runtime.artifact import open_bundle, read_entry
     from encoderfile.runtime.embedder import Embedder
 
-    out = Path(args.output_dir)
-    files = expand_inputs(args.input)
+    out = Path(options.output_dir)
+    files = expand_inputs(list(options.inputs))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -393,7 +412,7 @@ def run(args: argparse.Namespace, embed_chunk: EmbedChunk) -> int:
     with _locked(out):
         journal = Journal(out)
         if journal.path.exists():
-            if not args.resume:
+            if not options.resume:
                 raise UsageError(
                     f"{out} already holds a run ({JOURNAL}). Pass --resume to continue it, or "
                     "choose an empty --output-dir."
@@ -402,8 +421,8 @@ def run(args: argparse.Namespace, embed_chunk: EmbedChunk) -> int:
         elif any(out.glob("part-*")):
             raise UsageError(f"{out} holds part-* files but no {JOURNAL}. Use an empty directory.")
 
-        bundle = open_bundle(args.bundle, read_model=False)
-        manifest_bytes = read_entry(MANIFEST_FILE, args.bundle) or b""
+        bundle = open_bundle(options.bundle, read_model=False)
+        manifest_bytes = read_entry(MANIFEST_FILE, options.bundle) or b""
         header: dict[str, Any] = {
             "encoderfile_journal": JOURNAL_FORMAT,
             "artifact": {
@@ -414,7 +433,7 @@ def run(args: argparse.Namespace, embed_chunk: EmbedChunk) -> int:
                 "encoderfile": __version__,
             },
             "inputs": [fingerprint(path) for path in files],
-            "options": {name: getattr(args, name) for name in SHAPING_OPTIONS},
+            "options": options.shaping(),
         }
         if journal.header:
             _check_same_run(journal, header, out)
@@ -430,16 +449,16 @@ def run(args: argparse.Namespace, embed_chunk: EmbedChunk) -> int:
             journal.create(header)
         _remove_leftovers(out)
 
-        embedder = Embedder(bundle, args.threads)
-        embedder.prefix(args.prompt)  # unknown prompt / dimensions fail before reading input
-        width = embedder.manifest.width(args.dimensions)
+        embedder = Embedder(bundle, options.threads)
+        embedder.prefix(options.prompt)  # unknown prompt / dimensions fail before reading input
+        width = embedder.manifest.width(options.dimensions)
         total = sum(int(i["lines"]) for i in header["inputs"])
         progress = Progress(total, journal.rows, sys.stderr.isatty())
         truncated = records.Truncations()
         started = time.monotonic()
         try:
             _embed_shards(
-                args, embedder, embed_chunk, files, journal, out, width, progress, truncated
+                options, embedder, embed_chunk, files, journal, out, width, progress, truncated
             )
         finally:
             progress.close()
@@ -456,7 +475,7 @@ def run(args: argparse.Namespace, embed_chunk: EmbedChunk) -> int:
 
 
 def _embed_shards(
-    args: argparse.Namespace,
+    options: ShardOptions,
     embedder: Embedder,
     embed_chunk: EmbedChunk,
     files: list[Path],
@@ -468,15 +487,16 @@ def _embed_shards(
 ) -> None:
     row = journal.rows
     max_chars = records.char_limit(embedder.manifest.max_length)
-    remaining = islice(read_all(files, args, max_chars), row, None)  # re-read, not re-embedded
+    # Records before `row` are re-read, not re-embedded.
+    remaining = islice(read_all(files, options.read, max_chars), row, None)
     while True:
-        shard_records = islice(remaining, args.shard_size)
+        shard_records = islice(remaining, options.shard_size)
         writer: ShardWriter | None = None
         try:
             for chunk in records.chunks(shard_records, records.CHUNK):
                 if writer is None:
                     writer = ShardWriter(out, len(journal.shards), width)
-                vectors, tokens = embed_chunk(embedder, chunk, args, width, truncated)
+                vectors, tokens = embed_chunk(embedder, chunk, width, truncated)
                 writer.write(row, chunk, vectors, tokens)
                 row += len(chunk)
                 progress.update(len(chunk))

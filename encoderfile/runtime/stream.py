@@ -13,10 +13,10 @@ process ready for the next one.
 
 from __future__ import annotations
 
-import argparse
 import json
 import struct
 import sys
+from dataclasses import dataclass
 from typing import IO
 
 from encoderfile import __version__
@@ -26,13 +26,24 @@ FRAME = struct.Struct("<4sII")  # kind, then rows and width (EFOK) or byte lengt
 HELLO, VECTORS, REFUSED = b"EFHI", b"EFOK", b"EFER"
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class StreamOptions:
+    """What `stream` needs: the artifact and the options that shape every batch's vectors."""
+
+    prompt: str | None = None
+    dimensions: int | None = None
+    no_truncate: bool = False  # refuse a batch with an over-long text instead of truncating it
+    threads: int | None = None
+    bundle: str | None = None
+
+
+def run(options: StreamOptions) -> int:
     from encoderfile.runtime.artifact import open_bundle
     from encoderfile.runtime.embedder import Embedder
 
-    embedder = Embedder(open_bundle(args.bundle, read_model=False), args.threads)
-    embedder.prefix(args.prompt)  # unknown prompt / dimensions fail before the hello
-    width = embedder.manifest.width(args.dimensions)
+    embedder = Embedder(open_bundle(options.bundle, read_model=False), options.threads)
+    embedder.prefix(options.prompt)  # unknown prompt / dimensions fail before the hello
+    width = embedder.manifest.width(options.dimensions)
     out = sys.stdout.buffer
     hello = {
         "name": embedder.manifest.name,
@@ -45,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             texts = _texts(line, n)
             result = embedder.embed(
-                texts, prompt=args.prompt, dimensions=width, truncate=not args.no_truncate
+                texts, prompt=options.prompt, dimensions=width, truncate=not options.no_truncate
             )
         except RequestError as e:
             _send(out, REFUSED, f"batch {n}: {e}".encode(), 0)
