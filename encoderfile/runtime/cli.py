@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from encoderfile import __version__
 from encoderfile.errors import ArtifactError, EncoderfileError, RequestError, UsageError
 from encoderfile.runtime import records
-from encoderfile.runtime.arguments import positive_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -245,7 +244,7 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_serve)
     if with_serve and (server := _server()) is not None:
-        server.add_arguments(p)
+        _add_serve_options(p, server)
 
     p = sub.add_parser(
         "mcp",
@@ -268,6 +267,112 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     )
     # Development: run a bundle directory (or another artifact) instead of this artifact.
     parser.add_argument("--bundle", default=default, help=argparse.SUPPRESS)
+
+
+def _add_serve_options(parser: argparse.ArgumentParser, server: Any) -> None:
+    """The `serve` command's options (--threads is global); defaults from server.ServeOptions."""
+    from encoderfile.runtime.serve import logs
+
+    defaults = server.ServeOptions()
+    net = parser.add_argument_group("network")
+    net.add_argument(
+        "--host", default=defaults.host, help=f"address to bind (default {defaults.host})"
+    )
+    net.add_argument(
+        "--port", type=_port, default=defaults.port, help=f"HTTP port (default {defaults.port})"
+    )
+    net.add_argument(
+        "--grpc-port",
+        type=_port,
+        default=defaults.grpc_port,
+        help=f"gRPC port (default {defaults.grpc_port})",
+    )
+    net.add_argument("--no-http", action="store_true", help="serve gRPC only")
+    net.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    net.add_argument(
+        "--mcp", action="store_true", help="also serve MCP (streamable HTTP) at /mcp on --port"
+    )
+    net.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="require 'Authorization: Bearer KEY' (gRPC metadata 'authorization') with a key "
+        f"from FILE, one per line; open without a key: {', '.join(server.open_routes())}",
+    )
+    net.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="allow browser calls from this origin (repeatable; '*' for any)",
+    )
+    ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=defaults.log_format,
+        help="text (default, for terminals) or json: one object per line with time, level, "
+        "route, status, inputs, tokens, ms and request_id",
+    )
+    ops.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=defaults.shutdown_delay,
+        metavar="SECONDS",
+        help="on SIGTERM, answer /ready with 503 (gRPC health NOT_SERVING) for SECONDS while "
+        f"still serving requests, so a load balancer stops routing first (default {defaults.shutdown_delay:g})",
+    )
+    net.add_argument(
+        "--read-timeout",
+        type=positive_float,
+        default=defaults.read_timeout,
+        metavar="S",
+        help="close an HTTP connection whose request head takes longer than S seconds, or "
+        f"whose body stalls for S seconds (default {defaults.read_timeout:g})",
+    )
+    lim = parser.add_argument_group("limits")
+    for name, help_text in (
+        ("max_body_bytes", "largest request body; larger answers 413"),
+        ("max_inputs", "most texts in one request"),
+        ("max_chars", "longest text, in characters"),
+        ("max_inflight", "texts accepted and not yet answered; over it, 429 at once"),
+    ):
+        default = getattr(defaults.limits, name)
+        lim.add_argument(
+            "--" + name.replace("_", "-"),
+            type=positive_int,
+            default=default,
+            metavar="N",
+            help=f"{help_text} (default {default})",
+        )
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a finite number above 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _port(value: str) -> int:
+    number = positive_int(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
+    return number
 
 
 class _Version(argparse.Action):
@@ -533,7 +638,24 @@ def _serve(args: argparse.Namespace) -> int:
     if server is None:
         raise UsageError("this build has no server (encoderfile.runtime.serve.server is missing)")
 
-    return int(server.run(args, open_bundle(args.bundle, read_model=False)))
+    from encoderfile.runtime.serve.service import Limits
+
+    options = server.ServeOptions(
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        no_http=args.no_http,
+        no_grpc=args.no_grpc,
+        mcp=args.mcp,
+        api_key_file=args.api_key_file,
+        cors_origins=tuple(args.cors_origin),
+        log_format=args.log_format,
+        shutdown_delay=args.shutdown_delay,
+        read_timeout=args.read_timeout,
+        limits=Limits(args.max_body_bytes, args.max_inputs, args.max_chars, args.max_inflight),
+        threads=args.threads,
+    )
+    return int(server.run(options, open_bundle(args.bundle, read_model=False)))
 
 
 def _mcp(args: argparse.Namespace) -> int:

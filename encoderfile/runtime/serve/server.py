@@ -5,7 +5,6 @@ SIGTERM or SIGINT: report not ready, stop accepting, finish what is in flight, e
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
@@ -13,12 +12,12 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from encoderfile.errors import EncoderfileError
-from encoderfile.runtime.arguments import positive_float, positive_int
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.serve import logs
 from encoderfile.runtime.serve.guards import READ_TIMEOUT_S, timed_protocol
@@ -39,105 +38,59 @@ def open_routes() -> list[str]:
     return [*http, "gRPC grpc.health.v1.Health", "gRPC server reflection"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `serve` subcommand's options (--threads is global)."""
-    defaults = Limits()
-    net = parser.add_argument_group("network")
-    net.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    net.add_argument("--port", type=_port, default=8080, help="HTTP port (default 8080)")
-    net.add_argument("--grpc-port", type=_port, default=50051, help="gRPC port (default 50051)")
-    net.add_argument("--no-http", action="store_true", help="serve gRPC only")
-    net.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
-    net.add_argument(
-        "--mcp", action="store_true", help="also serve MCP (streamable HTTP) at /mcp on --port"
-    )
-    net.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="require 'Authorization: Bearer KEY' (gRPC metadata 'authorization') with a key "
-        f"from FILE, one per line; open without a key: {', '.join(open_routes())}",
-    )
-    net.add_argument(
-        "--cors-origin",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="allow browser calls from this origin (repeatable; '*' for any)",
-    )
-    ops = parser.add_argument_group("operations")
-    ops.add_argument(
-        "--log-format",
-        choices=logs.FORMATS,
-        default="text",
-        help="text (default, for terminals) or json: one object per line with time, level, "
-        "route, status, inputs, tokens, ms and request_id",
-    )
-    ops.add_argument(
-        "--shutdown-delay",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="on SIGTERM, answer /ready with 503 (gRPC health NOT_SERVING) for SECONDS while "
-        "still serving requests, so a load balancer stops routing first (default 0)",
-    )
-    net.add_argument(
-        "--read-timeout",
-        type=positive_float,
-        default=READ_TIMEOUT_S,
-        metavar="S",
-        help="close an HTTP connection whose request head takes longer than S seconds, or "
-        f"whose body stalls for S seconds (default {READ_TIMEOUT_S:g})",
-    )
-    lim = parser.add_argument_group("limits")
-    for name, help_text in (
-        ("max_body_bytes", "largest request body; larger answers 413"),
-        ("max_inputs", "most texts in one request"),
-        ("max_chars", "longest text, in characters"),
-        ("max_inflight", "texts accepted and not yet answered; over it, 429 at once"),
-    ):
-        default = getattr(defaults, name)
-        lim.add_argument(
-            "--" + name.replace("_", "-"),
-            type=positive_int,
-            default=default,
-            metavar="N",
-            help=f"{help_text} (default {default})",
-        )
+@dataclass(frozen=True)
+class ServeOptions:
+    """What `serve` needs; the defaults are the command line's."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080  # HTTP
+    grpc_port: int = 50051
+    no_http: bool = False
+    no_grpc: bool = False
+    mcp: bool = False  # also MCP (streamable HTTP) at /mcp on `port`
+    api_key_file: str | None = None
+    cors_origins: Sequence[str] = ()
+    log_format: str = "text"  # one of logs.FORMATS
+    shutdown_delay: float = 0.0  # seconds /ready answers 503 on SIGTERM before draining
+    read_timeout: float = READ_TIMEOUT_S
+    limits: Limits = field(default_factory=Limits)
+    threads: int | None = None
 
 
-def run(args: argparse.Namespace, bundle: Bundle) -> int:
+def run(options: ServeOptions, bundle: Bundle) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
-    if args.no_http and args.no_grpc:
+    if options.no_http and options.no_grpc:
         raise EncoderfileError("--no-http and --no-grpc leave nothing to serve. Drop one.")
-    if not 0 <= args.shutdown_delay <= 3600:
+    if not 0 <= options.shutdown_delay <= 3600:
         raise EncoderfileError(
-            f"--shutdown-delay={args.shutdown_delay} is out of range. Use 0 to 3600 seconds."
+            f"--shutdown-delay={options.shutdown_delay} is out of range. Use 0 to 3600 seconds."
         )
-    if not (args.no_http or args.no_grpc) and args.port == args.grpc_port:
+    if not (options.no_http or options.no_grpc) and options.port == options.grpc_port:
         raise EncoderfileError(
-            f"--port and --grpc-port are both {args.port}. Give HTTP and gRPC different ports."
+            f"--port and --grpc-port are both {options.port}. Give HTTP and gRPC different ports."
         )
-    logs.configure(args.log_format)
-    limits = Limits(args.max_body_bytes, args.max_inputs, args.max_chars, args.max_inflight)
-    keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
-    service = Service(bundle, limits, api_keys=keys)
-    if args.mcp and args.no_http:
+    logs.configure(options.log_format)
+    keys = read_api_keys(options.api_key_file) if options.api_key_file else ()
+    service = Service(bundle, options.limits, api_keys=keys)
+    if options.mcp and options.no_http:
         raise EncoderfileError("--mcp serves over HTTP, which --no-http turns off. Drop one.")
     import uvloop  # libuv's event loop: less loop CPU per request than asyncio's
 
-    return uvloop.run(_serve_with_mcp(args, service) if args.mcp else _serve(args, service))
+    return uvloop.run(
+        _serve_with_mcp(options, service) if options.mcp else _serve(options, service)
+    )
 
 
-async def _serve_with_mcp(args: argparse.Namespace, service: Service) -> int:
+async def _serve_with_mcp(options: ServeOptions, service: Service) -> int:
     from encoderfile.runtime.serve.mcp import HttpTransport
 
-    mcp = HttpTransport(service, args.host)
+    mcp = HttpTransport(service, options.host)
     async with mcp.running():
-        return await _serve(args, service, mcp.routes)
+        return await _serve(options, service, mcp.routes)
 
 
 async def _serve(
-    args: argparse.Namespace, service: Service, extra_routes: Sequence[BaseRoute] = ()
+    options: ServeOptions, service: Service, extra_routes: Sequence[BaseRoute] = ()
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -147,13 +100,13 @@ async def _serve(
     grpc_server = health = http = http_task = None
     # Both ports are taken before either server starts: a busy port is one line, with no
     # server left running for the closing event loop to complain about.
-    sock = None if args.no_http else _bind(args.host, args.port)
+    sock = None if options.no_http else _bind(options.host, options.port)
     try:
-        if not args.no_grpc:
+        if not options.no_grpc:
             from encoderfile.runtime.serve.grpc_service import create_server, set_serving
 
-            _probe_grpc(args.host, args.grpc_port)
-            grpc_server, health = create_server(service, _join(args.host, args.grpc_port))
+            _probe_grpc(options.host, options.grpc_port)
+            grpc_server, health = create_server(service, _join(options.host, options.grpc_port))
             await set_serving(health, False)
             await grpc_server.start()
     except BaseException:
@@ -166,8 +119,8 @@ async def _serve(
         from encoderfile.runtime.serve.http_app import create_app
 
         config = uvicorn.Config(
-            create_app(service, cors_origins=args.cors_origin, extra_routes=extra_routes),
-            http=timed_protocol(args.read_timeout),  # httptools, with a read timeout
+            create_app(service, cors_origins=options.cors_origins, extra_routes=extra_routes),
+            http=timed_protocol(options.read_timeout),  # httptools, with a read timeout
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -178,7 +131,7 @@ async def _serve(
         http_task = asyncio.create_task(http.serve(sockets=[sock]))
 
     try:
-        await loop.run_in_executor(None, service.load, args.threads)
+        await loop.run_in_executor(None, service.load, options.threads)
     except BaseException:
         await _shutdown(service, grpc_server, http, http_task, grace=0)
         raise
@@ -190,20 +143,20 @@ async def _serve(
         service.manifest.name,
         service.manifest.dimension,
         ",".join(map(str, service.manifest.dimensions)),
-        "off" if args.no_http else f"http://{_join(args.host, args.port)}",
-        "off" if args.no_grpc else _join(args.host, args.grpc_port),
+        "off" if options.no_http else f"http://{_join(options.host, options.port)}",
+        "off" if options.no_grpc else _join(options.host, options.grpc_port),
         (service.cold_start_s or 0) * 1000,
     )
     waiters = [asyncio.create_task(stop.wait())] + ([http_task] if http_task else [])
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     if health is not None:
         await set_serving(health, False)
-    if args.shutdown_delay > 0 and not _http_stopped(http_task):
+    if options.shutdown_delay > 0 and not _http_stopped(http_task):
         service.drain()
         log.info(
-            "shutdown delay: /ready answers 503 for %.1f s; still serving", args.shutdown_delay
+            "shutdown delay: /ready answers 503 for %.1f s; still serving", options.shutdown_delay
         )
-        await asyncio.sleep(args.shutdown_delay)
+        await asyncio.sleep(options.shutdown_delay)
     log.info(
         "draining: finishing %d in-flight inputs",
         service.batcher.inflight if service.batcher else 0,
@@ -271,10 +224,3 @@ def _join(host: str, port: int) -> str:
 def _http_stopped(http_task: asyncio.Task[None] | None) -> bool:
     """True when uvicorn already stopped on its own (nothing left to keep serving)."""
     return http_task is not None and http_task.done()
-
-
-def _port(value: str) -> int:
-    number = positive_int(value)
-    if number > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
-    return number
