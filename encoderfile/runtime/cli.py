@@ -69,11 +69,12 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     _add_common(parser, None)
     common = _Parser(add_help=False)
     _add_common(common, argparse.SUPPRESS)  # also accepted after the command
+    reading, shaping, width = _shared_options()
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     p = sub.add_parser(
         "embed",
-        parents=[common],
+        parents=[common, reading, shaping, width],
         help="embed texts (arguments, stdin lines or JSONL) to JSONL / JSON / NPY",
         description="Embed TEXT arguments, else stdin (one text per line), else --input JSONL. "
         "Output order follows input order.",
@@ -92,7 +93,6 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         help="JSONL file, one object per line ('-': stdin; gzip read transparently); with "
         "--output-dir, several files or globs",
     )
-    p.add_argument("--text-field", default="text", metavar="KEY", help="JSONL text key (text)")
     p.add_argument("--id-field", metavar="KEY", help="JSONL key copied to the output as 'id'")
     p.add_argument(
         "--format",
@@ -106,29 +106,6 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         "--output",
         metavar="FILE",
         help="write here (atomically: nothing partial on failure) instead of stdout",
-    )
-    p.add_argument(
-        "--prompt",
-        metavar="NAME",
-        help="prompt prefix from the manifest (see info); 'none' for no prefix over a default",
-    )
-    p.add_argument(
-        "--dimensions",
-        type=positive_int,
-        metavar="N",
-        help="Matryoshka width: a prefix of the vector, re-normalised (see info)",
-    )
-    p.add_argument("--skip-empty", action="store_true", help="skip blank lines / empty texts")
-    p.add_argument(
-        "--errors",
-        choices=("strict", "replace"),
-        default="strict",
-        help="invalid UTF-8: fail naming the line (strict), or replace with U+FFFD",
-    )
-    p.add_argument(
-        "--no-truncate",
-        action="store_true",
-        help="fail on texts longer than max_length instead of truncating them",
     )
     p.add_argument(
         "--output-dir",
@@ -150,19 +127,16 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "stream",
-        parents=[common],
+        parents=[common, shaping, width],
         help="embed batches over stdin/stdout for a long-lived worker (e.g. encoderfile.ray)",
         description='Read one JSON line per batch, {"texts": [...]}, from stdin and answer '
         "each with a frame of float32 vectors on stdout (protocol: encoderfile/runtime/stream.py).",
     )
-    p.add_argument("--prompt", metavar="NAME", help="prompt prefix from the manifest (see info)")
-    p.add_argument("--dimensions", type=positive_int, metavar="N", help="Matryoshka width")
-    p.add_argument("--no-truncate", action="store_true", help="refuse batches with over-long texts")
     p.set_defaults(run=_stream)
 
     p = sub.add_parser(
         "search",
-        parents=[common],
+        parents=[common, reading, shaping],
         help="search a .npy index written by 'embed --format npy' (exact or funnel)",
         description="Embed each QUERY (arguments, stdin lines or --input JSONL) and print its k "
         "best index rows as JSONL {query, hits: [{id, score}]}, scores being cosines. With "
@@ -183,16 +157,9 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         metavar="N",
         help="the width the index was embedded at, when it is not one 'info' lists",
     )
-    p.add_argument("--prompt", metavar="NAME", help="prompt prefix for the queries (see info)")
     p.add_argument(
         "--input", metavar="FILE", help="JSONL queries, one object per line ('-': stdin)"
     )
-    p.add_argument("--text-field", default="text", metavar="KEY", help="JSONL text key (text)")
-    p.add_argument("--skip-empty", action="store_true", help="skip blank lines / empty queries")
-    p.add_argument(
-        "--errors", choices=("strict", "replace"), default="strict", help="invalid UTF-8"
-    )
-    p.add_argument("--no-truncate", action="store_true", help="fail on over-long queries")
     p.set_defaults(run=_search, id_field=None)
 
     p = sub.add_parser(
@@ -255,6 +222,46 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_mcp)
     return parser
+
+
+def _shared_options() -> tuple[_Parser, _Parser, _Parser]:
+    """Parent parsers of the options that several commands share, each written once:
+    reading (embed, search): how JSONL / lines are read; shaping (embed, search, stream): the
+    prompt and truncation; width (embed, stream): the Matryoshka width of the vectors written
+    (search's --dimensions means the index's width, so it has its own)."""
+    reading = _Parser(add_help=False)
+    reading.add_argument(
+        "--text-field", default="text", metavar="KEY", help="JSONL text key (text)"
+    )
+    reading.add_argument(
+        "--skip-empty", action="store_true", help="skip blank lines / empty texts or queries"
+    )
+    reading.add_argument(
+        "--errors",
+        choices=("strict", "replace"),
+        default="strict",
+        help="invalid UTF-8: fail naming the line (strict), or replace with U+FFFD",
+    )
+    shaping = _Parser(add_help=False)
+    shaping.add_argument(
+        "--prompt",
+        metavar="NAME",
+        help="prompt prefix from the manifest (see info); 'none' for no prefix over a default",
+    )
+    shaping.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="refuse texts longer than max_length instead of truncating them (embed and "
+        "search fail; stream refuses the batch)",
+    )
+    width = _Parser(add_help=False)
+    width.add_argument(
+        "--dimensions",
+        type=positive_int,
+        metavar="N",
+        help="Matryoshka width: a prefix of the vector, re-normalised (see info)",
+    )
+    return reading, shaping, width
 
 
 def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
