@@ -18,7 +18,9 @@ from encoderfile.runtime.serve.service import Service
 from tests.fixtures.image_bundle import WIDTH
 from tests.fixtures.images import bomb_png, data_url, encode, varied_images
 from tests.runtime.serve.conftest import Server, serving
-from tests.runtime.serve.test_docs import BLOCK, json_values, run_block
+from tests.runtime.serve.test_docs import json_values, run_block
+
+IMAGE_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,8 @@ def image_server(image_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def test_documented_image_examples_run(image_server: Server, tmp_path: Path) -> None:
     doc = (Path(__file__).parents[3] / "docs" / "serve.md").read_text()
-    block = next(code for kind, code in BLOCK.findall(doc) if "/img/embed" in code)
+    # fenced as bash, not sh: test_docs runs every sh block against a text-only server
+    block = next(code for code in IMAGE_BLOCK.findall(doc) if "/img/embed" in code)
     (tmp_path / "photo.jpg").write_bytes(varied_images()["rotated.jpg"])
     embed, batch, stats = json_values(run_block("sh", block, image_server, tmp_path))
     assert len(embed["embedding"]) == WIDTH and len(batch["embeddings"]) == 2
