@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import isa_line
+
 from encoderfile.runtime.model_cache import piece_sha256s
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +78,7 @@ def main() -> int:
         "",
         f"`<command> embed {TEXT}`, process start to exit; {args.runs} interleaved runs per "
         f"variant ({args.first_runs} for the first run), medians; peak RSS from wait4. "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"{isa_line()}; Python {platform.python_version()}; "
         f"load average {load[0]:.1f} at the start, {load_after[0]:.1f} at the end (a machine "
         "shared with other jobs: compare the ratios, taken side by side).",
         "",

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
+from machine import isa_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ROOT.parent / "shared" / "data" / "scifact" / "queries.jsonl"
@@ -159,7 +160,7 @@ def main() -> int:
     lines = [
         f"# serve soak: {name}, {args.requests:,} requests",
         "",
-        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"{isa_line()}; Python {platform.python_version()}; "
         f"server --threads {args.threads}, {args.concurrency} connections, one text a request"
         + (f"; env {' '.join(args.env)}" if args.env else ""),
         "",

@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import isa_line  # noqa: E402
 from serve_load import free_port, run_mode, texts  # noqa: E402
 from throughput import OrtLoop, started  # noqa: E402
 
@@ -308,7 +309,7 @@ def main() -> int:
     lines = [
         "# Serving speed (benchmarks/serve_speed.py)",
         "",
-        f"`{' '.join(sys.argv)}` — {os.cpu_count()} CPUs, load average before the run "
+        f"`{' '.join(sys.argv)}` — {isa_line()}; load average before the run "
         f"{load_average:.1f}. Single-text POST /embed of SciFact queries; texts/s = requests/s. "
         f"Medians of {args.rounds} rounds of {args.seconds:g} s per load (the httpx harness: "
         f"{args.harness_requests} requests), servers alternating, each load once both are "

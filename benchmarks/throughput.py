@@ -64,6 +64,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from machine import isa_line  # noqa: E402
 from serve_load import batch_stats, free_port, percentile, run_mode, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -690,7 +691,7 @@ def report(
         "",
         f"`.venv/bin/python benchmarks/throughput.py{_command_line()}` — "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {threads} cores used "
-        f"({cores_note}), {platform.machine()}; the whole run took {elapsed / 60:.1f} min "
+        f"({cores_note}); {isa_line()}; the whole run took {elapsed / 60:.1f} min "
         "(artifact builds included where not cached).",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
