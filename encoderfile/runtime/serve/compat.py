@@ -13,7 +13,6 @@ from starlette.routing import Route
 
 from encoderfile.errors import InvalidFieldError, NotFoundError
 from encoderfile.runtime.manifest import (
-    MIN_DIMENSION,
     MODEL_FILE,
     NO_PROMPT,
     VISION_FILE,
@@ -138,98 +137,3 @@ class CompatRoutes:
                 code="model_not_found",
             )
         return JSONResponse(model_object(self.manifest, wanted))
-
-
-def extend_spec(doc: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
-    """The OpenAPI document with the compatibility routes and fields added."""
-    schemas, paths = doc["components"]["schemas"], doc["paths"]
-    prompts = list(manifest.prompts)
-    prefix = {
-        "type": "string",
-        "enum": [*prompts, *NO_PROMPT, None],
-        "nullable": True,
-        "description": "nomic-serve's name for 'prompt' (a prompt name; 'none' for no prefix); "
-        "send one of 'prefix' and 'prompt'",
-    }
-    schemas["EmbedRequest"]["properties"]["prefix"] = prefix
-    batch = schemas["BatchRequest"]
-    batch["properties"]["prefix"] = prefix
-    batch["properties"]["input"] = {
-        **batch["properties"]["inputs"],
-        "description": "nomic-serve clients' alias of 'inputs'",
-    }
-    batch.pop("required", None)
-    batch["oneOf"] = [{"required": ["inputs"]}, {"required": ["input"]}]
-    for name in ("EmbedRequest", "BatchRequest"):
-        schemas[name]["not"] = {"required": ["prefix", "prompt"]}
-    schemas["QueryRequest"] = {
-        "type": "object",
-        "required": ["input"],
-        "additionalProperties": False,
-        "properties": {
-            "input": schemas["EmbedRequest"]["properties"]["input"],
-            "dim": schemas["EmbedRequest"]["properties"]["dim"],
-        },
-    }
-    query = {"post": {**paths["/embed"]["post"], "summary": "Embed a search query (nomic-serve)"}}
-    query["post"]["requestBody"] = {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}}},
-    }
-    paths["/query"] = paths["/txt/query"] = query
-    for route in ("/v1/embeddings", "/embeddings"):
-        responses = paths[route]["post"]["responses"]
-        invalid = responses.pop("422", None)
-        if invalid is not None:
-            responses["400"] = {**invalid, "description": "Body is not JSON, or a field is invalid"}
-    model = {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string"},
-            "created": {"type": "integer"},
-            "owned_by": {"type": "string"},
-        },
-    }
-    schemas["Model"] = model
-    listing = {
-        "type": "object",
-        "properties": {"object": {"type": "string"}, "data": {"type": "array", "items": model}},
-    }
-    ops = {"tags": ["openai"], "responses": {"200": _ok(listing)}}
-    paths["/v1/models"] = {"get": {"summary": "The model this server embeds with", **ops}}
-    paths["/v1/models/{model}"] = {
-        "get": {
-            "summary": "One model by id (the artifact name or the repo id)",
-            "tags": ["openai"],
-            "parameters": [
-                {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {"200": _ok(model), "404": {"description": "Unknown model"}},
-        }
-    }
-    paths["/docs/openapi.json"] = {
-        "get": {
-            "summary": "This document (also at /openapi.json, nomic-serve's path)",
-            "tags": ["ops"],
-            "responses": {"200": _ok({"type": "object"})},
-        }
-    }
-    schemas["OpenAIRequest"]["properties"]["model"]["enum"] = model_ids(manifest)
-    if not manifest.restrict_dimensions:
-        width = {
-            "type": "integer",
-            "minimum": MIN_DIMENSION,
-            "maximum": manifest.dimension,
-            "description": "Matryoshka width (prefix, re-normalised); default the full; "
-            f"recommended: {', '.join(map(str, manifest.dimensions))}",
-        }
-        for schema in schemas.values():
-            for key in ("dim", "dimensions"):
-                if "enum" in schema.get("properties", {}).get(key, {}):
-                    schema["properties"][key] = width
-    return doc
-
-
-def _ok(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": "OK", "content": {"application/json": {"schema": schema}}}

@@ -38,11 +38,10 @@ from encoderfile.errors import (
     UnauthorizedError,
 )
 from encoderfile.runtime import openai_tokens
-from encoderfile.runtime.serve import compat, guards, tei
+from encoderfile.runtime.serve import compat, guards, tei, wire
 from encoderfile.runtime.serve import metrics as prom
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES, BODY_BYTES
 from encoderfile.runtime.serve.kinds import kind_of
-from encoderfile.runtime.serve.openapi import add_tei, spec
 from encoderfile.runtime.serve.service import Service
 
 if TYPE_CHECKING:
@@ -274,6 +273,7 @@ class _Api:
         self.service = service
         self.name = service.manifest.name
         self.tei = tei.Tei(service)
+        self._document: bytes | None = None
 
     async def health(self, request: Request) -> Response:
         text, vision = self.service.manifest.has_text, self.service.images.available
@@ -299,13 +299,14 @@ class _Api:
         return PlainTextResponse(self.service.metrics.render(), media_type=prom.CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
-        service = self.service
-        vocab = service.vocab_size()
-        document = compat.extend_spec(
-            spec(service.manifest, service.limits, vocab), service.manifest
-        )
-        add_tei(document, service.manifest, service.limits, vocab)
-        return Json(document)
+        if self._document is None:  # the same for the server's life: generated once
+            from encoderfile.runtime.serve.openapi import document  # off serve's start-up path
+
+            service = self.service
+            self._document = orjson.dumps(
+                document(service.manifest, service.limits, service.vocab_size())
+            )
+        return Response(self._document, media_type="application/json")
 
     async def docs(self, request: Request) -> Response:
         root = request.scope.get("root_path", "")
@@ -318,20 +319,10 @@ class _Api:
         if _api(request, body) == "tei":
             return await self._tei_embed(request, body)
         body = compat.native_fields(body, self.service.manifest, batch=False)
-        _only(body, {"input", "dim", "prompt", "truncate"}, "POST /embed")
-        text = body.get("input")
-        if not isinstance(text, str):
-            raise InvalidFieldError(
-                f"'input' must be a string, got {_kind(text)}. For several texts use "
-                "POST /embed/batch with 'inputs'.",
-                param="input",
-            )
-        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        req = wire.parse(wire.EmbedRequest, body)
+        dim = self.service.check_dimensions(req.dim, "dim")
         encodings = self.service.tokenize(
-            [text],
-            prompt=_str(body, "prompt"),
-            truncate=_bool(body, "truncate", True),
-            single=True,
+            [req.input], prompt=req.prompt, truncate=req.truncate, single=True
         )
         result = await self._embed(request, encodings, dim)
         return Json(
@@ -346,14 +337,12 @@ class _Api:
         started = time.perf_counter()
         body = await _read_object(request, self.service.limits.max_body_bytes)
         body = compat.native_fields(body, self.service.manifest, batch=True)
-        _only(body, {"inputs", "dim", "prompt", "truncate"}, "POST /embed/batch")
-        texts = _strings(body.get("inputs"), "inputs")
-        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        req = wire.parse(wire.BatchRequest, body)
+        if "inputs" not in body:
+            raise InvalidFieldError("'inputs' must be a list of strings, got null.", param="inputs")
+        dim = self.service.check_dimensions(req.dim, "dim")
         encodings = self.service.tokenize(
-            texts,
-            prompt=_str(body, "prompt"),
-            truncate=_bool(body, "truncate", True),
-            param="inputs",
+            req.inputs, prompt=req.prompt, truncate=req.truncate, param="inputs"
         )
         result = await self._embed(request, encodings, dim)
         return Json(
@@ -366,48 +355,32 @@ class _Api:
 
     async def openai(self, request: Request) -> Response:
         body = await _read_object(request, self.service.limits.max_body_bytes)
-        model = body.get("model")
-        if not isinstance(model, str):
-            raise InvalidFieldError(
-                f"'model' is required and must be a string. Use {self.name!r}.", param="model"
-            )
+        req = wire.parse(wire.OpenAIRequest, body)
         accepted = compat.model_ids(self.service.manifest)
-        if model not in accepted:
+        if req.model not in accepted:
             raise NotFoundError(
-                f"The model {model!r} does not exist on this server. "
+                f"The model {req.model!r} does not exist on this server. "
                 f"Use {' or '.join(map(repr, accepted))}.",
                 param="model",
                 code="model_not_found",
             )
-        fmt = body.get("encoding_format", "float")
-        if fmt not in ("float", "base64"):
-            raise InvalidFieldError(
-                f"'encoding_format' must be 'float' or 'base64', got {fmt!r}.",
-                param="encoding_format",
-            )
-        _str(body, "user")
-        dimensions = self.service.check_dimensions(_int(body, "dimensions"))
-        prompt = _str(body, "prompt")  # extension: a key of the manifest's prompts
-        value = body.get("input")
+        fmt = req.encoding_format
+        dimensions = self.service.check_dimensions(req.dimensions)
+        prompt = req.prompt  # extension: a key of the manifest's prompts
+        value = req.input
         encodings: list[Encoding] | list[TokenIds]
         if isinstance(value, str):
             encodings = self.service.tokenize([value], prompt=prompt, single=True)
-        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            encodings = self.service.tokenize(value, prompt=prompt)
-        elif isinstance(value, list) and value and all(_is_int(v) for v in value):
-            encodings = await self._openai_token_ids([value], prompt)
-        elif (
-            isinstance(value, list)
-            and value
-            and all(isinstance(v, list) and all(_is_int(t) for t in v) for v in value)
-        ):
-            encodings = await self._openai_token_ids(value, prompt)
-        else:
+        elif not value:
             raise InvalidFieldError(
-                f"'input' must be a string, a list of strings, a list of token ids or a list "
-                f"of lists of token ids, and not empty; got {_kind(value)}.",
-                param="input",
+                f"'input' must be {wire.OPENAI_INPUT}; got an empty list.", param="input"
             )
+        elif isinstance(value[0], str):
+            encodings = self.service.tokenize(value, prompt=prompt)  # type: ignore[arg-type]
+        elif isinstance(value[0], int):
+            encodings = await self._openai_token_ids([value], prompt)  # type: ignore[list-item]
+        else:
+            encodings = await self._openai_token_ids(value, prompt)  # type: ignore[arg-type]
         result = await self._embed(request, encodings, dimensions)
         if fmt == "base64":
             rows: list[Any] = [
@@ -432,11 +405,8 @@ class _Api:
         """nomic-serve's /query: /embed with the recipe's search-query prompt."""
         started = time.perf_counter()
         body = await _read_object(request, self.service.limits.max_body_bytes)
-        _only(body, {"input", "dim"}, f"POST {request.url.path}")
-        text = body.get("input")
-        if not isinstance(text, str):
-            raise InvalidFieldError(f"'input' must be a string, got {_kind(text)}.", param="input")
-        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        req = wire.parse(wire.QueryRequest, body, f"POST {request.url.path}")
+        text, dim = req.input, self.service.check_dimensions(req.dim, "dim")
         prompt = compat.query_prompt(self.service.manifest)
         encodings = self.service.tokenize([text], prompt=prompt, single=True)
         result = await self._embed(request, encodings, dim)
@@ -454,11 +424,11 @@ class _Api:
             tokens = self.tei.tokenize(body)
             request.state.inputs = len(tokens)
             return Json(tokens)
-        _only(body, {"input", "prompt"}, "POST /tokenize")
-        value = body.get("input")
+        req = wire.parse(wire.TokenizeRequest, body)
+        value = req.input
         single = isinstance(value, str)
-        texts = [value] if isinstance(value, str) else _strings(value, "input")
-        encodings = self.service.tokenize(texts, prompt=_str(body, "prompt"), single=single)
+        texts = [value] if isinstance(value, str) else value
+        encodings = self.service.tokenize(texts, prompt=req.prompt, single=single)
         request.state.inputs = len(encodings)
         return Json(
             {
@@ -473,10 +443,10 @@ class _Api:
         started = time.perf_counter()
         self.service.images.check_available()  # answer 404 before reading a large body
         body = await _read_object(request, max(self.service.limits.max_body_bytes, BODY_BYTES))
-        _only(body, {"content", "dim"}, "POST /img/embed")
-        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        req = wire.parse(wire.ImageEmbedRequest, body)
+        dim = self.service.check_dimensions(req.dim, "dim")
         images = self.service.images
-        vectors = await asyncio.to_thread(images.embed, [body.get("content")], dim, "content", True)
+        vectors = await asyncio.to_thread(images.embed, [req.content], dim, "content", True)
         request.state.inputs = 1
         return Json({"embedding": vectors[0], "time_ms": _ms(started)})
 
@@ -485,14 +455,9 @@ class _Api:
         self.service.images.check_available()  # answer 404 before reading a large body
         limit = max(self.service.limits.max_body_bytes, BATCH_BODY_BYTES)
         body = await _read_object(request, limit)
-        _only(body, {"contents", "dim"}, "POST /img/batch")
-        contents = body.get("contents")
-        if not isinstance(contents, list):
-            raise InvalidFieldError(
-                f"'contents' must be a list of data URLs or base64 strings, got {_kind(contents)}.",
-                param="contents",
-            )
-        dim = self.service.check_dimensions(_int(body, "dim"), "dim")
+        req = wire.parse(wire.ImageBatchRequest, body)
+        contents = req.contents
+        dim = self.service.check_dimensions(req.dim, "dim")
         vectors = await asyncio.to_thread(self.service.images.embed, contents, dim, "contents")
         request.state.inputs = len(contents)
         return Json({"embeddings": vectors, "time_ms": _ms(started)})
@@ -500,10 +465,9 @@ class _Api:
     async def img_stats(self, request: Request) -> Response:
         started = time.perf_counter()
         body = await _read_object(request, max(self.service.limits.max_body_bytes, BODY_BYTES))
-        _only(body, {"content", "averaging_method"}, "POST /img/stats")
-        method = _str(body, "averaging_method")
+        req = wire.parse(wire.ImageStatsRequest, body)
         stats = await asyncio.to_thread(
-            self.service.images.stats, body.get("content"), method, "content"
+            self.service.images.stats, req.content, req.averaging_method, "content"
         )
         request.state.inputs = 1
         return Json({**stats, "time_ms": _ms(started)})
@@ -642,57 +606,6 @@ def _api(request: Request, body: dict[str, Any]) -> str:
         request.scope.setdefault("state", {})[tei.STATE_KEY] = "tei"
         return "tei"
     return "native"
-
-
-def _only(body: dict[str, Any], allowed: set[str], route: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidFieldError(
-            f"{route} has no field(s) {', '.join(unknown)}. It takes: "
-            f"{', '.join(sorted(allowed))}.",
-            param=unknown[0],
-        )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None or _is_int(value):
-        return value
-    raise InvalidFieldError(f"'{key}' must be an integer, got {_kind(value)}.", param=key)
-
-
-def _str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise InvalidFieldError(f"'{key}' must be a string, got {_kind(value)}.", param=key)
-
-
-def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if isinstance(value, bool):
-        return value
-    raise InvalidFieldError(f"'{key}' must be true or false, got {_kind(value)}.", param=key)
-
-
-def _strings(value: Any, key: str) -> list[str]:
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    raise InvalidFieldError(f"'{key}' must be a list of strings, got {_kind(value)}.", param=key)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return "an empty list" if not value else "a list of mixed or non-string values"
-    if isinstance(value, bool | int | float):
-        return "a boolean" if isinstance(value, bool) else "a number"
-    return "a string" if isinstance(value, str) else "an object"
 
 
 def _json_type(value: Any) -> str:

@@ -1,266 +1,235 @@
-"""The OpenAPI 3.0 description (what the bundled Swagger UI 4 renders) of the HTTP API, written by hand to match http_app's routes."""
+"""The OpenAPI 3.0 document (what the bundled Swagger UI 4 renders) of the HTTP API, generated
+from the request and response types of wire.py: each route is one `Op` in OPERATIONS. The
+server's own values (this model's widths, prompts and names; --max-inputs, --max-chars) fill the
+fields the types mark with `Bound`, so the document states exactly what Service checks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 import encoderfile
 from encoderfile.runtime import openai_tokens
 from encoderfile.runtime.manifest import MIN_DIMENSION, NO_PROMPT, Manifest
+from encoderfile.runtime.serve import wire
+from encoderfile.runtime.serve.compat import model_ids
 
 if TYPE_CHECKING:
     from encoderfile.runtime.serve.service import Limits
-
 
 # A character that str.strip() keeps: a text without one is blank and refused.
 NOT_BLANK = (
     "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
 )
+Types = tuple[Any, ...]  # wire.Request / wire.Response subclasses, or wire.Named
+
+# Error statuses by route family: (status, description).
+NATIVE = (
+    (400, "Body is not UTF-8 JSON"),
+    (401, "Missing or wrong API key"),
+    (404, "Unknown model"),
+    (413, "Body too large"),
+    (422, "Invalid field"),
+    (429, "Too many inputs in flight; retry"),
+    (503, "Loading or draining; retry"),
+)
+OPENAI = tuple(
+    (400, "Body is not JSON, or a field is invalid") if s == 400 else (s, d)
+    for s, d in NATIVE
+    if s != 422
+)
+TEI = (
+    (400, "Empty batch"),
+    (401, "Missing or wrong API key"),
+    (413, "Body too large, or more inputs than --max-inputs"),
+    (422, "Body is not JSON, or a field is invalid"),
+    (424, "The model cannot serve the request"),
+    (429, "Too many inputs in flight; retry"),
+    (503, "Loading or draining; retry"),
+)
+BOTH = (*NATIVE, (424, "The model cannot serve the request (TEI)"))
+OTHER_KIND = (
+    (401, "Missing or wrong API key"),
+    (413, "Body too large"),
+    (422, "Body is not a JSON object"),
+    (424, "This model kind does not serve the route"),
+)
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class Op:
+    """One operation: its types and the statuses it answers besides 200."""
+
+    summary: str
+    tag: str
+    request: Types = ()  # several: the body is one of them
+    response: Types = ()  # several: the answer is one of them; none: no body
+    errors: Types = (wire.Error,)
+    statuses: tuple[tuple[int, str], ...] = NATIVE
+    method: str = "post"
+    media: str = "application/json"
+    path_params: tuple[str, ...] = ()
+    when: Callable[[Manifest], bool] = lambda manifest: True
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+embed = Op(
+    "Embed one text; with `inputs`, TEI's request and answer",
+    "native",
+    (wire.EmbedRequest, wire.TeiEmbedRequest),
+    (wire.EmbedResponse, wire.TeiEmbedResponse),
+    (wire.Error, wire.TeiError),
+    BOTH,
+)
+batch = Op("Embed several texts", "native", (wire.BatchRequest,), (wire.BatchResponse,))
+openai = Op(
+    "OpenAI-compatible embeddings",
+    "openai",
+    (wire.OpenAIRequest,),
+    (wire.OpenAIResponse,),
+    (wire.OpenAIError,),
+    OPENAI,
+)
+query = Op(
+    "Embed a search query (nomic-serve)", "native", (wire.QueryRequest,), (wire.EmbedResponse,)
+)
+tei_embed = Op(
+    "Embed (TEI): a bare list of vectors",
+    "tei",
+    (wire.TeiEmbedRequest,),
+    (wire.TeiEmbedResponse,),
+    (wire.TeiError,),
+    TEI,
+)
+has_image: Callable[[Manifest], bool] = lambda manifest: manifest.image is not None  # noqa: E731
+
+OPERATIONS: dict[str, list[Op]] = {
+    "/health": [Op("Liveness", "ops", response=(wire.Status,), statuses=(), method="get")],
+    "/ready": [
+        Op(
+            "200 once the model is loaded; 503 while loading or draining",
+            "ops",
+            response=(wire.Status,),
+            errors=(),
+            statuses=((503, "Loading or draining; retry"),),
+            method="get",
+        )
+    ],
+    "/info": [
+        Op("Model, dimensions, prompts and limits", "ops", response=(wire.Info,), statuses=(), method="get")
+    ],
+    "/metrics": [
+        Op("Prometheus metrics", "ops", response=(wire.MetricsText,), statuses=(), method="get", media="text/plain")
+    ],
+    "/embed": [embed],
+    "/txt/embed": [embed],
+    "/embed/batch": [batch],
+    "/batch": [batch],
+    "/txt/batch": [batch],
+    "/v1/embeddings": [openai],
+    "/embeddings": [openai],
+    "/tokenize": [
+        Op(
+            "Token ids and strings; with `inputs`, TEI's request and answer",
+            "native",
+            (wire.TokenizeRequest, wire.TeiTokenizeRequest),
+            (wire.TokenizeResponse, wire.TeiTokenizeResponse),
+            (wire.Error, wire.TeiError),
+            BOTH,
+        )
+    ],
+    "/query": [query],
+    "/txt/query": [query],
+    "/img/stats": [
+        Op(
+            "EXIF tags, average and dominant colour",
+            "images",
+            (wire.ImageStatsRequest,),
+            (wire.ImageStatsResponse,),
+        )
+    ],
+    "/img/embed": [
+        Op("Embed one image", "images", (wire.ImageEmbedRequest,), (wire.EmbedResponse,), when=has_image)
+    ],
+    "/img/batch": [
+        Op("Embed several images", "images", (wire.ImageBatchRequest,), (wire.BatchResponse,), when=has_image)
+    ],
+    "/v1/models": [
+        Op("The model this server embeds with", "openai", response=(wire.ModelList,), statuses=(), method="get")
+    ],
+    "/v1/models/{model}": [
+        Op(
+            "One model by id (the artifact name or the repo id)",
+            "openai",
+            response=(wire.Model,),
+            errors=(),
+            statuses=((404, "Unknown model"),),
+            method="get",
+            path_params=("model",),
+        )
+    ],
+    "/docs/openapi.json": [
+        Op(
+            "This document (also at /openapi.json, nomic-serve's path)",
+            "ops",
+            response=(wire.AnyObject,),
+            statuses=(),
+            method="get",
+        )
+    ],
+    "/": [
+        Op(
+            "TEI's health check: 200 once the model is loaded",
+            "tei",
+            errors=(wire.TeiError,),
+            statuses=((503, "Loading or draining; retry"),),
+            method="get",
+        ),
+        tei_embed,
+    ],
+    "/decode": [
+        Op(
+            "Token ids of this model's vocabulary back to text (TEI)",
+            "tei",
+            (wire.TeiDecodeRequest,),
+            (wire.TeiDecodeResponse,),
+            (wire.TeiError,),
+            TEI,
+        )
+    ],
+    **{
+        path: [Op(summary, "tei", (wire.AnyObject,), (), (wire.TeiError,), OTHER_KIND)]
+        for path, summary in (
+            ("/embed_all", "Per-token vectors (TEI): 424, the graph outputs only pooled vectors"),
+            ("/rerank", "Re-rank (TEI): 424 until the artifact holds a re-ranker"),
+            ("/predict", "Classify (TEI): 424 until the artifact holds a classifier"),
+            ("/embed_sparse", "Sparse vectors (TEI): 424 until the artifact holds a sparse model"),
+        )
+    },
+}  # fmt: skip
 
 
-def _post(summary: str, request: str, response: str, tag: str, errors: str) -> dict[str, Any]:
-    return {
-        "post": {
-            "summary": summary,
-            "tags": [tag],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _ref(request)}},
-            },
-            "responses": {
-                "200": _json(_ref(response)),
-                **{
-                    code: _json(_ref(errors), text)
-                    for code, text in (
-                        ("400", "Body is not UTF-8 JSON"),
-                        ("401", "Missing or wrong API key"),
-                        ("404", "Unknown model"),
-                        ("413", "Body too large"),
-                        ("422", "Invalid field"),
-                        ("429", "Too many inputs in flight; retry"),
-                        ("503", "Loading or draining; retry"),
-                    )
-                },
-            },
-        }
-    }
-
-
-def _get(summary: str, tag: str, schema: dict[str, Any], media: str = "application/json") -> Any:
-    return {
-        "get": {
-            "summary": summary,
-            "tags": [tag],
-            "responses": {"200": {"description": "OK", "content": {media: {"schema": schema}}}},
-        }
-    }
-
-
-def spec(manifest: Manifest, limits: Limits | None = None, vocab_size: int = 0) -> dict[str, Any]:
-    """The document served at GET /openapi.json; examples use this model's name and prompts.
-
-    It states the server's checks exactly (limits, blank texts, token-id range, nullable
-    options), so that a request valid under it is accepted and an invalid one refused."""
-    from encoderfile.runtime.serve.service import Limits
-
-    limits = limits or Limits()
-    dims = list(manifest.dimensions)
-    prompts = list(manifest.prompts)
-    dim: dict[str, Any] = {
-        "type": "integer",
-        "nullable": True,
-        "description": "Matryoshka width (a prefix of the vector, re-normalised); default the "
-        f"full {manifest.dimension}; recommended: {', '.join(map(str, dims))}",
-    }
-    if manifest.restrict_dimensions:  # OpenAPI 3.0: a nullable enum lists null
-        dim["enum"] = sorted({manifest.dimension, *dims}, reverse=True) + [None]
-    else:
-        dim.update(minimum=MIN_DIMENSION, maximum=manifest.dimension)
-    prompt: dict[str, Any] = {
-        "type": "string",
-        "enum": [*prompts, *NO_PROMPT, None],
-        "nullable": True,
-        "description": "prompt name (prefix from the manifest; 'none' for no prefix); default: "
-        + str(manifest.default_prompt),
-    }
-    text = {"type": "string", "minLength": 1, "maxLength": limits.max_chars, "pattern": NOT_BLANK}
-    texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
-    openai_ids = {  # tiktoken cl100k_base, as OpenAI's API reads token arrays (openai_tokens)
-        "type": "array",
-        "items": {
-            "oneOf": [
-                {"type": "integer", "minimum": 0, "maximum": openai_tokens.RANKS - 1},
-                {"type": "integer", "enum": sorted(openai_tokens.SPECIAL)},
-            ]
-        },
-        "minItems": 1,
-        "maxItems": openai_tokens.MAX_IDS,
-    }
-    vector = {"type": "array", "items": {"type": "number"}}
-    native_error = {
-        "type": "object",
-        "properties": {
-            "error": {
-                "type": "object",
-                "properties": {"message": {"type": "string"}, "type": {"type": "string"}},
-            }
-        },
-    }
-    openai_error = {
-        "type": "object",
-        "properties": {
-            "error": {
-                "type": "object",
-                "properties": {
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                    "param": {"type": "string", "nullable": True},
-                    "code": {"type": "string", "nullable": True},
-                },
-            }
-        },
-    }
-    schemas: dict[str, Any] = {
-        "EmbedRequest": {
-            "type": "object",
-            "required": ["input"],
-            "additionalProperties": False,
-            "properties": {
-                "input": text,
-                "dim": dim,
-                "prompt": prompt,
-                "truncate": {"type": "boolean", "default": True},
-            },
-            "example": {"input": "hello world"},
-        },
-        "EmbedResponse": {
-            "type": "object",
-            "properties": {
-                "embedding": vector,
-                "tokens": {"type": "integer"},
-                "time_ms": {"type": "number"},
-            },
-        },
-        "BatchRequest": {
-            "type": "object",
-            "required": ["inputs"],
-            "additionalProperties": False,
-            "properties": {
-                "inputs": texts,
-                "dim": dim,
-                "prompt": prompt,
-                "truncate": {"type": "boolean", "default": True},
-            },
-            "example": {"inputs": ["hello world", "goodbye"]},
-        },
-        "BatchResponse": {
-            "type": "object",
-            "properties": {
-                "embeddings": {"type": "array", "items": vector},
-                "tokens": {"type": "array", "items": {"type": "integer"}},
-                "time_ms": {"type": "number"},
-            },
-        },
-        "OpenAIRequest": {
-            "type": "object",
-            "required": ["model", "input"],
-            "properties": {
-                "model": {"type": "string", "enum": [manifest.name]},
-                "input": {
-                    "oneOf": [
-                        text,
-                        texts,
-                        openai_ids,
-                        {
-                            "type": "array",
-                            "items": openai_ids,
-                            "minItems": 1,
-                            "maxItems": limits.max_inputs,
-                        },
-                    ],
-                    "description": "text(s), or token ids of tiktoken's cl100k_base (OpenAI's "
-                    "embedding tokenizer, what LangChain sends), decoded to text; ids of this "
-                    "model's vocabulary go to POST /embed as TEI's `inputs`",
-                },
-                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-                "dimensions": dim,
-                "user": {"type": "string", "nullable": True},
-                "prompt": {**prompt, "description": "extension: " + prompt["description"]},
-            },
-            "example": {"model": manifest.name, "input": ["hello world"]},
-        },
-        "OpenAIResponse": {
-            "type": "object",
-            "properties": {
-                "object": {"type": "string", "enum": ["list"]},
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "object": {"type": "string", "enum": ["embedding"]},
-                            "index": {"type": "integer"},
-                            "embedding": {
-                                "oneOf": [vector, {"type": "string", "format": "byte"}],
-                                "description": "floats, or base64 of little-endian float32",
-                            },
-                        },
-                    },
-                },
-                "model": {"type": "string"},
-                "usage": {
-                    "type": "object",
-                    "properties": {
-                        "prompt_tokens": {"type": "integer"},
-                        "total_tokens": {"type": "integer"},
-                    },
-                },
-            },
-        },
-        "TokenizeRequest": {
-            "type": "object",
-            "required": ["input"],
-            "additionalProperties": False,
-            "properties": {
-                "input": {"oneOf": [text, texts]},
-                "prompt": prompt,
-            },
-            "example": {"input": "hello world"},
-        },
-        "TokenizeResponse": {
-            "type": "object",
-            "properties": {
-                "data": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "ids": {"type": "array", "items": {"type": "integer"}},
-                            "tokens": {"type": "array", "items": {"type": "string"}},
-                            "truncated": {"type": "boolean"},
-                        },
-                    },
-                }
-            },
-        },
-        "Error": native_error,
-        "OpenAIError": openai_error,
-        **_image_schemas(dims),
-    }
-    embed = _post("Embed one text", "EmbedRequest", "EmbedResponse", "native", "Error")
-    batch = _post("Embed several texts", "BatchRequest", "BatchResponse", "native", "Error")
-    openai = _post(
-        "OpenAI-compatible embeddings", "OpenAIRequest", "OpenAIResponse", "openai", "OpenAIError"
-    )
-    status = {"type": "object", "properties": {"status": {"type": "string"}}}
+def document(manifest: Manifest, limits: Limits, vocab_size: int = 0) -> dict[str, Any]:
+    """The document served at GET /openapi.json; examples use this model's name and prompts."""
+    paths: dict[str, Any] = {}
+    types: dict[str, Any] = {}
+    for path, ops in OPERATIONS.items():
+        item = {}
+        for op in ops:
+            if not op.when(manifest):
+                continue
+            for t in (*op.request, *op.response, *op.errors):
+                types[_name(t)] = t
+            item[op.method] = _operation(op)
+        if item:
+            paths[path] = item
+    schemas = _components(types)
+    schemas = {name: _openapi30(schema) for name, schema in schemas.items()}
+    schemas = {name: bind(schema, manifest, limits, vocab_size) for name, schema in schemas.items()}
+    if "OpenAIRequest" in schemas:
+        schemas["OpenAIRequest"]["example"] = {"model": manifest.name, "input": ["hello world"]}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -270,23 +239,7 @@ def spec(manifest: Manifest, limits: Limits | None = None, vocab_size: int = 0) 
             f"served by encoderfile {encoderfile.__version__}.",
         },
         "security": [{"bearer": []}, {}],
-        "paths": {
-            "/health": _get("Liveness", "ops", status),
-            "/ready": _ready(status),
-            "/info": _get("Model, dimensions, prompts and limits", "ops", {"type": "object"}),
-            "/metrics": _get("Prometheus metrics", "ops", {"type": "string"}, "text/plain"),
-            "/embed": embed,
-            "/txt/embed": embed,
-            "/embed/batch": batch,
-            "/batch": batch,
-            "/txt/batch": batch,
-            "/v1/embeddings": openai,
-            "/embeddings": openai,
-            "/tokenize": _post(
-                "Token ids and strings", "TokenizeRequest", "TokenizeResponse", "native", "Error"
-            ),
-            **_image_paths(manifest.image is not None),
-        },
+        "paths": paths,
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -294,265 +247,208 @@ def spec(manifest: Manifest, limits: Limits | None = None, vocab_size: int = 0) 
     }
 
 
-def _ready(status: dict[str, Any]) -> dict[str, Any]:
-    ready: dict[str, Any] = _get(
-        "200 once the model is loaded; 503 while loading or draining", "ops", status
+REF = "#/components/schemas/{name}"
+
+
+def _name(t: Any) -> str:
+    return t.name if isinstance(t, wire.Named) else t.__name__
+
+
+def _components(types: dict[str, Any]) -> dict[str, Any]:
+    """Each type's JSON Schema (msgspec), named; one_of fields as the anyOf of their types."""
+    unions = list(wire.ONE_OF.items())
+    kinds = [t.type if isinstance(t, wire.Named) else t for t in types.values()]
+    kinds += [alt for _, alts in unions for alt in alts]
+    refs, components = msgspec.json.schema_components(kinds, ref_template=REF)
+    named = dict(zip(types, refs[: len(types)], strict=True))
+    for name, t in types.items():
+        if isinstance(t, wire.Named):
+            described = {"description": t.description} if t.description else {}
+            components[name] = {**named[name], **described}
+        else:
+            components[name] = {**components[name], **getattr(t, "schema_extra", {})}
+    at = len(types)
+    alternatives = {}
+    for name, alts in unions:
+        alternatives[name] = list(refs[at : at + len(alts)])
+        at += len(alts)
+    return {name: _one_of(schema, alternatives) for name, schema in components.items()}
+
+
+def _one_of(node: Any, alternatives: dict[str, list[Any]]) -> Any:
+    if isinstance(node, list):
+        return [_one_of(n, alternatives) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _one_of(v, alternatives) for k, v in node.items()}
+    name = node.pop(wire.ONE, None)
+    if name is not None:
+        node = {**node, "anyOf": alternatives[name]}
+        node.pop("default", None)
+    return node
+
+
+def _schema(types: Types) -> dict[str, Any]:
+    refs = [{"$ref": REF.format(name=_name(t))} for t in types]
+    return refs[0] if len(refs) == 1 else {"oneOf": refs}
+
+
+def _operation(op: Op) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": op.summary, "tags": [op.tag]}
+    if op.path_params:
+        out["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in op.path_params
+        ]
+    if op.request:
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _schema(op.request)}},
+        }
+    ok: dict[str, Any] = {"description": "OK"}
+    if op.response:
+        ok["content"] = {op.media: {"schema": _schema(op.response)}}
+    responses: dict[str, Any] = {"200": ok}
+    for status, description in op.statuses:
+        answer: dict[str, Any] = {"description": description}
+        errors = op.errors if status != 424 else (wire.TeiError,)
+        if errors:
+            answer["content"] = {"application/json": {"schema": _schema(errors)}}
+        responses[str(status)] = answer
+    out["responses"] = responses
+    return out
+
+
+def _openapi30(node: Any) -> Any:
+    """pydantic's JSON Schema (2020-12) in OpenAPI 3.0's dialect: `X | None` as nullable,
+    `const` as a one-value enum."""
+    if isinstance(node, list):
+        return [_openapi30(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _openapi30(v) for k, v in node.items() if k != "title"}
+    for key in ("anyOf", "oneOf"):
+        options = node.get(key)
+        if options and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            del node[key]
+            if len(rest) == 1:
+                node = {**rest[0], **node}
+            else:
+                node[key] = rest
+            node["nullable"] = True
+            if "$ref" in node:  # OpenAPI 3.0 ignores a $ref's siblings
+                node = {"allOf": [{"$ref": node.pop("$ref")}], **node}
+            if "enum" in node and None not in node["enum"]:
+                node["enum"] = [*node["enum"], None]
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    return node
+
+
+def bind(node: Any, manifest: Manifest, limits: Limits, vocab_size: int) -> Any:
+    """Fill every field marked `Bound(name)` with this server's values (BOUNDS)."""
+    if isinstance(node, list):
+        return [bind(n, manifest, limits, vocab_size) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: bind(v, manifest, limits, vocab_size) for k, v in node.items()}
+    name = node.pop(wire.BIND, None)
+    if name is not None:
+        node = BOUNDS[name](node, manifest, limits, vocab_size)
+    return node
+
+
+def _text(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    return {**node, "minLength": 1, "maxLength": limits.max_chars, "pattern": NOT_BLANK}
+
+
+def _texts(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    return {**node, "minItems": 1, "maxItems": limits.max_inputs}
+
+
+def _width(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    dims = ", ".join(map(str, m.dimensions))
+    out = {
+        **node,
+        "type": "integer",
+        "nullable": True,
+        "description": "Matryoshka width (a prefix of the vector, re-normalised); default the "
+        f"full {m.dimension}; recommended: {dims}",
+    }
+    if m.restrict_dimensions:  # OpenAPI 3.0: a nullable enum lists null
+        out["enum"] = [*sorted({m.dimension, *m.dimensions}, reverse=True), None]
+    else:
+        out.update(minimum=MIN_DIMENSION, maximum=m.dimension)
+    return out
+
+
+def _image_width(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    return {**node, "type": "integer", "nullable": True, "enum": [*m.dimensions, None]}
+
+
+def _prompt(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    described = node.get(
+        "description", "prompt name (prefix from the manifest; 'none' for no prefix)"
     )
-    ready["get"]["responses"]["503"] = {"description": "Loading or draining; retry"}
-    return ready
-
-
-def _image_paths(vision: bool) -> dict[str, Any]:
-    """/img/stats always (it needs no model); /img/embed and /img/batch with an image model."""
-    paths = {
-        "/img/stats": _post(
-            "EXIF tags, average and dominant colour", "ImageStatsRequest", "ImageStatsResponse",
-            "images", "Error",
-        )
-    }  # fmt: skip
-    if vision:
-        paths["/img/embed"] = _post(
-            "Embed one image", "ImageEmbedRequest", "EmbedResponse", "images", "Error"
-        )
-        paths["/img/batch"] = _post(
-            "Embed several images", "ImageBatchRequest", "BatchResponse", "images", "Error"
-        )
-    return paths
-
-
-def _image_schemas(dims: list[int]) -> dict[str, Any]:
-    content = {
-        "type": "string",
-        "minLength": 1,
-        "description": "data URL (data:image/png;base64,...) or raw base64 of a JPEG, PNG, GIF, "
-        "WebP, BMP or TIFF file; at most 20 MB and 50 megapixels. URLs are not fetched.",
-    }
-    dim = {"type": "integer", "enum": dims, "description": "prefix width, re-normalised"}
-    color = {
-        "type": "object",
-        "properties": {
-            "rgb": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
-            "hex": {"type": "string"},
-            "method": {"type": "string"},
-        },
-    }
     return {
-        "ImageEmbedRequest": {
-            "type": "object",
-            "required": ["content"],
-            "additionalProperties": False,
-            "properties": {"content": content, "dim": dim},
-        },
-        "ImageBatchRequest": {
-            "type": "object",
-            "required": ["contents"],
-            "additionalProperties": False,
-            "properties": {"contents": {"type": "array", "items": content}, "dim": dim},
-        },
-        "ImageStatsRequest": {
-            "type": "object",
-            "required": ["content"],
-            "additionalProperties": False,
-            "properties": {
-                "content": content,
-                "averaging_method": {"type": "string", "enum": ["arithmetic", "geometric"]},
-            },
-        },
-        "ImageStatsResponse": {
-            "type": "object",
-            "properties": {
-                "exif_data": {"type": "object"},
-                "color_data": {
-                    "type": "object",
-                    "nullable": True,
-                    "properties": {"avg_color": color, "dominant_color": color},
-                },
-                "time_ms": {"type": "number"},
-            },
-        },
+        **node,
+        "type": "string",
+        "nullable": True,
+        "enum": [*m.prompts, *NO_PROMPT, None],
+        "description": f"{described}; default: {m.default_prompt}",
     }
 
 
-def add_tei(doc: dict[str, Any], manifest: Manifest, limits: Limits, vocab_size: int) -> None:
-    """TEI's routes (tei.py) into `doc`, after compat.extend_spec: `/` and the TEI-only routes,
-    and on /embed, /txt/embed and /tokenize TEI's request beside the native one (told apart by
-    `inputs` against `input`)."""
-    schemas, paths = doc["components"]["schemas"], doc["paths"]
-    native = schemas["EmbedRequest"]["properties"]
-    text, prompt = native["input"], schemas["OpenAIRequest"]["properties"]["prompt"]
-    ids_item = {"type": "integer", "minimum": 0, "maximum": max(vocab_size - 1, 0)}
-    token_ids = {"type": "array", "items": ids_item, "minItems": 1, "maxItems": manifest.max_length}
-    one = {"oneOf": [text, token_ids]}
-    many = {"type": "array", "items": one, "minItems": 1, "maxItems": limits.max_inputs}
-    texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
-    nullable_bool = {"type": "boolean", "nullable": True}
-    normalize: dict[str, Any] = {**nullable_bool, "default": True}
-    if manifest.normalized:  # the graph ends in L2: there is no unnormalised vector to give
-        normalize["enum"] = [True, None]
-    prompt_name = {**prompt, "description": "TEI's name for 'prompt' (text inputs only)"}
-    vector = {"type": "array", "items": {"type": "number"}}
-    schemas["TeiEmbedRequest"] = {
-        "type": "object",
-        "required": ["inputs"],
-        "additionalProperties": False,
-        "properties": {
-            "inputs": {
-                "oneOf": [text, token_ids, many],
-                "description": "text, token ids of this model's vocabulary, or a list of those",
-            },
-            "normalize": normalize,
-            "truncate": {**nullable_bool, "default": True},
-            "truncation_direction": {
-                "type": "string",
-                "enum": ["Right", "Left", "right", "left", None],
-                "nullable": True,
-            },
-            "prompt_name": prompt_name,
-            "dimensions": schemas["OpenAIRequest"]["properties"]["dimensions"],
-            "encoding_format": {"type": "string", "enum": ["float", None], "nullable": True},
-        },
-        "example": {"inputs": ["hello world", "goodbye"]},
-    }
-    schemas["TeiEmbedResponse"] = {"type": "array", "items": vector}
-    schemas["TeiTokenizeRequest"] = {
-        "type": "object",
-        "required": ["inputs"],
-        "additionalProperties": False,
-        "properties": {
-            "inputs": {"oneOf": [text, texts]},
-            "add_special_tokens": {**nullable_bool, "default": True},
-            "prompt_name": prompt_name,
-        },
-        "example": {"inputs": "hello world"},
-    }
-    schemas["TeiTokenizeResponse"] = {
-        "type": "array",
-        "items": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "text", "special"],
-                "properties": {
-                    "id": {"type": "integer"},
-                    "text": {"type": "string"},
-                    "special": {"type": "boolean"},
-                    "start": {"type": "integer", "nullable": True},
-                    "stop": {"type": "integer", "nullable": True},
-                },
-            },
-        },
-    }
-    any_ids = {"type": "array", "items": ids_item, "minItems": 1}
-    schemas["TeiDecodeRequest"] = {
-        "type": "object",
-        "required": ["ids"],
-        "additionalProperties": False,
-        "properties": {
-            "ids": {
-                "oneOf": [
-                    any_ids,
-                    {
-                        "type": "array",
-                        "items": any_ids,
-                        "minItems": 1,
-                        "maxItems": limits.max_inputs,
-                    },
-                ]
-            },
-            "skip_special_tokens": {**nullable_bool, "default": True},
-        },
-        "example": {"ids": [101, 7592, 102]},
-    }
-    schemas["TeiDecodeResponse"] = {"type": "array", "items": {"type": "string"}}
-    schemas["TeiError"] = {
-        "type": "object",
-        "required": ["error", "error_type"],
-        "properties": {
-            "error": {"type": "string"},
-            "error_type": {
-                "type": "string",
-                "enum": ["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"],
-            },
-        },
-    }
-    tei_embed = _tei_post(
-        "Embed (TEI): a bare list of vectors", "TeiEmbedRequest", "TeiEmbedResponse"
-    )
-    paths["/"] = {
-        "get": {
-            "summary": "TEI's health check: 200 once the model is loaded",
-            "tags": ["tei"],
-            "responses": {
-                "200": {"description": "Ready"},
-                "503": _json(_ref("TeiError"), "Loading or draining; retry"),
-            },
-        },
-        **tei_embed,
-    }
-    paths["/decode"] = _tei_post(
-        "Token ids of this model's vocabulary back to text (TEI)",
-        "TeiDecodeRequest",
-        "TeiDecodeResponse",
-    )
-    for path, summary in (
-        ("/embed_all", "Per-token vectors (TEI): 424, the graph outputs only pooled vectors"),
-        ("/rerank", "Re-rank (TEI): 424 until the artifact holds a re-ranker"),
-        ("/predict", "Classify (TEI): 424 until the artifact holds a classifier"),
-        ("/embed_sparse", "Sparse vectors (TEI): 424 until the artifact holds a sparse model"),
-    ):
-        paths[path] = {
-            "post": {
-                "summary": summary,
-                "tags": ["tei"],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                },
-                "responses": {
-                    "401": _json(_ref("TeiError"), "Missing or wrong API key"),
-                    "413": _json(_ref("TeiError"), "Body too large"),
-                    "422": _json(_ref("TeiError"), "Body is not a JSON object"),
-                    "424": _json(_ref("TeiError"), "This model kind does not serve the route"),
-                },
-            }
-        }
-    for path, request, response in (
-        ("/embed", "TeiEmbedRequest", "TeiEmbedResponse"),
-        ("/tokenize", "TeiTokenizeRequest", "TeiTokenizeResponse"),
-    ):
-        _both(paths, path, request, response)
-    paths["/txt/embed"] = paths["/embed"]
+def _model(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    return {**node, "enum": model_ids(m)}
 
 
-def _tei_post(summary: str, request: str, response: str) -> dict[str, Any]:
-    op = _post(summary, request, response, "tei", "TeiError")
-    responses = op["post"]["responses"]
-    responses["400"] = _json(_ref("TeiError"), "Empty batch")
-    responses["413"] = _json(_ref("TeiError"), "Body too large, or more inputs than --max-inputs")
-    responses["422"] = _json(_ref("TeiError"), "Body is not JSON, or a field is invalid")
-    responses["424"] = _json(_ref("TeiError"), "The model cannot serve the request")
-    responses.pop("404", None)
-    return op
-
-
-def _both(paths: dict[str, Any], path: str, tei_request: str, tei_response: str) -> None:
-    """A native route that takes TEI's request too: each body, answer and error either kind."""
-    native = paths[path]["post"]
-    body = native["requestBody"]["content"]["application/json"]["schema"]
-    responses = {}
-    for code, answer in native["responses"].items():
-        schema = answer["content"]["application/json"]["schema"]
-        other = _ref(tei_response) if code == "200" else _ref("TeiError")
-        responses[code] = _json({"oneOf": [schema, other]}, answer["description"])
-    responses["424"] = _json(_ref("TeiError"), "The model cannot serve the request (TEI)")
-    paths[path] = {
-        "post": {
-            **native,
-            "summary": native["summary"] + "; with `inputs`, TEI's request and answer",
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"oneOf": [body, _ref(tei_request)]}}},
-            },
-            "responses": responses,
-        }
+def _cl100k_id(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    """tiktoken cl100k_base, as OpenAI's API reads token arrays (openai_tokens)."""
+    return {
+        "oneOf": [
+            {"type": "integer", "minimum": 0, "maximum": openai_tokens.RANKS - 1},
+            {"type": "integer", "enum": sorted(openai_tokens.SPECIAL)},
+        ]
     }
+
+
+def _cl100k_ids(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    return {**node, "minItems": 1, "maxItems": openai_tokens.MAX_IDS}
+
+
+def _token_id(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    return {**node, "minimum": 0, "maximum": max(vocab - 1, 0)}
+
+
+def _token_ids(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    return {**node, "minItems": 1, "maxItems": m.max_length}
+
+
+def _any_ids(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    return {**node, "minItems": 1}
+
+
+def _normalize(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
+    if m.normalized:  # the graph ends in L2: there is no unnormalised vector to give
+        return {**node, "enum": [True, None]}
+    return node
+
+
+Binder = Callable[[dict[str, Any], Manifest, "Limits", int], dict[str, Any]]
+BOUNDS: dict[str, Binder] = {
+    "text": _text,
+    "texts": _texts,
+    "width": _width,
+    "image_width": _image_width,
+    "prompt": _prompt,
+    "model": _model,
+    "cl100k_id": _cl100k_id,
+    "cl100k_ids": _cl100k_ids,
+    "token_id": _token_id,
+    "token_ids": _token_ids,
+    "any_ids": _any_ids,
+    "normalize": _normalize,
+}
+BOUNDS["image"] = lambda node, m, limits, vocab: {**node, "minLength": 1}

@@ -197,9 +197,12 @@ class Service:
         if decoded:
             texts = [t[: self.limits.max_chars] for t in texts]
         else:
+            limit = self.limits.max_chars
             for i, text in enumerate(texts):
+                if len(text) <= limit and text.isascii() and text.strip():
+                    continue  # the rule holds (the common case, without a call)
                 name = param if single else f"{param}[{i}]"
-                text_rule.check(text, f"'{name}'", max_chars=self.limits.max_chars, param=param)
+                text_rule.check(text, f"'{name}'", max_chars=limit, param=param)
         prefix = self.check_prompt(prompt)
         encodings = self._embedder().tokenize(texts, prompt=prefix)
         if not truncate:
@@ -275,10 +278,11 @@ class Service:
         then the queued job is cancelled (taken out of the queue) and ClientGoneError raised."""
         self._embedding += 1
         try:
-            if self.model_idle:
+            batcher = self.batcher
+            if batcher is not None and batcher.idle:
                 await asyncio.sleep(0)  # requests read with this one get here before it decides
                 if self._embedding == 1:
-                    result = self.embed_now(encodings, dimensions)
+                    result = batcher.embed_now(encodings, dimensions=dimensions)  # type: ignore[arg-type]
                     if result is not None:
                         return result
             job = self.submit(encodings, dimensions)

@@ -17,6 +17,7 @@ from encoderfile.errors import (
     InvalidFieldError,
     RequestError,
 )
+from encoderfile.runtime.serve import wire
 from encoderfile.runtime.serve.kinds import kind_of
 from encoderfile.runtime.serve.service import Service, TokenIds
 
@@ -26,17 +27,6 @@ if TYPE_CHECKING:
 # Routes only TEI has; /embed and /tokenize are TEI's when the body has `inputs` (STATE_KEY).
 PATHS = frozenset({"/", "/embed_all", "/decode", "/rerank", "/predict", "/embed_sparse"})
 STATE_KEY = "api"  # scope["state"][STATE_KEY] == "tei": answer errors in TEI's envelope
-EMBED_FIELDS = frozenset(
-    {
-        "inputs",
-        "normalize",
-        "truncate",
-        "truncation_direction",
-        "prompt_name",
-        "dimensions",
-        "encoding_format",  # huggingface_hub's feature_extraction may send it; "float" only
-    }
-)
 AUTO_TRUNCATE = True  # like TEI's --auto-truncate: `truncate` left out means true (as /embed)
 # Which kind of model each other TEI route needs (TEI answers 424 when the model is not one).
 OTHER_KINDS = {
@@ -84,17 +74,8 @@ class Tei:
         self, body: dict[str, Any]
     ) -> tuple[list[Encoding | TokenIds], int | None, bool]:
         """The checked inputs, the width and whether to L2-normalise, from a TEI EmbedRequest."""
-        only(body, EMBED_FIELDS, "POST /embed")
-        fmt = body.get("encoding_format")
-        if fmt not in ("float", None):
-            raise TeiError(
-                f"'encoding_format' {fmt!r} is not served on /embed (TEI answers floats). Send "
-                "'float', or use POST /v1/embeddings with encoding_format 'base64'.",
-                422,
-                "Validation",
-                "encoding_format",
-            )
-        normalize = _bool(body, "normalize", True)
+        req = wire.parse(wire.TeiEmbedRequest, body)
+        normalize = True if req.normalize is None else req.normalize
         manifest = self.service.manifest
         if not normalize and manifest.normalized:
             raise TeiError(
@@ -104,12 +85,10 @@ class Tei:
                 "Validation",
                 "normalize",
             )
-        dimensions = _int(body, "dimensions")
-        width = self.service.check_dimensions(dimensions)
-        truncate = _bool(body, "truncate", AUTO_TRUNCATE)
-        direction = _direction(body)
-        prompt = _str(body, "prompt_name")
-        encodings = self.encode(body.get("inputs"), prompt, truncate, direction)
+        width = self.service.check_dimensions(req.dimensions)
+        truncate = AUTO_TRUNCATE if req.truncate is None else req.truncate
+        direction = (req.truncation_direction or "right").lower()
+        encodings = self.encode(req.inputs, req.prompt_name, truncate, direction)
         return encodings, width, normalize and not manifest.normalized
 
     def encode(
@@ -190,18 +169,13 @@ class Tei:
 
     def tokenize(self, body: dict[str, Any]) -> list[list[dict[str, Any]]]:
         """TEI's /tokenize: per input, its tokens as {id, text, special, start, stop}."""
-        only(body, {"inputs", "add_special_tokens", "prompt_name"}, "POST /tokenize")
-        value = body.get("inputs")
-        texts: list[Any] = value if isinstance(value, list) else [value]
+        req = wire.parse(wire.TeiTokenizeRequest, body)
+        texts = req.inputs if isinstance(req.inputs, list) else [req.inputs]
         if not texts:
             raise TeiError("`inputs` cannot be empty. Send at least one text.", 400, "Empty")
-        if not all(isinstance(t, str) for t in texts):
-            raise InvalidFieldError(
-                "'inputs' must be a string or a list of strings.", param="inputs"
-            )
         self._check_batch(len(texts), "inputs")
-        special = _bool(body, "add_special_tokens", True)
-        prompt = _str(body, "prompt_name")
+        special = True if req.add_special_tokens is None else req.add_special_tokens
+        prompt = req.prompt_name
         self.service.tokenize(texts, prompt=prompt, param="inputs", single=len(texts) == 1)
         prefix = self.service._embedder().prefix(self.service.check_prompt(prompt))
         full = [prefix + t for t in texts]
@@ -210,8 +184,8 @@ class Tei:
 
     def decode(self, body: dict[str, Any]) -> list[str]:
         """TEI's /decode: token ids of this model's vocabulary back to text."""
-        only(body, {"ids", "skip_special_tokens"}, "POST /decode")
-        value = body.get("ids")
+        req = wire.parse(wire.TeiDecodeRequest, body)
+        value: Any = req.ids
         rows: list[list[int]]
         if _is_ids(value):
             rows = [list(value or ())]
@@ -235,7 +209,7 @@ class Tei:
                     "Send ids from POST /tokenize.",
                     param="ids",
                 )
-        skip = _bool(body, "skip_special_tokens", True)
+        skip = True if req.skip_special_tokens is None else req.skip_special_tokens
         return list(self._tokenizer("plain").decode_batch(rows, skip_special_tokens=skip))
 
     def _check_batch(self, n: int, param: str) -> None:
@@ -334,16 +308,6 @@ def _tokens(text: str, encoding: Encoding) -> list[dict[str, Any]]:
     return out
 
 
-def only(body: dict[str, Any], allowed: set[str] | frozenset[str], route: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidFieldError(
-            f"{route} (TEI) has no field(s) {', '.join(unknown)}. It takes: "
-            f"{', '.join(sorted(allowed))}.",
-            param=unknown[0],
-        )
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -355,38 +319,3 @@ def _is_ids(value: Any) -> bool:
 def _is_batch(value: Any) -> bool:
     """A list of inputs, not one input of token ids: [1, 2] is one input, [[1, 2], "a"] two."""
     return isinstance(value, list) and not _is_ids(value)
-
-
-def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    raise InvalidFieldError(f"'{key}' must be true or false.", param=key)
-
-
-def _int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None or _is_int(value):
-        return value
-    raise InvalidFieldError(f"'{key}' must be an integer.", param=key)
-
-
-def _str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise InvalidFieldError(f"'{key}' must be a string.", param=key)
-
-
-def _direction(body: dict[str, Any]) -> str:
-    value = body.get("truncation_direction")
-    if value is None:
-        return "right"
-    if isinstance(value, str) and value.lower() in ("left", "right"):
-        return value.lower()
-    raise InvalidFieldError(
-        f"'truncation_direction' must be 'Right' or 'Left', got {value!r}.",
-        param="truncation_direction",
-    )
