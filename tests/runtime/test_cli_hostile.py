@@ -81,6 +81,9 @@ def _blocked_embed(bundle: Path, target: Path) -> subprocess.Popen[bytes]:
         [*runtime(bundle), "embed", "-o", str(target)],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # SIGINT as an interactive shell leaves it: an ignored SIGINT (SIG_IGN) is inherited
+        # through exec, and some test earlier in a full run leaves this process ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdin is not None
     proc.stdin.write(b"hello\n")
