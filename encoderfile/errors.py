@@ -94,3 +94,8 @@ class OverloadedError(RequestError):
 class ClientGoneError(RequestError):
     """The client disconnected before its answer was ready; its inputs left the queue (HTTP 499,
     nginx's code: the client never sees it, the access log and metrics do)."""
+
+
+class WrongKindError(RequestError):
+    """The route serves another kind of model than this artifact's (an embedding route on a
+    reranker, /rerank on an embedder): HTTP 400, gRPC FAILED_PRECONDITION."""

@@ -111,7 +111,18 @@ class Rotate(_Strict):
     fit: FitTexts
 
 
-Step = Annotated[Pooling | LayerNorm | Rotate | Truncate | Normalize, Field(discriminator="op")]
+class Splade(_Strict):
+    """kind: sparse — SPLADE pooling of a masked LM's logits (the maths: splice/splade.py)."""
+
+    op: Literal["splade"]
+    pooling: Literal["max", "sum"] = Field(
+        "max", description="over the attended tokens: max (SPLADE v2 and later) or sum (SPLADE v1)"
+    )
+
+
+Step = Annotated[
+    Pooling | LayerNorm | Rotate | Truncate | Normalize | Splade, Field(discriminator="op")
+]
 
 
 class TokenizerSpec(_Strict):
@@ -162,6 +173,8 @@ def _default_image_steps() -> list[Step]:
 
 def _check_steps(steps: list[Step]) -> None:
     ops = [s.op for s in steps]
+    if "splade" in ops:
+        raise ValueError("the splade step belongs to kind: sparse. Set kind: sparse or remove it")
     if ops[0] != "pooling" or ops.count("pooling") != 1:
         raise ValueError("steps must start with exactly one pooling step")
     for op in ("layer_norm", "rotate", "truncate", "normalize"):
@@ -219,6 +232,25 @@ class Int8(_Strict):
     )
 
 
+Kind = Literal["embedder", "reranker", "sparse"]
+NOT_BUILT_YET: tuple[str, ...] = ()  # kinds whose build is not implemented yet
+
+
+class Score(_Strict):
+    """kind: reranker — how a sequence-classification graph's logits [batch, labels] become the
+    one `score` per (query, document) pair."""
+
+    activation: Literal["sigmoid", "identity", "softmax"] | None = Field(
+        None,
+        description="sigmoid, identity or softmax over labels; default: the model config's "
+        "sentence_transformers.activation_fn (config.json among the files), else sigmoid for one "
+        "label and identity for several, as sentence-transformers' CrossEncoder",
+    )
+    label: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="the positive label's index (required with several labels)"
+    )
+
+
 Precision = Literal["fp32", "fp16", "int8"]
 REFUSED_PRECISIONS = {
     "int8-dynamic": "dynamic int8 quantization computes one activation scale per batch (padding "
@@ -237,6 +269,11 @@ class Recipe(_Strict):
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
     version: Annotated[str, Field(min_length=1, max_length=50)]
+    kind: Kind = Field(
+        "embedder",
+        description="embedder (vectors), reranker (a cross-encoder's score per query-document "
+        "pair) or sparse",
+    )
     model: ModelSpec | None = Field(
         None, description="the text model; may be left out when `image` is set (image only)"
     )
@@ -270,16 +307,29 @@ class Recipe(_Strict):
     )
     int8: Int8 | None = Field(None, description="options of precision: int8")
     gate: Gate = Gate()
+    score: Score | None = Field(None, description="kind: reranker only: the score's activation")
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsafe_precision(cls, data: object) -> object:
         if isinstance(data, dict) and str(data.get("precision")) in REFUSED_PRECISIONS:
             raise ValueError(REFUSED_PRECISIONS[data["precision"]])
+        if isinstance(data, dict) and data.get("kind") == "reranker":
+            data = {"dimension": 1, **data}  # one score per pair
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
+        if self.kind in NOT_BUILT_YET:
+            raise ValueError(
+                f"kind: {self.kind} is not built by this version yet. Use kind: embedder or reranker"
+            )
+        if self.score is not None and self.kind != "reranker":
+            raise ValueError("'score' belongs to kind: reranker. Remove it or set kind: reranker")
+        if self.kind == "reranker":
+            return self._reranker()
+        if self.kind == "sparse":
+            return self._sparse()
         if self.model is None:
             if self.image is None:
                 raise ValueError("set 'model' (text), 'image', or both")
@@ -305,6 +355,45 @@ class Recipe(_Strict):
             raise ValueError(f"default_prompt {self.default_prompt!r} is not a key of prompts")
         if self.int8 is not None and self.precision != "int8":
             raise ValueError("the int8 section only applies to precision: int8")
+        return self
+
+    def _reranker(self) -> Recipe:
+        """A cross-encoder: a text model, its score and nothing an embedder adds."""
+        if self.model is None:
+            raise ValueError("kind: reranker needs 'model' (a sequence-classification graph)")
+        extra = [
+            k for k in ("steps", "prompts", "image", "dimensions", "aliases") if getattr(self, k)
+        ]
+        if extra:
+            raise ValueError(
+                f"{', '.join(extra)} belong to an embedder, not kind: reranker. Remove them (the "
+                "score's activation is set under 'score')"
+            )
+        if self.dimension != 1:
+            raise ValueError("a reranker gives one score per pair: leave 'dimension' out")
+        if self.precision != "fp32":
+            raise ValueError(
+                "kind: reranker is built in fp32 only by this version. Set precision: fp32"
+            )
+        if self.score and self.score.activation == "softmax" and self.score.label is None:
+            raise ValueError("softmax needs the positive label: set score.label")
+        return self
+
+    def _sparse(self) -> Recipe:
+        """SPLADE: a masked LM whose logits one splade step pools to the vocabulary's width."""
+        if self.model is None:
+            raise ValueError("kind: sparse needs 'model' (a masked-LM graph with logits)")
+        if [s.op for s in self.steps] != ["splade"]:
+            raise ValueError(
+                "kind: sparse takes exactly one step, '- op: splade' (pooling: max or sum). "
+                "Set steps to that"
+            )
+        extra = [k for k in ("image", "dimensions", "restrict_dimensions") if getattr(self, k)]
+        if extra:
+            raise ValueError(
+                f"{', '.join(extra)} belong to an embedder, not kind: sparse. Remove them (a "
+                "sparse vector has the vocabulary's width)"
+            )
         return self
 
     @property

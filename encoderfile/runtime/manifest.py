@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, cast
 
 from encoderfile.errors import ArtifactError, InvalidFieldError
 
@@ -23,10 +23,14 @@ SBOM_FILE = "sbom.json"  # written by freeze (what PyInstaller collected), not i
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
 TEXT_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)  # token_type_ids is optional
 TEXT_OUTPUT = "sentence_embedding"  # float32 [batch, dimension]
+SCORE_OUTPUT = "score"  # kind reranker: float32 [batch], the activation applied
+LOGIT_OUTPUT = "logit"  # kind reranker: float32 [batch], the positive label's raw logit
 IMAGE_INPUT = "pixel_values"  # uint8 [batch, size, size, 3]
 IMAGE_OUTPUT = "image_embedding"  # float32 [batch, dimension]
 IMAGE_RESIZE = "shortest side, bicubic (PIL), then centre crop"
 NO_PROMPT = ("none", "")  # prompt names that ask for no prefix, even over a default_prompt
+KINDS = ("embedder", "reranker", "sparse")  # what a bundle's model gives; see serve/routes.py
+Kind = Literal["embedder", "reranker", "sparse"]
 MIN_DIMENSION = 1  # the narrowest width a request may ask for (as nomic-serve, TEI and OpenAI)
 
 
@@ -135,27 +139,30 @@ class TokenizerSettings:
 class Golden:
     """Vectors the build computed for fixed inputs; `verify` recomputes them.
 
-    `inputs` are texts (embedded raw: no prompt, full width, one padded batch) or, for the image
-    model, names of runtime.image.sample_images pictures. JSON key: "texts" or "images".
+    `inputs` are texts (embedded raw: no prompt, full width, one padded batch), for a reranker
+    (query, document) pairs whose rows are [score, logit], or, for the image model, names of
+    runtime.image.sample_images pictures. JSON key: "texts", "pairs" or "images".
     """
 
     tolerance: float
-    inputs: tuple[str, ...]
+    inputs: tuple[Any, ...]  # str, or (query, document) for "pairs"
     vectors: tuple[tuple[float, ...], ...]
-    kind: str = "texts"  # "texts" | "images"
+    kind: str = "texts"  # "texts" | "pairs" | "images"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tolerance": self.tolerance,
-            self.kind: list(self.inputs),
+            self.kind: [list(i) if isinstance(i, tuple) else i for i in self.inputs],
             "vectors": [list(row) for row in self.vectors],
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], kind: str = "texts") -> Golden:
+        if kind == "texts" and "pairs" in raw:
+            kind = "pairs"
         return cls(
             tolerance=float(raw["tolerance"]),
-            inputs=tuple(str(t) for t in raw[kind]),
+            inputs=tuple((str(t[0]), str(t[1])) if kind == "pairs" else str(t) for t in raw[kind]),
             vectors=tuple(tuple(float(v) for v in row) for row in raw["vectors"]),
             kind=kind,
         )
@@ -208,6 +215,22 @@ class Precision:
             changes=raw.get("changes"),
             gate=GateFigures.from_dict(gate) if gate else None,
         )
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """kind reranker: the activation the graph applies to the positive label's logit."""
+
+    activation: str  # sigmoid | identity | softmax (over `labels`)
+    label: int  # the positive label's index among the graph's logits
+    labels: int  # how many logits the base graph gives
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ScoreSettings:
+        return cls(str(raw["activation"]), int(raw["label"]), int(raw["labels"]))
 
 
 @dataclass(frozen=True)
@@ -268,12 +291,17 @@ class Manifest:
     restrict_dimensions: bool = False  # True: requests may ask only for `dimensions`
     pinned: bool = True  # False: some source file had no sha256 pin in the recipe
     aliases: tuple[str, ...] = ()  # other names the OpenAI routes accept as `model`
+    kind: Kind = "embedder"  # embedder | reranker | sparse: which routes serve it
+    score: ScoreSettings | None = None  # kind reranker
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         out = _plain(self)
-        if self.image is None:
-            del out["image"]
+        for key in ("image", "score"):
+            if out[key] is None:
+                del out[key]
+        if self.kind == "embedder":  # embedders' manifests stay as they were before kinds
+            del out["kind"]
         if not self.aliases:  # manifests of recipes without aliases stay as they were
             del out["aliases"]
         return out
@@ -315,11 +343,18 @@ class Manifest:
                 restrict_dimensions=bool(raw.get("restrict_dimensions", False)),
                 pinned=bool(raw.get("pinned", True)),
                 aliases=tuple(str(a) for a in raw.get("aliases") or ()),
+                kind=cast(Kind, str(raw.get("kind", "embedder"))),
+                score=ScoreSettings.from_dict(raw["score"]) if raw.get("score") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(
                 f"{source} is malformed ({type(e).__name__}: {e}). Rebuild the bundle."
             ) from None
+        if manifest.kind not in KINDS:
+            raise ArtifactError(
+                f"{source} has kind {manifest.kind!r}; this runtime serves {', '.join(KINDS)}. "
+                "Run it with a newer encoderfile, or rebuild the bundle."
+            )
         if manifest.default_prompt is not None and manifest.default_prompt not in manifest.prompts:
             raise ArtifactError(
                 f"{source}: default_prompt {manifest.default_prompt!r} is not among the prompts "

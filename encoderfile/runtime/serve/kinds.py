@@ -17,6 +17,7 @@ from encoderfile.errors import (
     PayloadTooLargeError,
     RequestError,
     UnauthorizedError,
+    WrongKindError,
 )
 
 
@@ -29,6 +30,7 @@ class Kind:
 
 
 KINDS: dict[type[BaseException], Kind] = {
+    WrongKindError: Kind("invalid_request_error", 400, "FAILED_PRECONDITION", (400, "Validation")),
     MalformedRequestError: Kind("invalid_request_error", 400, "INVALID_ARGUMENT", (422, "Validation")),
     UnauthorizedError: Kind("authentication_error", 401, "UNAUTHENTICATED", (401, "Validation")),
     NotFoundError: Kind("not_found_error", 404, "NOT_FOUND", (424, "Backend")),
