@@ -153,10 +153,10 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
     async def _embed_one(
         self, request: embed_pb2.EmbedRequest, stats: dict[str, int]
     ) -> embed_pb2.EmbedResponse:
-        """Embed: through Service.embed, which runs a lone request inline or queues it."""
+        """Embed: through Service.embed_tokenized, which runs a lone request inline or queues it."""
         started = time.perf_counter()
         encodings, dimensions = self._checked(request)
-        result = await self.service.embed(encodings, dimensions)
+        result = await self.service.embed_tokenized(encodings, dimensions)
         return _reply(result, len(encodings), started, stats)
 
     def _submit(
@@ -169,7 +169,7 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             self.service.authorize(dict(context.invocation_metadata() or ()).get("authorization"))
             grpc_guards.check(request)
             encodings, dimensions = self._checked(request)
-            job = self.service.submit(encodings, dimensions)
+            job = self.service.enqueue(encodings, dimensions)
         except EncoderfileError as e:
             return _Submitted(started, error=e)
         return _Submitted(started, job=job, inputs=len(encodings))

@@ -539,7 +539,7 @@ class _Api:
     async def _embed(
         self, request: Request, encodings: Sequence[Encoding | TokenIds], dimensions: int | None
     ) -> Embeddings:
-        result = await self.service.embed(
+        result = await self.service.embed_tokenized(
             encodings, dimensions, until=functools.partial(_disconnect, request)
         )
         request.state.inputs = len(encodings)

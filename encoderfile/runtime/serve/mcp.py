@@ -458,7 +458,7 @@ async def _embed(
     try:
         width = service.check_dimensions(dimensions)
         encodings = service.tokenize(texts, prompt=prompt, param=param, single=single)
-        return await service.embed(encodings, width)
+        return await service.embed_tokenized(encodings, width)
     except EncoderfileError as e:
         raise ToolError(str(e)) from None
 

@@ -240,7 +240,7 @@ class Service:
                 )
         return [TokenIds(list(ids)) for ids in rows]
 
-    def submit(
+    def enqueue(
         self, encodings: Sequence[Encoding | TokenIds], dimensions: int | None = None
     ) -> Future[Embeddings]:
         """Queue checked inputs; raises OverloadedError at once when too much is in flight.
@@ -253,19 +253,10 @@ class Service:
 
     @property
     def model_idle(self) -> bool:
-        """Loaded, with no model call running and nothing queued (a hint for embed_now)."""
+        """Loaded, with no model call running and nothing queued (a hint for Batcher.embed_now)."""
         return self.batcher is not None and self.batcher.idle
 
-    def embed_now(
-        self, encodings: Sequence[Encoding | TokenIds], dimensions: int | None = None
-    ) -> Embeddings | None:
-        """Checked inputs embedded on this thread if the model is idle and the call is short
-        (Batcher.embed_now), else None: submit them."""
-        if self.batcher is None:
-            return None
-        return self.batcher.embed_now(encodings, dimensions=dimensions)  # type: ignore[arg-type]
-
-    async def embed(
+    async def embed_tokenized(
         self,
         encodings: Sequence[Encoding | TokenIds],
         dimensions: int | None = None,
@@ -285,7 +276,7 @@ class Service:
                     result = batcher.embed_now(encodings, dimensions=dimensions)  # type: ignore[arg-type]
                     if result is not None:
                         return result
-            job = self.submit(encodings, dimensions)
+            job = self.enqueue(encodings, dimensions)
             if until is None:
                 return await asyncio.wrap_future(job)
             return await _unless(job, until)
