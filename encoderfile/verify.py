@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from encoderfile.errors import VerifyError
 from encoderfile.recipe import Recipe, Step
 from encoderfile.runtime.manifest import ATTENTION_MASK, Golden, text_columns
+from encoderfile.splice import splade
 
 BUILD_TOLERANCE = 1e-5  # spliced graph vs numpy reference, same machine
 GOLDEN_TOLERANCE = 1e-4  # artifact self-check on another machine (other CPU kernels)
@@ -35,8 +36,11 @@ class Batch:
     mask: np.ndarray
 
 
-def encode(tokenizer: Tokenizer, texts: list[str], inputs: list[str]) -> Batch:
-    columns = [text_columns(e) for e in tokenizer.encode_batch(texts)]
+def encode(
+    tokenizer: Tokenizer, texts: Sequence[str] | Sequence[tuple[str, str]], inputs: list[str]
+) -> Batch:
+    """Texts, or (query, document) pairs with the tokenizer's pair template, in one padded batch."""
+    columns = [text_columns(e) for e in tokenizer.encode_batch(list(texts))]
     feeds = {name: np.array([c[name] for c in columns], dtype=np.int64) for name in inputs}
     mask = np.array([c[ATTENTION_MASK] for c in columns], dtype=np.int64)
     return Batch(feeds, mask)
@@ -82,6 +86,8 @@ def reference_steps(
             f"the token-state output has shape {list(states.shape)}, not [batch, sequence, hidden]. "
             "Set model.output in the recipe to the token states."
         )
+    if [s.op for s in steps] == ["splade"]:  # kind: sparse; float64 row by row (V is large)
+        return splade.reference(states, mask, steps[0].pooling)  # type: ignore[union-attr]
     x = states.astype(np.float64)
     m = mask.astype(np.float64)
     for step in steps:
@@ -106,7 +112,10 @@ def reference_steps(
 
 
 def check(
-    spliced: np.ndarray, expected: np.ndarray, inputs: Sequence[str], kind: str = "texts"
+    spliced: np.ndarray,
+    expected: np.ndarray,
+    inputs: Sequence[str] | Sequence[tuple[str, str]],
+    kind: str = "texts",
 ) -> Golden:
     """Fail the build unless the spliced graph equals the reference within BUILD_TOLERANCE;
     its vectors become the golden ones `verify` recomputes on the user's machine."""

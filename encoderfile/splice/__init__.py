@@ -11,7 +11,7 @@ import onnx
 from encoderfile.errors import SpliceError
 from encoderfile.recipe import Recipe, Step
 from encoderfile.runtime.manifest import ATTENTION_MASK
-from encoderfile.splice import contract, layer_norm, normalize, pooling, rotate, truncate
+from encoderfile.splice import contract, layer_norm, normalize, pooling, rotate, splade, truncate
 from encoderfile.splice.editor import MIN_OPSET, GraphEditor
 
 
@@ -120,4 +120,6 @@ def add_steps(
                 x = truncate.add(g, x, dimension)
             case "normalize":
                 x = normalize.add(g, x)
+            case "splade":
+                x = splade.add(g, x, mask, step.pooling)
     return x
