@@ -25,6 +25,7 @@ from encoderfile.runtime import cpu
 from encoderfile.runtime.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
+    SCORE_OUTPUT,
     TEXT_OUTPUT,
     TOKENIZER_FILE,
     VISION_FILE,
@@ -33,6 +34,7 @@ from encoderfile.runtime.manifest import (
     ImageSection,
     Manifest,
     Precision,
+    ScoreSettings,
     TokenizerSettings,
 )
 from encoderfile.runtime.records import process_alive
@@ -81,9 +83,11 @@ def write(
     precision: Precision | None = None,
     pinned: bool = True,
     rotation: dict[str, Any] | None = None,
+    score: ScoreSettings | None = None,
 ) -> Path:
     """Write the bundle into `out`, replacing it only once every file is complete;
-    `rotation` (what the rotate step was fitted on) joins that step's manifest entry."""
+    `rotation` (what the rotate step was fitted on) joins that step's manifest entry; `score`
+    is a reranker's activation (its graph outputs score and logit)."""
     files = {
         MODEL_FILE: _serialize(spliced.model),
         TOKENIZER_FILE: (tokenizer.to_str(pretty=True) + "\n").encode(),
@@ -96,12 +100,12 @@ def write(
         dimension=recipe.dimension,
         dimensions=tuple(recipe.allowed_dimensions),
         restrict_dimensions=recipe.restrict_dimensions,
-        normalized=recipe.steps[-1].op == "normalize",
+        normalized=bool(recipe.steps) and recipe.steps[-1].op == "normalize",
         files=_hashes(files),
         model=resolved.model_source,
         graph=GraphInfo(
             inputs=tuple(spliced.inputs),
-            output=TEXT_OUTPUT,
+            output=SCORE_OUTPUT if score else TEXT_OUTPUT,
             token_states=spliced.token_states,
             hidden_size=spliced.hidden_size,
             added_nodes=tuple(spliced.added_nodes),
@@ -118,6 +122,8 @@ def write(
         image=_image_section(image, recipe),
         pinned=pinned,
         aliases=tuple(recipe.aliases),
+        kind=recipe.kind,
+        score=score,
     )
     return _write_files(out, files, manifest)
 

@@ -13,6 +13,7 @@ from encoderfile import (
     progress,
     quantize,
     recipe,
+    rerank,
     resolve,
     rotation,
     splice,
@@ -56,6 +57,10 @@ def compile_bundle(
     where = spec.model.graph
     model = load_graph(resolved.graph, where)
     tokenizer = bundle.prepare_tokenizer(resolved.tokenizer, spec.tokenizer)
+    if spec.kind == "reranker":
+        out = rerank.compile_reranker(spec, resolved, model, tokenizer, out_dir, stages, unpinned)
+        _warn_unpinned(stages, spec, unpinned)
+        return out
 
     states_name = splice.contract.token_states(model, spec.model.output, where)
     inputs = splice.contract.check_inputs(model, where)

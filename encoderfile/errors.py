@@ -98,4 +98,5 @@ class ClientGoneError(RequestError):
 
 class WrongKindError(RequestError):
     """The route serves another kind of model than this artifact's (an embedding route on a
-    reranker, /rerank on an embedder): HTTP 400, gRPC FAILED_PRECONDITION."""
+    reranker, /rerank on an embedder): HTTP 400 (TEI's routes: 424, as TEI), gRPC
+    FAILED_PRECONDITION."""

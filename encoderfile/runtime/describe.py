@@ -22,6 +22,8 @@ def describe(manifest: Manifest) -> dict[str, Any]:
     return {
         "name": manifest.name,
         "version": manifest.version,
+        "kind": manifest.kind,
+        "score": manifest.score.to_dict() if manifest.score else None,
         "format_version": manifest.format_version,
         "model": _source(model),
         "model_id": _model_id(manifest),
@@ -68,6 +70,7 @@ def rows(description: dict[str, Any]) -> list[tuple[str, str]]:
     normalized = "yes" if d["normalized"] else "no"
     return [
         ("name", f"{d['name']} {d['version']}"),
+        ("kind", _kind_line(d)),
         ("model", _label(d["model"]) if d["model"] else "none (image model only)"),
         (
             "dimension",
@@ -88,6 +91,16 @@ def rows(description: dict[str, Any]) -> list[tuple[str, str]]:
         ("pinned", "yes" if d["pinned"] else "NO: some source files had no sha256 pin"),
         ("image", _image_line(d["image"])),
     ]
+
+
+def _kind_line(d: dict[str, Any]) -> str:
+    score = d.get("score")
+    if not score:
+        return str(d["kind"])
+    return (
+        f"{d['kind']} (score: {score['activation']} of label {score['label']} of "
+        f"{score['labels']}; raw_scores: that label's logit)"
+    )
 
 
 def _widths(d: dict[str, Any]) -> str:

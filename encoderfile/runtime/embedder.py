@@ -46,6 +46,8 @@ class Embedder:
     """One ORT session and tokenizer over a verified bundle. embed_encodings keeps no state, so
     several threads may call it at once (the serve batcher's workers share one Embedder)."""
 
+    OUTPUTS: tuple[str, ...] = (TEXT_OUTPUT,)  # the graph outputs _run reads, side by side
+
     def __init__(
         self,
         bundle: Bundle,
@@ -65,10 +67,11 @@ class Embedder:
         self._session = session
         self._inputs = [i.name for i in self._session.get_inputs()]
         unknown = set(self._inputs) - set(TEXT_INPUTS)
-        if unknown or TEXT_OUTPUT not in {o.name for o in self._session.get_outputs()}:
+        if unknown or not set(self.OUTPUTS) <= {o.name for o in self._session.get_outputs()}:
             raise ArtifactError(
                 f"{bundle.source}: model.onnx must take input_ids/attention_mask[/token_type_ids] "
-                f"and output {TEXT_OUTPUT!r} (inputs: {', '.join(self._inputs)}). Rebuild the bundle."
+                f"and output {' and '.join(map(repr, self.OUTPUTS))} (inputs: "
+                f"{', '.join(self._inputs)}). Rebuild the bundle."
             )
         self._tokenizer = Tokenizer.from_str(bundle.tokenizer)
         padding = self._tokenizer.padding or {}
@@ -139,10 +142,14 @@ class Embedder:
         return self._run(self._tokenizer.encode_batch(list(texts)))
 
     def _run(self, encodings: Sequence[Encoding]) -> np.ndarray:
-        out = np.empty((len(encodings), self.manifest.dimension), dtype=np.float32)
+        """[n, dimension] for one output; [n, outputs] for several outputs of shape [batch]."""
+        width = self.manifest.dimension if len(self.OUTPUTS) == 1 else len(self.OUTPUTS)
+        out = np.empty((len(encodings), width), dtype=np.float32)
         for rows in _batches([len(e.ids) for e in encodings]):
-            (result,) = self._session.run([TEXT_OUTPUT], self._feed([encodings[i] for i in rows]))
-            out[rows] = result
+            results = self._session.run(
+                list(self.OUTPUTS), self._feed([encodings[i] for i in rows])
+            )
+            out[rows] = results[0] if len(results) == 1 else np.stack(results, axis=1)
         if not np.isfinite(out).all():
             raise ArtifactError("model.onnx produced NaN or infinite values. Rebuild the bundle.")
         return out

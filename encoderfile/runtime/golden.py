@@ -34,14 +34,14 @@ class GoldenResult:
 
 def check(bundle: Bundle, threads: int | None = None) -> list[GoldenResult]:
     """One result per model in the bundle (text first, then image)."""
-    from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.reranker import model_class
     from encoderfile.runtime.vision import ImageEmbedder
 
     manifest, results = bundle.manifest, []
     if manifest.has_text:
         if manifest.golden is None or not manifest.golden.inputs:
             raise ArtifactError("manifest.json has no golden vectors. Rebuild the bundle.")
-        got = Embedder(bundle, threads).embed_raw(list(manifest.golden.inputs))
+        got = model_class(manifest)(bundle, threads).embed_raw(list(manifest.golden.inputs))
         results.append(_compare(manifest.golden, got))
     if manifest.image is not None and bundle.vision is not None:
         embedder = ImageEmbedder(bundle, threads)
@@ -61,6 +61,7 @@ def _compare(golden: Golden, got: np.ndarray) -> GoldenResult:
     per_input = np.abs(got - expected).max(1) if expected.size else np.zeros(1)
     worst = int(per_input.argmax())
     shown = golden.inputs[worst] if golden.inputs else ""
+    shown = " / ".join(shown) if isinstance(shown, tuple) else shown  # a (query, document) pair
     shown = shown if len(shown) <= 60 else shown[:59] + "…"
     return GoldenResult(
         golden.kind, len(expected), float(per_input[worst]), golden.tolerance, shown

@@ -59,17 +59,42 @@ def hidden_size(model: onnx.ModelProto, states: str) -> int | None:
 
 def finish(model: onnx.ModelProto, x: str, dimension: int, output: str = OUTPUT) -> list[str]:
     """Make `x` the only output, named `output`; drop what no longer feeds it."""
+    return finish_outputs(model, {output: (x, ["batch", dimension])})
+
+
+def finish_outputs(
+    model: onnx.ModelProto, outputs: dict[str, tuple[str, list[str | int]]]
+) -> list[str]:
+    """Make each tensor an output, {name: (tensor, float32 shape)}, in this order and no others;
+    drop what no longer feeds them. Returns the graph's inputs."""
     graph = model.graph
-    graph.node.append(helper.make_node("Identity", [x], [output], name=f"{output}/Identity"))
     del graph.output[:]
-    graph.output.append(
-        helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", dimension])
-    )
-    _prune(graph, output)
+    for name, (x, shape) in outputs.items():
+        graph.node.append(helper.make_node("Identity", [x], [name], name=f"{name}/Identity"))
+        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    _prune(graph)
     return [i.name for i in graph.input]
 
 
-def _prune(graph: onnx.GraphProto, output: str) -> None:
+LOGITS_NAME = "logits"
+
+
+def logits(model: onnx.ModelProto, wanted: str | None, where: str) -> str:
+    """A sequence-classification graph's [batch, labels] output: named, 'logits', or the only one."""
+    outputs = [o.name for o in model.graph.output]
+    if wanted is not None or LOGITS_NAME in outputs:
+        return token_states(model, wanted or LOGITS_NAME, where)
+    if len(outputs) == 1 and _rank(model.graph.output[0]) in (2, None):
+        return outputs[0]
+    listed = ", ".join(f"{o.name} {_shape(o)}" for o in model.graph.output)
+    raise SpliceError(
+        f"{where}: cannot tell which output holds the classification logits (outputs: {listed}). "
+        "Set model.output in the recipe to the [batch, labels] one (export the model for "
+        "sequence classification)."
+    )
+
+
+def _prune(graph: onnx.GraphProto) -> None:
     needed = {o.name for o in graph.output}
     keep = []
     for node in reversed(graph.node):
@@ -82,7 +107,7 @@ def _prune(graph: onnx.GraphProto, output: str) -> None:
     del graph.node[:]
     graph.node.extend(reversed(keep))
     for field in (graph.initializer, graph.input, graph.value_info):
-        kept = [v for v in field if v.name in needed or v.name == output]
+        kept = [v for v in field if v.name in needed]
         del field[:]
         field.extend(kept)
 

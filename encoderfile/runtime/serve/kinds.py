@@ -30,7 +30,7 @@ class Kind:
 
 
 KINDS: dict[type[BaseException], Kind] = {
-    WrongKindError: Kind("invalid_request_error", 400, "FAILED_PRECONDITION", (400, "Validation")),
+    WrongKindError: Kind("invalid_request_error", 400, "FAILED_PRECONDITION", (424, "Backend")),
     MalformedRequestError: Kind("invalid_request_error", 400, "INVALID_ARGUMENT", (422, "Validation")),
     UnauthorizedError: Kind("authentication_error", 401, "UNAUTHENTICATED", (401, "Validation")),
     NotFoundError: Kind("not_found_error", 404, "NOT_FOUND", (424, "Backend")),

@@ -30,8 +30,9 @@ def require(manifest: Manifest, task: str) -> None:
     """Raise WrongKindError unless this artifact's kind serves `task`."""
     if serves(manifest, task):
         return
+    article = "an" if manifest.kind[0] in "aeiou" else "a"
     raise WrongKindError(
-        f"{manifest.name} is a {manifest.kind} artifact, and this route serves {TASKS[task]} "
+        f"{manifest.name} is {article} {manifest.kind} artifact; this route serves {TASKS[task]} "
         f"artifacts. Use {ROUTES[manifest.kind]}.",
         code="wrong_kind",
     )
