@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65ncoderfile/proto/embed.proto\x12\x0e\x65ncoderfile.v1\"\x8a\x01\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x17\n\ndimensions\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06prompt\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x02\x88\x01\x01\x42\r\n\x0b_dimensionsB\t\n\x07_promptB\x0b\n\t_truncate\">\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06tokens\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"y\n\rEmbedResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.encoderfile.v1.Embedding\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x0f\n\x07time_ms\x18\x04 \x01(\x01\"\r\n\x0bInfoRequest\"]\n\x06Limits\x12\x16\n\x0emax_body_bytes\x18\x01 \x01(\x04\x12\x12\n\nmax_inputs\x18\x02 \x01(\r\x12\x11\n\tmax_chars\x18\x03 \x01(\r\x12\x14\n\x0cmax_inflight\x18\x04 \x01(\r\"\xb4\x03\n\x0cInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x16\n\x0emodel_revision\x18\x04 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x05 \x01(\t\x12\x11\n\tdimension\x18\x06 \x01(\r\x12\x12\n\ndimensions\x18\x07 \x03(\r\x12\x12\n\nnormalized\x18\x08 \x01(\x08\x12:\n\x07prompts\x18\t \x03(\x0b\x32).encoderfile.v1.InfoResponse.PromptsEntry\x12\x16\n\x0e\x64\x65\x66\x61ult_prompt\x18\n \x01(\t\x12\x12\n\nmax_length\x18\x0b \x01(\r\x12&\n\x06limits\x18\x0c \x01(\x0b\x32\x16.encoderfile.v1.Limits\x12\x1b\n\x13\x65ncoderfile_version\x18\r \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x0e \x01(\t\x12\x14\n\x0cvision_model\x18\x0f \x01(\x08\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x17\n\ndimensions\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_dimensions\"V\n\x11ImageStatsRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x1d\n\x10\x61veraging_method\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x13\n\x11_averaging_method\"1\n\x05\x43olor\x12\x0b\n\x03rgb\x18\x01 \x03(\x01\x12\x0b\n\x03hex\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\"\x91\x01\n\x12ImageStatsResponse\x12\x11\n\texif_json\x18\x01 \x01(\t\x12(\n\tavg_color\x18\x02 \x01(\x0b\x32\x15.encoderfile.v1.Color\x12-\n\x0e\x64ominant_color\x18\x03 \x01(\x0b\x32\x15.encoderfile.v1.Color\x12\x0f\n\x07time_ms\x18\x04 \x01(\x01\x32\x8a\x03\n\x08\x45mbedder\x12\x44\n\x05\x45mbed\x12\x1c.encoderfile.v1.EmbedRequest\x1a\x1d.encoderfile.v1.EmbedResponse\x12N\n\x0b\x45mbedStream\x12\x1c.encoderfile.v1.EmbedRequest\x1a\x1d.encoderfile.v1.EmbedResponse(\x01\x30\x01\x12\x41\n\x04Info\x12\x1b.encoderfile.v1.InfoRequest\x1a\x1c.encoderfile.v1.InfoResponse\x12P\n\x0b\x45mbedImages\x12\".encoderfile.v1.EmbedImagesRequest\x1a\x1d.encoderfile.v1.EmbedResponse\x12S\n\nImageStats\x12!.encoderfile.v1.ImageStatsRequest\x1a\".encoderfile.v1.ImageStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65ncoderfile/proto/embed.proto\x12\x0e\x65ncoderfile.v1\"\xc5\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\x17\n\nraw_scores\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x12\n\x05top_n\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0binput_order\x18\x06 \x01(\x08H\x03\x88\x01\x01\x42\r\n\x0b_raw_scoresB\x0b\n\t_truncateB\x08\n\x06_top_nB\x0e\n\x0c_input_order\".\n\x0eRankedDocument\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\"h\n\x0eRerankResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.encoderfile.v1.RankedDocument\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\x12\x0f\n\x07time_ms\x18\x03 \x01(\x01\"\x8a\x01\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x17\n\ndimensions\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x06prompt\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x02\x88\x01\x01\x42\r\n\x0b_dimensionsB\t\n\x07_promptB\x0b\n\t_truncate\">\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06tokens\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"y\n\rEmbedResponse\x12-\n\nembeddings\x18\x01 \x03(\x0b\x32\x19.encoderfile.v1.Embedding\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\x12\x0f\n\x07time_ms\x18\x04 \x01(\x01\"\r\n\x0bInfoRequest\"]\n\x06Limits\x12\x16\n\x0emax_body_bytes\x18\x01 \x01(\x04\x12\x12\n\nmax_inputs\x18\x02 \x01(\r\x12\x11\n\tmax_chars\x18\x03 \x01(\r\x12\x14\n\x0cmax_inflight\x18\x04 \x01(\r\"\xc2\x03\n\x0cInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x16\n\x0emodel_revision\x18\x04 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x05 \x01(\t\x12\x11\n\tdimension\x18\x06 \x01(\r\x12\x12\n\ndimensions\x18\x07 \x03(\r\x12\x12\n\nnormalized\x18\x08 \x01(\x08\x12:\n\x07prompts\x18\t \x03(\x0b\x32).encoderfile.v1.InfoResponse.PromptsEntry\x12\x16\n\x0e\x64\x65\x66\x61ult_prompt\x18\n \x01(\t\x12\x12\n\nmax_length\x18\x0b \x01(\r\x12&\n\x06limits\x18\x0c \x01(\x0b\x32\x16.encoderfile.v1.Limits\x12\x1b\n\x13\x65ncoderfile_version\x18\r \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x0e \x01(\t\x12\x14\n\x0cvision_model\x18\x0f \x01(\x08\x12\x0c\n\x04kind\x18\x10 \x01(\t\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x17\n\ndimensions\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_dimensions\"V\n\x11ImageStatsRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x1d\n\x10\x61veraging_method\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x13\n\x11_averaging_method\"1\n\x05\x43olor\x12\x0b\n\x03rgb\x18\x01 \x03(\x01\x12\x0b\n\x03hex\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\"\x91\x01\n\x12ImageStatsResponse\x12\x11\n\texif_json\x18\x01 \x01(\t\x12(\n\tavg_color\x18\x02 \x01(\x0b\x32\x15.encoderfile.v1.Color\x12-\n\x0e\x64ominant_color\x18\x03 \x01(\x0b\x32\x15.encoderfile.v1.Color\x12\x0f\n\x07time_ms\x18\x04 \x01(\x01\x32\xd3\x03\n\x08\x45mbedder\x12\x44\n\x05\x45mbed\x12\x1c.encoderfile.v1.EmbedRequest\x1a\x1d.encoderfile.v1.EmbedResponse\x12N\n\x0b\x45mbedStream\x12\x1c.encoderfile.v1.EmbedRequest\x1a\x1d.encoderfile.v1.EmbedResponse(\x01\x30\x01\x12\x41\n\x04Info\x12\x1b.encoderfile.v1.InfoRequest\x1a\x1c.encoderfile.v1.InfoResponse\x12P\n\x0b\x45mbedImages\x12\".encoderfile.v1.EmbedImagesRequest\x1a\x1d.encoderfile.v1.EmbedResponse\x12S\n\nImageStats\x12!.encoderfile.v1.ImageStatsRequest\x1a\".encoderfile.v1.ImageStatsResponse\x12G\n\x06Rerank\x12\x1d.encoderfile.v1.RerankRequest\x1a\x1e.encoderfile.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +33,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INFORESPONSE_PROMPTSENTRY']._loaded_options = None
   _globals['_INFORESPONSE_PROMPTSENTRY']._serialized_options = b'8\001'
-  _globals['_EMBEDREQUEST']._serialized_start=50
-  _globals['_EMBEDREQUEST']._serialized_end=188
-  _globals['_EMBEDDING']._serialized_start=190
-  _globals['_EMBEDDING']._serialized_end=252
-  _globals['_EMBEDRESPONSE']._serialized_start=254
-  _globals['_EMBEDRESPONSE']._serialized_end=375
-  _globals['_INFOREQUEST']._serialized_start=377
-  _globals['_INFOREQUEST']._serialized_end=390
-  _globals['_LIMITS']._serialized_start=392
-  _globals['_LIMITS']._serialized_end=485
-  _globals['_INFORESPONSE']._serialized_start=488
-  _globals['_INFORESPONSE']._serialized_end=924
-  _globals['_INFORESPONSE_PROMPTSENTRY']._serialized_start=878
-  _globals['_INFORESPONSE_PROMPTSENTRY']._serialized_end=924
-  _globals['_EMBEDIMAGESREQUEST']._serialized_start=926
-  _globals['_EMBEDIMAGESREQUEST']._serialized_end=1002
-  _globals['_IMAGESTATSREQUEST']._serialized_start=1004
-  _globals['_IMAGESTATSREQUEST']._serialized_end=1090
-  _globals['_COLOR']._serialized_start=1092
-  _globals['_COLOR']._serialized_end=1141
-  _globals['_IMAGESTATSRESPONSE']._serialized_start=1144
-  _globals['_IMAGESTATSRESPONSE']._serialized_end=1289
-  _globals['_EMBEDDER']._serialized_start=1292
-  _globals['_EMBEDDER']._serialized_end=1686
+  _globals['_RERANKREQUEST']._serialized_start=50
+  _globals['_RERANKREQUEST']._serialized_end=247
+  _globals['_RANKEDDOCUMENT']._serialized_start=249
+  _globals['_RANKEDDOCUMENT']._serialized_end=295
+  _globals['_RERANKRESPONSE']._serialized_start=297
+  _globals['_RERANKRESPONSE']._serialized_end=401
+  _globals['_EMBEDREQUEST']._serialized_start=404
+  _globals['_EMBEDREQUEST']._serialized_end=542
+  _globals['_EMBEDDING']._serialized_start=544
+  _globals['_EMBEDDING']._serialized_end=606
+  _globals['_EMBEDRESPONSE']._serialized_start=608
+  _globals['_EMBEDRESPONSE']._serialized_end=729
+  _globals['_INFOREQUEST']._serialized_start=731
+  _globals['_INFOREQUEST']._serialized_end=744
+  _globals['_LIMITS']._serialized_start=746
+  _globals['_LIMITS']._serialized_end=839
+  _globals['_INFORESPONSE']._serialized_start=842
+  _globals['_INFORESPONSE']._serialized_end=1292
+  _globals['_INFORESPONSE_PROMPTSENTRY']._serialized_start=1246
+  _globals['_INFORESPONSE_PROMPTSENTRY']._serialized_end=1292
+  _globals['_EMBEDIMAGESREQUEST']._serialized_start=1294
+  _globals['_EMBEDIMAGESREQUEST']._serialized_end=1370
+  _globals['_IMAGESTATSREQUEST']._serialized_start=1372
+  _globals['_IMAGESTATSREQUEST']._serialized_end=1458
+  _globals['_COLOR']._serialized_start=1460
+  _globals['_COLOR']._serialized_end=1509
+  _globals['_IMAGESTATSRESPONSE']._serialized_start=1512
+  _globals['_IMAGESTATSRESPONSE']._serialized_end=1657
+  _globals['_EMBEDDER']._serialized_start=1660
+  _globals['_EMBEDDER']._serialized_end=2127
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RerankRequest(_message.Message):
+    __slots__ = ("query", "documents", "raw_scores", "truncate", "top_n", "input_order")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    INPUT_ORDER_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    raw_scores: bool
+    truncate: bool
+    top_n: int
+    input_order: bool
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., raw_scores: _Optional[bool] = ..., truncate: _Optional[bool] = ..., top_n: _Optional[int] = ..., input_order: _Optional[bool] = ...) -> None: ...
+
+class RankedDocument(_message.Message):
+    __slots__ = ("index", "score")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    score: float
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RerankResponse(_message.Message):
+    __slots__ = ("results", "total_tokens", "time_ms")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RankedDocument]
+    total_tokens: int
+    time_ms: float
+    def __init__(self, results: _Optional[_Iterable[_Union[RankedDocument, _Mapping]]] = ..., total_tokens: _Optional[int] = ..., time_ms: _Optional[float] = ...) -> None: ...
+
 class EmbedRequest(_message.Message):
     __slots__ = ("inputs", "dimensions", "prompt", "truncate")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -57,7 +91,7 @@ class Limits(_message.Message):
     def __init__(self, max_body_bytes: _Optional[int] = ..., max_inputs: _Optional[int] = ..., max_chars: _Optional[int] = ..., max_inflight: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("name", "version", "model_id", "model_revision", "model_sha256", "dimension", "dimensions", "normalized", "prompts", "default_prompt", "max_length", "limits", "encoderfile_version", "artifact_sha256", "vision_model")
+    __slots__ = ("name", "version", "model_id", "model_revision", "model_sha256", "dimension", "dimensions", "normalized", "prompts", "default_prompt", "max_length", "limits", "encoderfile_version", "artifact_sha256", "vision_model", "kind")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +114,7 @@ class InfoResponse(_message.Message):
     ENCODERFILE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     VISION_MODEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     model_id: str
@@ -95,7 +130,8 @@ class InfoResponse(_message.Message):
     encoderfile_version: str
     artifact_sha256: str
     vision_model: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dimension: _Optional[int] = ..., dimensions: _Optional[_Iterable[int]] = ..., normalized: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt: _Optional[str] = ..., max_length: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., encoderfile_version: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., vision_model: _Optional[bool] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_id: _Optional[str] = ..., model_revision: _Optional[str] = ..., model_sha256: _Optional[str] = ..., dimension: _Optional[int] = ..., dimensions: _Optional[_Iterable[int]] = ..., normalized: _Optional[bool] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt: _Optional[str] = ..., max_length: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., encoderfile_version: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., vision_model: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class EmbedImagesRequest(_message.Message):
     __slots__ = ("images", "dimensions")

@@ -59,6 +59,11 @@ class EmbedderStub:
                 request_serializer=encoderfile_dot_proto_dot_embed__pb2.ImageStatsRequest.SerializeToString,
                 response_deserializer=encoderfile_dot_proto_dot_embed__pb2.ImageStatsResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/encoderfile.v1.Embedder/Rerank',
+                request_serializer=encoderfile_dot_proto_dot_embed__pb2.RerankRequest.SerializeToString,
+                response_deserializer=encoderfile_dot_proto_dot_embed__pb2.RerankResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -100,6 +105,15 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """Scores documents against a query with a reranker artifact's cross-encoder, best first
+        (the same batcher as Embed). FAILED_PRECONDITION on another kind (InfoResponse.kind); Embed
+        on a reranker is FAILED_PRECONDITION too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +141,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.ImageStats,
                     request_deserializer=encoderfile_dot_proto_dot_embed__pb2.ImageStatsRequest.FromString,
                     response_serializer=encoderfile_dot_proto_dot_embed__pb2.ImageStatsResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=encoderfile_dot_proto_dot_embed__pb2.RerankRequest.FromString,
+                    response_serializer=encoderfile_dot_proto_dot_embed__pb2.RerankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +283,33 @@ class Embedder:
             '/encoderfile.v1.Embedder/ImageStats',
             encoderfile_dot_proto_dot_embed__pb2.ImageStatsRequest.SerializeToString,
             encoderfile_dot_proto_dot_embed__pb2.ImageStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/encoderfile.v1.Embedder/Rerank',
+            encoderfile_dot_proto_dot_embed__pb2.RerankRequest.SerializeToString,
+            encoderfile_dot_proto_dot_embed__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,
