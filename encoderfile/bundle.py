@@ -99,7 +99,7 @@ def write(
         version=recipe.version,
         dimension=recipe.dimension,
         dimensions=tuple(recipe.allowed_dimensions),
-        restrict_dimensions=recipe.restrict_dimensions,
+        restrict_dimensions=recipe.restrict_dimensions or recipe.kind == "sparse",
         normalized=bool(recipe.steps) and recipe.steps[-1].op == "normalize",
         files=_hashes(files),
         model=resolved.model_source,

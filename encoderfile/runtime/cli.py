@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.manifest import Manifest
 
 EXIT_USER = 2
 COMMANDS = ("embed", "stream", "search", "stats", "info", "verify", "sbom", "serve", "mcp")
@@ -96,10 +97,11 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--id-field", metavar="KEY", help="JSONL key copied to the output as 'id'")
     p.add_argument(
         "--format",
-        choices=("jsonl", "json", "npy"),
+        choices=("jsonl", "json", "npy", "npz"),
         default="jsonl",
         help="jsonl (default): {id?, embedding, tokens} per line; json: one array; "
-        "npy: float32 [n, dimensions]",
+        "npy: float32 [n, dimensions]; a sparse artifact writes jsonl {id?, indices, values, "
+        "tokens} or npz (a scipy.sparse CSR matrix)",
     )
     p.add_argument(
         "-o",
@@ -451,8 +453,10 @@ def _embed(args: argparse.Namespace) -> int:
         raise UsageError("pass texts as arguments or with --input, not both")
     if args.id_field and not source:
         raise UsageError("--id-field needs --input FILE.jsonl")
-    if args.format == "npy" and not args.output and sys.stdout.isatty():
-        raise UsageError("refusing to write binary .npy to a terminal; pass --output FILE.npy")
+    if args.format in ("npy", "npz") and not args.output and sys.stdout.isatty():
+        raise UsageError(
+            f"refusing to write binary .{args.format} to a terminal; pass --output FILE.{args.format}"
+        )
     if source not in (None, "-") and not os.path.isfile(source):
         raise UsageError(f"--input {source} does not exist or is not a file")
     options = _read_options(args, source)
@@ -470,7 +474,7 @@ def _embed(args: argparse.Namespace) -> int:
         embedder = Embedder(bundle, args.threads, session)
         embedder.prefix(args.prompt)  # unknown prompt / dimensions fail before reading input
         width = embedder.manifest.width(args.dimensions)
-        writer = records.WRITERS[args.format](out, width)
+        writer = _writer(embedder.manifest, args.format)(out, width)
         progress = records.Progress(enabled=not args.texts and sys.stderr.isatty())
         truncated = records.Truncations()
         try:
@@ -487,6 +491,19 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writer(manifest: Manifest, fmt: str) -> Any:
+    """The --format writer for this artifact's kind: dense vectors, or sparse terms."""
+    from encoderfile.runtime import sparse
+
+    writers = sparse.WRITERS if manifest.kind == "sparse" else records.WRITERS
+    if fmt not in writers:
+        raise UsageError(
+            f"--format {fmt} does not apply to {manifest.name}, a {manifest.kind} artifact. "
+            f"Use --format {' or '.join(writers)}"
+        )
+    return writers[fmt]
+
+
 def _embed_shards(args: argparse.Namespace) -> int:
     if args.output:
         raise UsageError("pass --output FILE or --output-dir DIR, not both")
@@ -495,7 +512,10 @@ def _embed_shards(args: argparse.Namespace) -> int:
     if not args.input:
         raise UsageError("--output-dir needs --input FILE... (JSONL, gzip allowed, globs allowed)")
     if args.format != "jsonl":
-        raise UsageError("--format does not apply to --output-dir (shards are .npy + .jsonl)")
+        raise UsageError(
+            "--format does not apply to --output-dir (shards are .npy, or .npz for a sparse "
+            "artifact, + .jsonl)"
+        )
     from encoderfile.runtime import shards
 
     options = shards.ShardOptions(

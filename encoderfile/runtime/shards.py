@@ -7,6 +7,8 @@ OUT/journal.jsonl     line 1: what is embedded (artifact, input files, options),
 OUT/part-00000.npy    float32 [rows, width], the shard's vectors in input order
 OUT/part-00000.jsonl  one line per row: {"row": <0-based record number>, "id"?: ..., "tokens": n}
 ```
+A sparse artifact (kind sparse) writes part-00000.npz instead: a CSR matrix [rows, vocabulary] in
+scipy.sparse's layout (runtime/sparse.py).
 Shard k always holds records k*N .. k*N+N-1 (N = --shard-size), chunked the same way on every
 run, so a resumed run writes exactly the bytes an uninterrupted one would. A shard is written to
 dot-files, fsynced, renamed into place, then journaled; a shard not in the journal is redone.
@@ -32,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from encoderfile import __version__
 from encoderfile.errors import RequestError, UsageError
-from encoderfile.runtime import records
+from encoderfile.runtime import records, sparse
 from encoderfile.runtime.artifact import short_pair
 from encoderfile.runtime.manifest import MANIFEST_FILE, MODEL_FILE
 
@@ -272,9 +274,10 @@ def _check_same_run(journal: Journal, header: dict[str, Any], out: Path) -> None
 
 def _check_shards(journal: Journal, out: Path) -> None:
     for entry in journal.shards:
-        for suffix, size_key in ((".npy", "npy_bytes"), (".jsonl", "jsonl_bytes")):
+        vectors = sparse.NPZ_SUFFIX if "npz_bytes" in entry else ".npy"
+        for suffix in (vectors, ".jsonl"):
             path = out / shard_name(entry["shard"], suffix)
-            if not path.is_file() or path.stat().st_size != entry[size_key]:
+            if not path.is_file() or path.stat().st_size != entry[f"{suffix[1:]}_bytes"]:
                 raise UsageError(
                     f"{path} is missing or has the wrong size ({JOURNAL} lists shard "
                     f"{entry['shard']} as complete). Restore it, or use a new --output-dir."
@@ -299,13 +302,14 @@ def _locked(out: Path) -> Iterator[None]:
 class ShardWriter:
     """One shard in dot-files beside its final names, published with fsync + rename."""
 
-    def __init__(self, out: Path, index: int, width: int):
+    def __init__(self, out: Path, index: int, width: int, vectors: str = ".npy"):
         self.out, self.index, self.rows = out, index, 0
-        self.final = [out / shard_name(index, s) for s in (".npy", ".jsonl")]
+        self.final = [out / shard_name(index, s) for s in (vectors, ".jsonl")]
         self.tmp = [p.with_name(f".{p.name}.tmp") for p in self.final]
         self.npy_file: IO[bytes] = open(self.tmp[0], "wb")  # noqa: SIM115 - closed in publish
         self.ids_file: IO[bytes] = open(self.tmp[1], "wb")  # noqa: SIM115 - closed in publish
-        self.npy = records.NpyWriter(self.npy_file, width)
+        writer = sparse.NpzWriter if vectors == sparse.NPZ_SUFFIX else records.NpyWriter
+        self.npy: records.NpyWriter | sparse.NpzWriter = writer(self.npy_file, width)
 
     def write(
         self, first_row: int, chunk: list[records.Record], vectors: np.ndarray, tokens: list[int]
@@ -322,7 +326,8 @@ class ShardWriter:
         self.rows += len(chunk)
 
     def discard(self) -> None:
-        self.npy.spool.close()
+        if isinstance(self.npy, records.NpyWriter):
+            self.npy.spool.close()
         for fh, tmp in zip((self.npy_file, self.ids_file), self.tmp, strict=True):
             fh.close()
             tmp.unlink(missing_ok=True)
@@ -339,7 +344,7 @@ class ShardWriter:
         return {
             "shard": self.index,
             "rows": self.rows,
-            "npy_bytes": self.final[0].stat().st_size,
+            f"{self.final[0].suffix[1:]}_bytes": self.final[0].stat().st_size,
             "jsonl_bytes": self.final[1].stat().st_size,
         }
 
@@ -486,6 +491,7 @@ def _embed_shards(
     truncated: records.Truncations,
 ) -> None:
     row = journal.rows
+    suffix = sparse.NPZ_SUFFIX if embedder.manifest.kind == "sparse" else ".npy"
     max_chars = records.char_limit(embedder.manifest.max_length)
     # Records before `row` are re-read, not re-embedded.
     remaining = islice(read_all(files, options.read, max_chars), row, None)
@@ -495,7 +501,7 @@ def _embed_shards(
         try:
             for chunk in records.chunks(shard_records, records.CHUNK):
                 if writer is None:
-                    writer = ShardWriter(out, len(journal.shards), width)
+                    writer = ShardWriter(out, len(journal.shards), width, suffix)
                 vectors, tokens = embed_chunk(embedder, chunk, width, truncated)
                 writer.write(row, chunk, vectors, tokens)
                 row += len(chunk)
