@@ -6,6 +6,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EmbedSparseRequest(_message.Message):
+    __slots__ = ("inputs", "prompt", "truncate", "return_tokens")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    prompt: str
+    truncate: bool
+    return_tokens: bool
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., prompt: _Optional[str] = ..., truncate: _Optional[bool] = ..., return_tokens: _Optional[bool] = ...) -> None: ...
+
+class SparseEmbedding(_message.Message):
+    __slots__ = ("indices", "values", "terms", "tokens", "truncated")
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    terms: _containers.RepeatedScalarFieldContainer[str]
+    tokens: int
+    truncated: bool
+    def __init__(self, indices: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., terms: _Optional[_Iterable[str]] = ..., tokens: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class EmbedSparseResponse(_message.Message):
+    __slots__ = ("embeddings", "total_tokens", "time_ms")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[SparseEmbedding]
+    total_tokens: int
+    time_ms: float
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[SparseEmbedding, _Mapping]]] = ..., total_tokens: _Optional[int] = ..., time_ms: _Optional[float] = ...) -> None: ...
+
 class RerankRequest(_message.Message):
     __slots__ = ("query", "documents", "raw_scores", "truncate", "top_n", "input_order")
     QUERY_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class EmbedderStub:
                 request_serializer=encoderfile_dot_proto_dot_embed__pb2.RerankRequest.SerializeToString,
                 response_deserializer=encoderfile_dot_proto_dot_embed__pb2.RerankResponse.FromString,
                 _registered_method=True)
+        self.EmbedSparse = channel.unary_unary(
+                '/encoderfile.v1.Embedder/EmbedSparse',
+                request_serializer=encoderfile_dot_proto_dot_embed__pb2.EmbedSparseRequest.SerializeToString,
+                response_deserializer=encoderfile_dot_proto_dot_embed__pb2.EmbedSparseResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -114,6 +119,15 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedSparse(self, request, context):
+        """Sparse vectors of a sparse (SPLADE) artifact: per input, its nonzero vocabulary terms (the
+        same batcher as Embed). FAILED_PRECONDITION on another kind; Embed on a sparse artifact is
+        FAILED_PRECONDITION too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.Rerank,
                     request_deserializer=encoderfile_dot_proto_dot_embed__pb2.RerankRequest.FromString,
                     response_serializer=encoderfile_dot_proto_dot_embed__pb2.RerankResponse.SerializeToString,
+            ),
+            'EmbedSparse': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedSparse,
+                    request_deserializer=encoderfile_dot_proto_dot_embed__pb2.EmbedSparseRequest.FromString,
+                    response_serializer=encoderfile_dot_proto_dot_embed__pb2.EmbedSparseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +329,33 @@ class Embedder:
             '/encoderfile.v1.Embedder/Rerank',
             encoderfile_dot_proto_dot_embed__pb2.RerankRequest.SerializeToString,
             encoderfile_dot_proto_dot_embed__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedSparse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/encoderfile.v1.Embedder/EmbedSparse',
+            encoderfile_dot_proto_dot_embed__pb2.EmbedSparseRequest.SerializeToString,
+            encoderfile_dot_proto_dot_embed__pb2.EmbedSparseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,7 @@ from encoderfile.errors import (
     EncoderfileError,
 )
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
+from encoderfile.runtime import sparse
 from encoderfile.runtime.serve import grpc_guards
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES
 from encoderfile.runtime.serve.kinds import kind_of
@@ -87,6 +88,81 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             "ImageStats", context, functools.partial(self._stats, request), request
         )
 
+    async def Rerank(  # noqa: N802
+        self, request: embed_pb2.RerankRequest, context: grpc.aio.ServicerContext
+    ) -> embed_pb2.RerankResponse:
+        return await self._call(
+            "Rerank", context, functools.partial(self._rerank, request), request
+        )
+
+    async def _rerank(
+        self, request: embed_pb2.RerankRequest, stats: dict[str, int]
+    ) -> embed_pb2.RerankResponse:
+        """Rerank: the same Service.tokenize_pairs and Service.rerank as HTTP's /rerank."""
+        from encoderfile.runtime.reranker import order
+
+        started = time.perf_counter()
+        encodings = self.service.tokenize_pairs(
+            request.query,
+            list(request.documents),
+            truncate=request.truncate if request.HasField("truncate") else True,
+            param="documents",
+        )
+        scores, tokens = await self.service.rerank(encodings, raw_scores=request.raw_scores)
+        stats["inputs"], stats["tokens"] = len(encodings), tokens
+        top_n = request.top_n if request.HasField("top_n") else None
+        return embed_pb2.RerankResponse(
+            results=[
+                embed_pb2.RankedDocument(index=i, score=float(scores[i]))
+                for i in order(scores, top_n, sort=not request.input_order)
+            ],
+            total_tokens=tokens,
+            time_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def EmbedSparse(  # noqa: N802
+        self, request: embed_pb2.EmbedSparseRequest, context: grpc.aio.ServicerContext
+    ) -> embed_pb2.EmbedSparseResponse:
+        return await self._call(
+            "EmbedSparse", context, functools.partial(self._embed_sparse, request), request
+        )
+
+    async def _embed_sparse(
+        self, request: embed_pb2.EmbedSparseRequest, stats: dict[str, int]
+    ) -> embed_pb2.EmbedSparseResponse:
+        """EmbedSparse: Service.tokenize and embed_tokenized, as HTTP's /embed_sparse."""
+        started = time.perf_counter()
+        self.service.check_kind("embed_sparse")
+        encodings = self.service.tokenize(
+            list(request.inputs),
+            prompt=request.prompt if request.HasField("prompt") else None,
+            truncate=request.truncate if request.HasField("truncate") else True,
+            param="inputs",
+        )
+        result = await self.service.embed_tokenized(encodings, task="embed_sparse")
+        stats["inputs"], stats["tokens"] = len(encodings), sum(result.tokens)
+        vocabulary = sparse.vocabulary(self.service.bundle.tokenizer)
+        rows = []
+        for vector, tokens, truncated in zip(
+            result.vectors, result.tokens, result.truncated, strict=True
+        ):
+            indices, values = sparse.terms(vector)
+            terms = [vocabulary[i] for i in indices] if request.return_tokens else []
+            rows.append(
+                embed_pb2.SparseEmbedding(
+                    indices=indices.tolist(),
+                    values=values.tolist(),
+                    terms=terms,
+                    tokens=tokens,
+                    truncated=truncated,
+                )
+            )
+        return embed_pb2.EmbedSparseResponse(
+            embeddings=rows,
+            total_tokens=stats["tokens"],
+            time_ms=(time.perf_counter() - started) * 1000,
+        )
+
     async def _embed_images(
         self, request: embed_pb2.EmbedImagesRequest, stats: dict[str, int]
     ) -> embed_pb2.EmbedResponse:
@@ -136,9 +212,11 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
             encoderfile_version=info["encoderfile_version"],
             artifact_sha256=info["artifact_sha256"] or "",
             vision_model=info["vision_model"],
+            kind=info["kind"],
         )
 
     def _checked(self, request: embed_pb2.EmbedRequest) -> tuple[list[Encoding], int]:
+        self.service.check_kind("embed")  # EmbedStream queues without embed_tokenized's check
         dimensions = self.service.check_dimensions(
             request.dimensions if request.HasField("dimensions") else None
         )

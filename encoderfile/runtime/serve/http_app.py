@@ -37,8 +37,8 @@ from encoderfile.errors import (
     PayloadTooLargeError,
     UnauthorizedError,
 )
-from encoderfile.runtime import openai_tokens
-from encoderfile.runtime.serve import compat, guards, tei, wire
+from encoderfile.runtime import openai_tokens, sparse
+from encoderfile.runtime.serve import compat, guards, routes, tei, wire
 from encoderfile.runtime.serve import metrics as prom
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES, BODY_BYTES
 from encoderfile.runtime.serve.kinds import kind_of
@@ -125,6 +125,9 @@ def create_app(
         Route("/tokenize", api.tokenize, methods=post),
         Route("/decode", api.tei_decode, methods=post),
         Route("/embed_all", api.tei_embed_all, methods=post),
+        Route("/rerank", api.tei_rerank, methods=post),
+        Route("/v1/rerank", api.cohere_rerank, methods=post),
+        Route("/embed_sparse", api.tei_embed_sparse, methods=post),
         *[Route(path, api.tei_other_kind, methods=post) for path in tei.OTHER_KINDS],
         Route("/img/embed", api.img_embed, methods=post),
         Route("/img/batch", api.img_batch, methods=post),
@@ -356,14 +359,7 @@ class _Api:
     async def openai(self, request: Request) -> Response:
         body = await _read_object(request, self.service.limits.max_body_bytes)
         req = wire.parse(wire.OpenAIRequest, body)
-        accepted = compat.model_ids(self.service.manifest)
-        if req.model not in accepted:
-            raise NotFoundError(
-                f"The model {req.model!r} does not exist on this server. "
-                f"Use {' or '.join(map(repr, accepted))}.",
-                param="model",
-                code="model_not_found",
-            )
+        self._check_model(req.model)
         fmt = req.encoding_format
         dimensions = self.service.check_dimensions(req.dimensions)
         prompt = req.prompt  # extension: a key of the manifest's prompts
@@ -400,6 +396,92 @@ class _Api:
                 "usage": {"prompt_tokens": total, "total_tokens": total},
             }
         )
+
+    def _check_model(self, model: str) -> None:
+        accepted = compat.model_ids(self.service.manifest)
+        if model not in accepted:
+            raise NotFoundError(
+                f"The model {model!r} does not exist on this server. "
+                f"Use {' or '.join(map(repr, accepted))}.",
+                param="model",
+                code="model_not_found",
+            )
+
+    async def tei_rerank(self, request: Request) -> Response:
+        """TEI's /rerank: [{index, score, text?}] sorted by score, best first."""
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        return await self._tei_rerank(request, body)
+
+    async def _tei_rerank(self, request: Request, body: dict[str, Any]) -> Response:
+        self.service.check_kind("rerank")  # an embedder answers 424 whatever the body, as TEI
+        req = wire.parse(wire.TeiRerankRequest, body)
+        direction = (req.truncation_direction or "right").lower()
+        scores = await self._rerank(
+            request,
+            req.query,
+            req.texts,
+            truncate=req.truncate is not False,
+            direction=direction,
+            raw_scores=bool(req.raw_scores),
+        )
+        return Json(
+            [
+                {
+                    "index": i,
+                    "score": float(scores[i]),
+                    **({"text": req.texts[i]} if req.return_text else {}),
+                }
+                for i in _order(scores)
+            ]
+        )
+
+    async def cohere_rerank(self, request: Request) -> Response:
+        """Cohere's and Jina's /v1/rerank: {results: [{index, relevance_score, document?}]}."""
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        req = wire.parse(wire.CohereRerankRequest, body)
+        if req.model is not None:
+            self._check_model(req.model)
+        texts = [d if isinstance(d, str) else d.text for d in req.documents]
+        scores = await self._rerank(request, req.query, texts, param="documents")
+        results = [
+            {
+                "index": i,
+                "relevance_score": float(scores[i]),
+                **({"document": {"text": texts[i]}} if req.return_documents else {}),
+            }
+            for i in _order(scores, req.top_n)
+        ]
+        tokens = request.state.tokens
+        return Json(
+            {
+                "id": request.scope["state"]["request_id"],
+                "results": results,
+                "model": self.name,
+                "usage": {"total_tokens": tokens},
+                "meta": {"billed_units": {"search_units": 1}},
+            }
+        )
+
+    async def _rerank(
+        self,
+        request: Request,
+        query: str,
+        texts: list[str],
+        *,
+        truncate: bool = True,
+        direction: str = "right",
+        raw_scores: bool = False,
+        param: str = "texts",
+    ) -> np.ndarray:
+        encodings = self.service.tokenize_pairs(
+            query, texts, truncate=truncate, direction=direction, param=param
+        )
+        scores, tokens = await self.service.rerank(
+            encodings, raw_scores=raw_scores, until=functools.partial(_disconnect, request)
+        )
+        request.state.inputs = len(encodings)
+        request.state.tokens = tokens
+        return scores
 
     async def query(self, request: Request) -> Response:
         """nomic-serve's /query: /embed with the recipe's search-query prompt."""
@@ -482,6 +564,8 @@ class _Api:
                 )
             return Response(status_code=200)
         body = await _read_object(request, self.service.limits.max_body_bytes)
+        if routes.serves(self.service.manifest, "rerank"):  # TEI's POST / is the model's route
+            return await self._tei_rerank(request, body)
         return await self._tei_embed(request, body)
 
     async def _tei_embed(self, request: Request, body: dict[str, Any]) -> Response:
@@ -502,6 +586,15 @@ class _Api:
     async def tei_embed_all(self, request: Request) -> Response:
         await _read_object(request, self.service.limits.max_body_bytes)  # a bad body says so
         raise self.tei.embed_all()
+
+    async def tei_embed_sparse(self, request: Request) -> Response:
+        """TEI's /embed_sparse: per input, its nonzero terms [{index, value, token?}]."""
+        body = await _read_object(request, self.service.limits.max_body_bytes)
+        self.service.check_kind("embed_sparse")  # another kind answers 424 whatever the body
+        encodings, return_tokens = self.tei.sparse_inputs(body)
+        result = await self._embed(request, encodings, None, task="embed_sparse")
+        vocabulary = sparse.vocabulary(self.service.bundle.tokenizer) if return_tokens else None
+        return Json(sparse.values(result.vectors, vocabulary))
 
     async def tei_other_kind(self, request: Request) -> Response:
         await _read_object(request, self.service.limits.max_body_bytes)
@@ -537,14 +630,24 @@ class _Api:
         return self.service.tokenize(texts, prompt=prompt, decoded=True)
 
     async def _embed(
-        self, request: Request, encodings: Sequence[Encoding | TokenIds], dimensions: int | None
+        self,
+        request: Request,
+        encodings: Sequence[Encoding | TokenIds],
+        dimensions: int | None,
+        task: str = "embed",
     ) -> Embeddings:
         result = await self.service.embed_tokenized(
-            encodings, dimensions, until=functools.partial(_disconnect, request)
+            encodings, dimensions, until=functools.partial(_disconnect, request), task=task
         )
         request.state.inputs = len(encodings)
         request.state.tokens = sum(result.tokens)
         return result
+
+
+def _order(scores: np.ndarray, top_n: int | None = None) -> list[int]:
+    from encoderfile.runtime.reranker import order  # imports onnxruntime: after start-up
+
+    return order(scores, top_n)
 
 
 async def _disconnect(request: Request) -> None:

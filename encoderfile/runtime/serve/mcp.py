@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from encoderfile.errors import EncoderfileError
+from encoderfile.runtime.serve import routes
 from encoderfile.runtime.serve.service import Limits, Service
 
 if TYPE_CHECKING:
@@ -75,6 +76,17 @@ class RankResult(TypedDict):
     results: list[Ranked]
 
 
+class SparseVector(TypedDict, total=False):
+    indices: list[int]
+    values: list[float]
+    tokens: list[str]
+
+
+class SparseResult(TypedDict):
+    embeddings: list[SparseVector]
+    tokens: list[int]
+
+
 class ImageResult(TypedDict):
     embeddings: list[list[float]]
     dimensions: int
@@ -125,10 +137,19 @@ def create_server(service: Service) -> MCPServer:
         f"{service.limits.max_chars} characters per call, {m.max_length} tokens each "
         "(longer texts are truncated)."
     )
+    reranks = routes.serves(m, "rerank")
+    if reranks:
+        facts = (
+            f"Model {m.name}{source}: a cross-encoder reranker; at most "
+            f"{service.limits.max_inputs} documents of {service.limits.max_chars} characters per "
+            f"call, {m.max_length} tokens per query and document together (longer pairs are cut, "
+            "longest text first)."
+        )
     server = _Server(
         m.name,
         version=m.version,
-        instructions=f"Local, offline embeddings. {facts} Tool 'info' describes the model.",
+        instructions=f"Local, offline {'reranking' if reranks else 'embeddings'}. {facts} "
+        "Tool 'info' describes the model.",
         log_level="WARNING",
     )
 
@@ -200,6 +221,29 @@ def create_server(service: Service) -> MCPServer:
             f"with cosine scores. {rank_prompts}",
         ),
     ]
+    if reranks:  # a cross-encoder: rank only, scored by the model itself
+        tools = [
+            (
+                _cross_encoder_rank(service),
+                "Rank documents against a query with this cross-encoder, which reads each query "
+                "and document together (more accurate than comparing vectors; use it on a "
+                "shortlist), best first: document indices with relevance scores.",
+            )
+        ]
+    if routes.serves(m, "embed_sparse"):  # SPLADE: embed gives sparse vectors, nothing else
+        facts = (
+            f"Model {m.name}{source}: sparse vectors over a vocabulary of {m.dimension} terms; "
+            f"at most {service.limits.max_inputs} texts of {service.limits.max_chars} characters "
+            f"per call, {m.max_length} tokens each (longer texts are truncated)."
+        )
+        tools = [
+            (
+                _sparse_embed(service),
+                "Embed texts into sparse lexical vectors (one per text, in order): the vocabulary "
+                "indices of the active terms with their weights, for keyword-aware and hybrid "
+                "search; return_tokens adds each index's token string.",
+            )
+        ]
     for fn, text in tools if m.has_text else []:
         server.add_tool(fn, description=f"{text} {facts}", annotations=_READ_ONLY)
     server.add_tool(
@@ -461,6 +505,65 @@ async def _embed(
         return await service.embed_tokenized(encodings, width)
     except EncoderfileError as e:
         raise ToolError(str(e)) from None
+
+
+def _sparse_embed(service: Service) -> Callable[..., Any]:
+    """The embed tool of a sparse artifact: Service.tokenize and embed_tokenized, as POST
+    /embed_sparse and gRPC EmbedSparse."""
+
+    async def embed(
+        texts: Texts,
+        prompt: Prompt = None,
+        return_tokens: Annotated[
+            bool, Field(description="Also return each index's vocabulary string.")
+        ] = False,
+    ) -> SparseResult:
+        from encoderfile.runtime import sparse
+
+        try:
+            encodings = service.tokenize(texts, prompt=prompt, param="texts")
+            result = await service.embed_tokenized(encodings, task="embed_sparse")
+        except EncoderfileError as e:
+            raise ToolError(str(e)) from None
+        vocabulary = sparse.vocabulary(service.bundle.tokenizer) if return_tokens else None
+        rows: list[SparseVector] = []
+        for vector in result.vectors:
+            indices, values = sparse.terms(vector)
+            row: SparseVector = {"indices": indices.tolist(), "values": values.tolist()}
+            if vocabulary is not None:
+                row["tokens"] = [vocabulary[i] for i in row["indices"]]
+            rows.append(row)
+        return {"embeddings": rows, "tokens": result.tokens}
+
+    return embed
+
+
+def _cross_encoder_rank(service: Service) -> Callable[..., Any]:
+    """The rank tool of a reranker artifact: Service.tokenize_pairs and Service.rerank, as
+    POST /rerank and gRPC Rerank."""
+
+    async def rank(
+        query: Annotated[str, Field(description="What to search for.")],
+        documents: Annotated[
+            list[str], Field(description="Candidate texts, scored against the query.", min_length=1)
+        ],
+        top_k: Annotated[
+            int | None, Field(description="Return only the best top_k documents.", ge=1)
+        ] = None,
+        raw_scores: Annotated[
+            bool, Field(description="The model's raw logit instead of its activation's score.")
+        ] = False,
+    ) -> RankResult:
+        from encoderfile.runtime.reranker import order
+
+        try:
+            encodings = service.tokenize_pairs(query, documents, param="documents")
+            scores, _ = await service.rerank(encodings, raw_scores=raw_scores)
+        except EncoderfileError as e:
+            raise ToolError(str(e)) from None
+        return {"results": [{"index": i, "score": float(scores[i])} for i in order(scores, top_k)]}
+
+    return rank
 
 
 async def _run_images(service: Service, images: list[str], dimensions: int | None) -> np.ndarray:

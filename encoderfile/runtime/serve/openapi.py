@@ -14,7 +14,7 @@ import msgspec
 import encoderfile
 from encoderfile.runtime import openai_tokens
 from encoderfile.runtime.manifest import MIN_DIMENSION, NO_PROMPT, Manifest
-from encoderfile.runtime.serve import wire
+from encoderfile.runtime.serve import routes, wire
 from encoderfile.runtime.serve.compat import model_ids
 
 if TYPE_CHECKING:
@@ -75,6 +75,13 @@ class Op:
     when: Callable[[Manifest], bool] = lambda manifest: True
 
 
+# A reranker's document lists its rerank routes and not the embedding ones (which answer 400).
+reranks: Callable[[Manifest], bool] = lambda m: routes.serves(m, "rerank")  # noqa: E731
+other_kind: Callable[[Manifest], bool] = lambda m: not routes.serves(m, "rerank")  # noqa: E731
+# Likewise the embedding routes are listed where the artifact embeds (not on sparse or rerankers).
+embeds: Callable[[Manifest], bool] = lambda m: routes.serves(m, "embed")  # noqa: E731
+sparse: Callable[[Manifest], bool] = lambda m: routes.serves(m, "embed_sparse")  # noqa: E731
+
 embed = Op(
     "Embed one text; with `inputs`, TEI's request and answer",
     "native",
@@ -82,8 +89,15 @@ embed = Op(
     (wire.EmbedResponse, wire.TeiEmbedResponse),
     (wire.Error, wire.TeiError),
     BOTH,
+    when=embeds,
 )
-batch = Op("Embed several texts", "native", (wire.BatchRequest,), (wire.BatchResponse,))
+batch = Op(
+    "Embed several texts",
+    "native",
+    (wire.BatchRequest,),
+    (wire.BatchResponse,),
+    when=embeds,
+)
 openai = Op(
     "OpenAI-compatible embeddings",
     "openai",
@@ -91,9 +105,14 @@ openai = Op(
     (wire.OpenAIResponse,),
     (wire.OpenAIError,),
     OPENAI,
+    when=embeds,
 )
 query = Op(
-    "Embed a search query (nomic-serve)", "native", (wire.QueryRequest,), (wire.EmbedResponse,)
+    "Embed a search query (nomic-serve)",
+    "native",
+    (wire.QueryRequest,),
+    (wire.EmbedResponse,),
+    when=embeds,
 )
 tei_embed = Op(
     "Embed (TEI): a bare list of vectors",
@@ -102,8 +121,36 @@ tei_embed = Op(
     (wire.TeiEmbedResponse,),
     (wire.TeiError,),
     TEI,
+    when=embeds,
 )
 has_image: Callable[[Manifest], bool] = lambda manifest: manifest.image is not None  # noqa: E731
+tei_rerank = Op(
+    "Re-rank (TEI): the texts scored against the query by the cross-encoder, best first",
+    "rerank",
+    (wire.TeiRerankRequest,),
+    (wire.TeiRerankResponse,),
+    (wire.TeiError,),
+    TEI,
+    when=reranks,
+)
+tei_embed_sparse = Op(
+    "Sparse vectors (TEI): per input, its nonzero vocabulary terms",
+    "tei",
+    (wire.TeiEmbedSparseRequest,),
+    (wire.TeiEmbedSparseResponse,),
+    (wire.TeiError,),
+    TEI,
+    when=sparse,
+)
+cohere_rerank = Op(
+    "Re-rank (Cohere / Jina): relevance scores of the documents, best first",
+    "rerank",
+    (wire.CohereRerankRequest,),
+    (wire.CohereRerankResponse,),
+    (wire.OpenAIError,),
+    OPENAI,
+    when=reranks,
+)
 
 OPERATIONS: dict[str, list[Op]] = {
     "/health": [Op("Liveness", "ops", response=(wire.Status,), statuses=(), method="get")],
@@ -188,6 +235,7 @@ OPERATIONS: dict[str, list[Op]] = {
             method="get",
         ),
         tei_embed,
+        tei_rerank,  # a reranker's POST / is its /rerank, as TEI's
     ],
     "/decode": [
         Op(
@@ -199,13 +247,20 @@ OPERATIONS: dict[str, list[Op]] = {
             TEI,
         )
     ],
+    "/rerank": [
+        tei_rerank,
+        Op("Re-rank (TEI): 424, this artifact is not a reranker", "tei", (wire.AnyObject,), (), (wire.TeiError,), OTHER_KIND, when=other_kind),
+    ],
+    "/v1/rerank": [cohere_rerank],
+    "/embed_sparse": [
+        tei_embed_sparse,
+        Op("Sparse vectors (TEI): 424, this artifact is not a sparse model", "tei", (wire.AnyObject,), (), (wire.TeiError,), OTHER_KIND, when=lambda m: not sparse(m)),
+    ],
     **{
         path: [Op(summary, "tei", (wire.AnyObject,), (), (wire.TeiError,), OTHER_KIND)]
         for path, summary in (
             ("/embed_all", "Per-token vectors (TEI): 424, the graph outputs only pooled vectors"),
-            ("/rerank", "Re-rank (TEI): 424 until the artifact holds a re-ranker"),
             ("/predict", "Classify (TEI): 424 until the artifact holds a classifier"),
-            ("/embed_sparse", "Sparse vectors (TEI): 424 until the artifact holds a sparse model"),
         )
     },
 }  # fmt: skip
@@ -401,7 +456,8 @@ def _prompt(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> di
 
 
 def _model(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:
-    return {**node, "enum": model_ids(m)}
+    optional = [None] if node.get("nullable") else []  # OpenAPI 3.0: a nullable enum lists null
+    return {**node, "enum": [*model_ids(m), *optional]}
 
 
 def _cl100k_id(node: dict[str, Any], m: Manifest, limits: Limits, vocab: int) -> dict[str, Any]:

@@ -15,10 +15,9 @@ TASKS = {"embed": "embedder", "rerank": "reranker", "embed_sparse": "sparse"}
 
 # kind -> its routes, as the error message names them
 ROUTES = {
-    "embedder": "POST /embed, /embed_batch, /v1/embeddings, /embed_all or TEI's /embed "
-    "(gRPC Embed, MCP embed)",
+    "embedder": "POST /embed, /embed/batch or /v1/embeddings (gRPC Embed, MCP embed)",
     "reranker": "POST /rerank or /v1/rerank (gRPC Rerank, MCP rank)",
-    "sparse": "POST /embed_sparse (gRPC EmbedSparse)",
+    "sparse": "POST /embed_sparse (gRPC EmbedSparse, MCP embed)",
 }
 
 

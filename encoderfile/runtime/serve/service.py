@@ -23,17 +23,21 @@ from encoderfile.errors import (
     InvalidFieldError,
     NotFoundError,
     NotReadyError,
+    PayloadTooLargeError,
+    RequestError,
     UnauthorizedError,
 )
 from encoderfile.runtime import texts as text_rule
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.describe import describe
 from encoderfile.runtime.manifest import NO_PROMPT
+from encoderfile.runtime.serve import routes
 from encoderfile.runtime.serve.batcher import Batcher
 from encoderfile.runtime.serve.image_service import ImageService
 from encoderfile.runtime.serve.metrics import Metrics
 
 if TYPE_CHECKING:
+    import numpy as np
     from tokenizers import Encoding
 
     from encoderfile.runtime.embedder import Embedder, Embeddings
@@ -110,14 +114,14 @@ class Service:
     def load(self, threads: int | None = None) -> None:
         """Open the model (one session on every CPU, and a single-threaded one that the batcher's
         workers share, one per CPU: see Batcher), warm both up, then report ready."""
-        from encoderfile.runtime.embedder import Embedder
         from encoderfile.runtime.model_cache import ModelCache
+        from encoderfile.runtime.reranker import model_class
         from encoderfile.runtime.session import available_cpus
 
         self.images.load(threads)
         if self.manifest.has_text:
             model = ModelCache(self.bundle)
-            embedder = Embedder(self.bundle, threads, model.open(threads))
+            embedder = model_class(self.manifest)(self.bundle, threads, model.open(threads))
             workers = threads or available_cpus()
             lane = embedder.on_session(model.open(1)) if workers > 1 else None
             for warming in (embedder, lane):
@@ -262,11 +266,15 @@ class Service:
         dimensions: int | None = None,
         *,
         until: Callable[[], Awaitable[None]] | None = None,
+        task: str = "embed",
     ) -> Embeddings:
         """Checked inputs embedded, for every transport: a lone request on an idle model runs
         on the event loop's thread (no hand-off to a worker, Batcher.embed_now), any other is
         queued in the Batcher to share model calls. `until` returns when the client has gone:
-        then the queued job is cancelled (taken out of the queue) and ClientGoneError raised."""
+        then the queued job is cancelled (taken out of the queue) and ClientGoneError raised.
+        `task` is what the route asks of the model (routes.TASKS): another kind's route is
+        refused here, the one place every transport passes (WrongKindError)."""
+        self.check_kind(task)
         self._embedding += 1
         try:
             batcher = self.batcher
@@ -282,6 +290,56 @@ class Service:
             return await _unless(job, until)
         finally:
             self._embedding -= 1
+
+    def check_kind(self, task: str) -> None:
+        """WrongKindError unless this artifact's kind serves `task` (routes.TASKS)."""
+        routes.require(self.manifest, task)
+
+    def tokenize_pairs(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool = True,
+        direction: str = "right",
+        param: str = "texts",
+    ) -> list[Encoding]:
+        """Check a rerank request (the artifact's kind, the limits, every text) and tokenize its
+        (query, document) pairs; more documents than --max-inputs is 413, as TEI answers."""
+        self.check_kind("rerank")
+        if len(documents) > self.limits.max_inputs:
+            raise PayloadTooLargeError(
+                f"'{param}' has {len(documents)} documents, over the limit of "
+                f"{self.limits.max_inputs}. Split the request, or raise --max-inputs."
+            )
+        self.check_count(len(documents), param)
+        limit = self.limits.max_chars
+        text_rule.check(query, "'query'", max_chars=limit, param="query")
+        for i, text in enumerate(documents):
+            text_rule.check(text, f"'{param}[{i}]'", max_chars=limit, param=param)
+        from encoderfile.runtime.reranker import Reranker, check_length
+
+        model = self._embedder()
+        assert isinstance(model, Reranker)
+        encodings = model.tokenize_pairs(query, documents, direction=direction)
+        try:
+            return check_length(encodings, truncate, self.manifest.max_length)
+        except RequestError as e:
+            raise InvalidFieldError(str(e), param=param) from None
+
+    async def rerank(
+        self,
+        encodings: Sequence[Encoding],
+        *,
+        raw_scores: bool = False,
+        until: Callable[[], Awaitable[None]] | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """Scores of checked pairs (tokenize_pairs) in input order, through the one Batcher,
+        and the pairs' tokens."""
+        from encoderfile.runtime.reranker import pick
+
+        rows = await self.embed_tokenized(encodings, until=until, task="rerank")
+        return pick(rows.vectors, raw_scores), sum(rows.tokens)
 
     def info(self) -> dict[str, Any]:
         """Everything a client needs to know about the model and this server."""

@@ -30,9 +30,7 @@ STATE_KEY = "api"  # scope["state"][STATE_KEY] == "tei": answer errors in TEI's 
 AUTO_TRUNCATE = True  # like TEI's --auto-truncate: `truncate` left out means true (as /embed)
 # Which kind of model each other TEI route needs (TEI answers 424 when the model is not one).
 OTHER_KINDS = {
-    "/rerank": "a re-ranker (sequence classification with one class)",
     "/predict": "a sequence classifier",
-    "/embed_sparse": "a sparse (SPLADE) embedding model",
 }
 
 
@@ -90,6 +88,14 @@ class Tei:
         direction = (req.truncation_direction or "right").lower()
         encodings = self.encode(req.inputs, req.prompt_name, truncate, direction)
         return encodings, width, normalize and not manifest.normalized
+
+    def sparse_inputs(self, body: dict[str, Any]) -> tuple[list[Encoding | TokenIds], bool]:
+        """The checked inputs of a TEI EmbedSparseRequest, and whether to return tokens."""
+        req = wire.parse(wire.TeiEmbedSparseRequest, body)
+        truncate = AUTO_TRUNCATE if req.truncate is None else req.truncate
+        direction = (req.truncation_direction or "right").lower()
+        encodings = self.encode(req.inputs, req.prompt_name, truncate, direction)
+        return encodings, bool(req.return_tokens)
 
     def encode(
         self, value: Any, prompt: str | None, truncate: bool, direction: str

@@ -300,6 +300,112 @@ class TeiError(Response):
     error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
 
 
+# -- rerank (kind reranker): TEI's /rerank, Cohere / Jina's /v1/rerank -----------------------
+
+Direction = Literal["Right", "Left", "right", "left"]
+
+
+class TeiRerankRequest(Request):
+    """TEI's RerankRequest: the texts scored against the query by the cross-encoder."""
+
+    route = "POST /rerank"
+    api = " (TEI)"
+    says = {"texts": Says("a list of strings", "Send the documents to score as 'texts'.")}
+    schema_extra = {"example": {"query": "what is a panda?", "texts": ["a bear", "a city"]}}
+    query: Text
+    texts: Texts
+    raw_scores: bool | None = False
+    return_text: bool | None = False
+    truncate: bool | None = True
+    truncation_direction: Direction | None = None
+
+
+class TeiRank(Response):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class CohereDocument(Struct, forbid_unknown_fields=True):
+    """A document as Cohere's and Jina's clients may send it: {"text": ...}."""
+
+    text: Text
+
+
+class CohereRerankRequest(Request, forbid_unknown_fields=False):
+    """POST /v1/rerank (Cohere / Jina): fields of newer API versions are ignored, as for OpenAI."""
+
+    route = "POST /v1/rerank"
+    says = {"documents": Says('a list of strings or of {"text": string} objects')}
+    schema_extra = {
+        "example": {"query": "what is a panda?", "documents": ["a bear", "a city"], "top_n": 1}
+    }
+    query: Text
+    documents: Annotated[list[Text | CohereDocument], bound("texts", "strings, or {text} objects")]
+    model: Annotated[str | None, bound("model")] = None
+    top_n: Annotated[int, Meta(ge=1)] | None = None
+    return_documents: bool = False
+    max_chunks_per_doc: int | None = None
+    rank_fields: list[str] | None = None
+
+
+class CohereRank(Response):
+    index: int
+    relevance_score: float
+    document: CohereDocument | None = None
+
+
+class CohereUsage(Response):
+    total_tokens: int
+
+
+class CohereMeta(Response):
+    billed_units: dict[str, int]
+
+
+class CohereRerankResponse(Response):
+    id: str
+    results: list[CohereRank]
+    model: str
+    usage: CohereUsage
+    meta: CohereMeta
+
+
+# -- sparse (kind sparse): TEI's /embed_sparse ----------------------------------------------
+
+
+class TeiEmbedSparseRequest(Request):
+    """TEI's EmbedSparseRequest, plus `return_tokens` (the vocabulary's string of each term)."""
+
+    route = "POST /embed_sparse"
+    api = " (TEI)"
+    says = {
+        "inputs": Says(
+            "a string, a list of token ids, or a list of those",
+            "Send text (or ids from POST /tokenize).",
+        )
+    }
+    schema_extra = {"example": {"inputs": ["The cat sleeps on the sofa."], "return_tokens": True}}
+    inputs: Annotated[
+        Any,
+        one_of("tei_inputs", "text, token ids of this model's vocabulary, or a list of those"),
+    ]
+    truncate: bool | None = True
+    truncation_direction: Literal["Right", "Left", "right", "left"] | None = None
+    prompt_name: Annotated[
+        str | None, bound("prompt", "TEI's name for 'prompt' (text inputs only)")
+    ] = None
+    return_tokens: bool | None = False
+
+
+class SparseValue(Response):
+    """One nonzero term: its vocabulary index, weight, and (with return_tokens) its string."""
+
+    index: int
+    value: float
+    token: str | None = None
+
+
 # -- images ----------------------------------------------------------------------------------
 
 ImageContent = Annotated[
@@ -373,6 +479,14 @@ class Named:
 TeiEmbedResponse = Named("TeiEmbedResponse", list[Vector], "TEI's answer: a bare list of vectors")
 TeiTokenizeResponse = Named("TeiTokenizeResponse", list[list[TeiToken]])
 TeiDecodeResponse = Named("TeiDecodeResponse", list[str])
+TeiRerankResponse = Named(
+    "TeiRerankResponse", list[TeiRank], "TEI's answer: {index, score, text?} by score, best first"
+)
+TeiEmbedSparseResponse = Named(
+    "TeiEmbedSparseResponse",
+    list[list[SparseValue]],
+    "TEI's answer: per input, its nonzero terms {index, value, token?}, indices ascending",
+)
 Info = Named("Info", dict[str, Any], "Model, dimensions, prompts and limits")
 AnyObject = Named("AnyObject", dict[str, Any], "Any JSON object")
 MetricsText = Named("MetricsText", str, "Prometheus' text exposition format")

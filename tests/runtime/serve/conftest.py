@@ -91,3 +91,35 @@ def tiny_server(
 ) -> Iterator[Server]:
     """One shared server over the tiny bundle for the tests of a module."""
     yield from serving(shared_tiny_bundle, tmp_path_factory)
+
+
+RERANKER_LIMITS = ["--max-inputs", "4", "--max-chars", "2000", "--max-body-bytes", "16384"]
+
+
+@pytest.fixture(scope="session")
+def reranker_server(
+    reranker_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The one real server of a reranker artifact (HTTP, gRPC and --mcp) for every test that
+    drives it: real clients (test_rerank_routes.py) and schemathesis."""
+    log = tmp_path_factory.mktemp("reranker-server") / "server.log"
+    command = runtime_command(reranker_bundle)
+    server = Server(command, log, "--mcp", *RERANKER_LIMITS).wait_ready()
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+SPARSE_LIMITS = ["--max-inputs", "4", "--max-chars", "2000", "--max-body-bytes", "16384"]
+
+
+@pytest.fixture(scope="session")
+def sparse_server(
+    splade_artifact: Path, artifact_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The one real server of a sparse artifact, the frozen SPLADE one (HTTP, gRPC and --mcp),
+    for every test that drives it: real clients (test_sparse_artifact.py) and schemathesis."""
+    log = tmp_path_factory.mktemp("sparse-server") / "server.log"
+    command = [str(splade_artifact), "--threads", "1"]
+    server = Server(command, log, "--mcp", *SPARSE_LIMITS, env=artifact_env).wait_ready()
+    yield server
+    assert server.stop() == 0, server.log()
