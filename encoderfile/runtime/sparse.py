@@ -8,6 +8,7 @@ scipy.sparse's .npz layout (`scipy.sparse.load_npz` reads it; written with numpy
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Sequence
@@ -26,8 +27,26 @@ def terms(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return indices, vector[indices]
 
 
+def values(vectors: np.ndarray, tokens: Sequence[str] | None = None) -> list[list[dict[str, Any]]]:
+    """Per row, its nonzero terms as TEI's SparseValue {index, value}, with `token` (the
+    vocabulary's string) when `tokens` is given: the answer of POST /embed_sparse."""
+    out = []
+    for vector in vectors:
+        indices, weights = terms(vector)
+        row = [
+            {"index": i, "value": v}
+            for i, v in zip(indices.tolist(), weights.tolist(), strict=True)
+        ]
+        if tokens is not None:
+            for term in row:
+                term["token"] = tokens[term["index"]]
+        out.append(row)
+    return out
+
+
+@functools.lru_cache(maxsize=2)
 def vocabulary(tokenizer_json: str) -> list[str]:
-    """Token strings by id (the `return_tokens` of the sparse routes)."""
+    """Token strings by id (the `return_tokens` of the sparse routes), read once per tokenizer."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(tokenizer_json)

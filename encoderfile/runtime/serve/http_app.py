@@ -566,6 +566,8 @@ class _Api:
         body = await _read_object(request, self.service.limits.max_body_bytes)
         if routes.serves(self.service.manifest, "rerank"):  # TEI's POST / is the model's route
             return await self._tei_rerank(request, body)
+        if routes.serves(self.service.manifest, "embed_sparse"):
+            return await self._tei_embed_sparse(request, body)
         return await self._tei_embed(request, body)
 
     async def _tei_embed(self, request: Request, body: dict[str, Any]) -> Response:
@@ -591,6 +593,9 @@ class _Api:
         """TEI's /embed_sparse: per input, its nonzero terms [{index, value, token?}]."""
         body = await _read_object(request, self.service.limits.max_body_bytes)
         self.service.check_kind("embed_sparse")  # another kind answers 424 whatever the body
+        return await self._tei_embed_sparse(request, body)
+
+    async def _tei_embed_sparse(self, request: Request, body: dict[str, Any]) -> Response:
         encodings, return_tokens = self.tei.sparse_inputs(body)
         result = await self._embed(request, encodings, None, task="embed_sparse")
         vocabulary = sparse.vocabulary(self.service.bundle.tokenizer) if return_tokens else None

@@ -236,6 +236,7 @@ OPERATIONS: dict[str, list[Op]] = {
         ),
         tei_embed,
         tei_rerank,  # a reranker's POST / is its /rerank, as TEI's
+        tei_embed_sparse,  # and a sparse model's its /embed_sparse
     ],
     "/decode": [
         Op(
