@@ -26,7 +26,18 @@ if TYPE_CHECKING:
     from encoderfile.runtime.manifest import Manifest
 
 EXIT_USER = 2
-COMMANDS = ("embed", "stream", "search", "stats", "info", "verify", "sbom", "serve", "mcp")
+COMMANDS = (
+    "embed",
+    "rerank",
+    "stream",
+    "search",
+    "stats",
+    "info",
+    "verify",
+    "sbom",
+    "serve",
+    "mcp",
+)
 VALUE_OPTIONS = ("--threads", "--bundle")  # top-level options that take a value
 
 
@@ -126,6 +137,38 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         help="continue the --output-dir run after its last complete shard",
     )
     p.set_defaults(run=_embed)
+
+    p = sub.add_parser(
+        "rerank",
+        parents=[common, reading],
+        help="score documents (JSONL on stdin or --input) against a query (reranker artifacts)",
+        description="Score each document against QUERY with the cross-encoder and print JSONL "
+        "{index, id?, score}, best first (or in input order with --input-order). Documents are "
+        "JSONL objects on stdin or in --input FILE (their --text-field; --lines: plain lines).",
+    )
+    p.add_argument("query", metavar="QUERY", help="the query the documents are scored against")
+    p.add_argument("--input", metavar="FILE", help="JSONL documents ('-': stdin, the default)")
+    p.add_argument("--lines", action="store_true", help="stdin holds one document per line")
+    p.add_argument("--id-field", metavar="KEY", help="JSONL key copied to the output as 'id'")
+    p.add_argument("--top-n", type=positive_int, metavar="N", help="print only the N best")
+    p.add_argument(
+        "--input-order", action="store_true", help="print in input order instead of best first"
+    )
+    p.add_argument(
+        "--raw-scores", action="store_true", help="the model's logit instead of its score"
+    )
+    p.add_argument(
+        "--return-text", action="store_true", help="copy each document's text to the output"
+    )
+    p.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="refuse a (query, document) pair longer than max_length instead of cutting it",
+    )
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout"
+    )
+    p.set_defaults(run=_rerank)
 
     p = sub.add_parser(
         "stream",
@@ -466,12 +509,13 @@ def _embed(args: argparse.Namespace) -> int:
     from encoderfile.runtime.model_cache import ModelCache
 
     bundle = open_bundle(args.bundle, read_model=False)
+    if bundle.manifest.kind == "reranker":
+        _require_kind(bundle.manifest, "embedder")
     model = ModelCache(bundle)  # checks the cached optimised model while the imports below run
-    from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.embedder import for_bulk
 
     with records.output(args.output) as out:
-        session = model.open(args.threads) if bundle.manifest.has_text else None
-        embedder = Embedder(bundle, args.threads, session)
+        embedder = for_bulk(bundle, args.threads, model)
         embedder.prefix(args.prompt)  # unknown prompt / dimensions fail before reading input
         width = embedder.manifest.width(args.dimensions)
         writer = _writer(embedder.manifest, args.format)(out, width)
@@ -489,6 +533,77 @@ def _embed(args: argparse.Namespace) -> int:
             progress.close()
     truncated.report(embedder.manifest.max_length)
     return 0
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    if args.lines and args.input:
+        raise UsageError("pass --lines (stdin lines) or --input FILE.jsonl, not both")
+    if args.id_field and args.lines:
+        raise UsageError("--id-field needs JSONL documents, not --lines")
+    import numpy as np
+
+    from encoderfile.runtime import reranker
+    from encoderfile.runtime import texts as text_rule
+    from encoderfile.runtime.artifact import open_bundle
+
+    bundle = open_bundle(args.bundle)
+    _require_kind(bundle.manifest, "reranker")
+    model = reranker.Reranker(bundle, args.threads)
+    text_rule.check(args.query, "QUERY", fix="Pass the query to score the documents against")
+    options = records.ReadOptions(
+        input=None if args.lines else (args.input or "-"),
+        text_field=args.text_field,
+        id_field=args.id_field,
+        errors=args.errors,
+        skip_empty=args.skip_empty,
+    )
+    max_chars = records.char_limit(model.manifest.max_length)
+    kept: list[records.Record] = []
+    parts: list[np.ndarray] = []
+    truncated = records.Truncations()
+    progress = records.Progress(sys.stderr.isatty(), "documents scored")
+    try:
+        for chunk in records.chunks(records.read_records(options, max_chars), records.CHUNK):
+            encodings = model.tokenize_pairs(args.query, [r.text for r in chunk])
+            for record, encoding in zip(chunk, encodings, strict=True):
+                if encoding.overflowing or record.cut:
+                    if args.no_truncate:
+                        raise RequestError(
+                            f"{record.where} with the query is longer than max_length="
+                            f"{model.manifest.max_length} tokens. Shorten it, or drop "
+                            "--no-truncate to cut it."
+                        )
+                    truncated.add(record.where)
+            rows = model.embed_encodings(encodings).vectors
+            parts.append(reranker.pick(rows, args.raw_scores))
+            kept.extend(chunk if args.return_text else (r._replace(text="") for r in chunk))
+            progress.update(len(chunk))
+    finally:
+        progress.close()
+    scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    with records.output(args.output) as out:
+        for i in reranker.order(scores, args.top_n, sort=not args.input_order):
+            row: dict[str, Any] = {"index": i}
+            if args.id_field:
+                row["id"] = kept[i].id
+            row["score"] = float(scores[i])
+            if args.return_text:
+                row["text"] = kept[i].text
+            out.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    truncated.report(model.manifest.max_length)
+    return 0
+
+
+def _require_kind(manifest: Manifest, kind: str) -> None:
+    """UsageError naming the artifact's kind and its command, unless it is `kind`."""
+    if manifest.kind == kind:
+        return
+    use = {"reranker": "rerank QUERY < documents.jsonl", "embedder": "embed TEXT..."}
+    raise UsageError(
+        f"{manifest.name} is a{'n' if manifest.kind[0] in 'aeiou' else ''} {manifest.kind} "
+        f"artifact, and this command needs a{'n' if kind[0] in 'aeiou' else ''} {kind}. Use "
+        f"'{_prog()} {use.get(manifest.kind, 'info')}'"
+    )
 
 
 def _writer(manifest: Manifest, fmt: str) -> Any:
@@ -551,7 +666,10 @@ def _search(args: argparse.Namespace) -> int:
         threads=args.threads,
         bundle=args.bundle,
     )
-    max_chars = records.char_limit(read_manifest(args.bundle).max_length)
+    manifest = read_manifest(args.bundle)
+    if manifest.kind == "reranker":
+        _require_kind(manifest, "embedder")
+    max_chars = records.char_limit(manifest.max_length)
     return search.command(options, records.read_records(_read_options(args, args.input), max_chars))
 
 

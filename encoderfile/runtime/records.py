@@ -404,8 +404,8 @@ WRITERS: dict[str, Any] = {"jsonl": JsonlWriter, "json": JsonWriter, "npy": NpyW
 class Progress:
     """`\\r<n> texts <rate>/s` on stderr, only when it is a terminal."""
 
-    def __init__(self, enabled: bool):
-        self.enabled, self.done = enabled, 0
+    def __init__(self, enabled: bool, done: str = "texts embedded"):
+        self.enabled, self.done, self.what = enabled, 0, done
         self.start = self.shown = time.monotonic()
 
     def update(self, n: int) -> None:
@@ -413,7 +413,7 @@ class Progress:
         now = time.monotonic()
         if self.enabled and now - self.shown >= 0.2:
             rate = self.done / max(now - self.start, 1e-9)
-            sys.stderr.write(f"\r{self.done} texts embedded, {rate:.0f}/s")
+            sys.stderr.write(f"\r{self.done} {self.what}, {rate:.0f}/s")
             sys.stderr.flush()
             self.shown = now
 

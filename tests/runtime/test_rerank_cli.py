@@ -1,0 +1,115 @@
+"""The runtime's `rerank` command: in process (progress on a terminal), then on the one frozen
+reranker artifact of the session: JSONL out best first or in input order, --top-n, scores equal
+to the Reranker's, and `embed` / `verify` / `info` on a reranker."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoderfile.runtime import cli, records
+from encoderfile.runtime.artifact import open_bundle
+from encoderfile.runtime.reranker import Reranker
+from tests.fixtures.artifacts import run_artifact
+
+QUERY = "what does a cross-encoder do?"
+DOCS = [
+    {"id": "banana", "text": "Bananas are rich in potassium."},
+    {"id": "ce", "text": "A cross-encoder reads the query and the document together."},
+    {"id": "long", "text": " ".join(f"sentence {i} of a long document" for i in range(20))},
+    {"id": "hi", "text": "hi"},
+]
+JSONL = "".join(json.dumps(d) + "\n" for d in DOCS).encode()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal(reranker_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "CHUNK", 2)
+    clock = iter(range(100))
+    monkeypatch.setattr(records.time, "monotonic", lambda: float(next(clock)))
+    terminal = _Terminal()
+    out = io.BytesIO()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(JSONL)))
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, write_through=True))
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli.main(["--bundle", str(reranker_bundle), "rerank", QUERY]) == 0
+    assert "\r2 documents scored" in terminal.getvalue()
+    assert "\r4 documents scored" in terminal.getvalue()
+    assert len(out.getvalue().splitlines()) == len(DOCS)
+
+
+@pytest.fixture(scope="module")
+def expected(reranker_bundle: Path) -> np.ndarray:
+    reranker = Reranker(open_bundle(reranker_bundle), threads=1)
+    return reranker.rerank(QUERY, [d["text"] for d in DOCS]).scores
+
+
+def test_frozen_rerank(
+    reranker_artifact: Path, artifact_env: dict[str, str], expected: np.ndarray
+) -> None:
+    done = run_artifact(
+        reranker_artifact, "rerank", QUERY, "--id-field", "id", input=JSONL, env=artifact_env
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    best = list(np.argsort(-expected, kind="stable"))
+    assert [r["index"] for r in rows] == best
+    assert [r["id"] for r in rows] == [DOCS[i]["id"] for i in best]
+    np.testing.assert_allclose([r["score"] for r in rows], expected[best], atol=1e-6)
+    assert "truncated 1 input(s) longer than 48 tokens (stdin line 3)" in done.stderr.decode()
+
+    top = run_artifact(
+        reranker_artifact,
+        "rerank",
+        QUERY,
+        "--top-n",
+        "2",
+        "--input-order",
+        "--return-text",
+        input=JSONL,
+        env=artifact_env,
+    )
+    rows = [json.loads(line) for line in top.stdout.splitlines()]
+    assert [r["index"] for r in rows] == sorted(best[:2])
+    assert [r["text"] for r in rows] == [DOCS[i]["text"] for i in sorted(best[:2])]
+
+    refused = run_artifact(
+        reranker_artifact, "rerank", QUERY, "--no-truncate", input=JSONL, env=artifact_env
+    )
+    assert refused.returncode == 2 and b"stdin line 3 with the query is longer" in refused.stderr
+
+
+def test_frozen_reranker_other_commands(
+    reranker_artifact: Path, artifact_env: dict[str, str]
+) -> None:
+    embed = run_artifact(reranker_artifact, "embed", "hello", env=artifact_env)
+    assert embed.returncode == 2
+    assert (
+        b"tiny-reranker is a reranker artifact" in embed.stderr and b"rerank QUERY" in embed.stderr
+    )
+    assert len(embed.stderr.splitlines()) == 1
+    verify = run_artifact(reranker_artifact, "verify", env=artifact_env)
+    assert verify.returncode == 0 and b"golden pairs" in verify.stdout, verify.stderr
+    info = json.loads(run_artifact(reranker_artifact, "info", "--json", env=artifact_env).stdout)
+    assert info["kind"] == "reranker" and info["score"]["activation"] == "sigmoid"
+
+
+def test_rerank_on_an_embedder_names_its_kind(tiny_bundle: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "encoderfile.runtime", "--bundle", str(tiny_bundle), "rerank", "q"],
+        input=JSONL,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"tiny is an embedder artifact, and this command needs a reranker" in done.stderr
