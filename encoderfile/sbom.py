@@ -195,6 +195,8 @@ def _models(manifest: Manifest) -> list[Component]:
                     "normalized": manifest.normalized,
                     "max_length": manifest.max_length,
                     "precision": manifest.precision.mode,
+                    "kind": manifest.kind,
+                    "score": manifest.score.to_dict() if manifest.score else None,
                 },
             )
         )

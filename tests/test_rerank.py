@@ -127,6 +127,16 @@ def test_reranker_bundle_contract(reranker_bundle: Path) -> None:
     assert dict(rows(d))["kind"].startswith("reranker (score: sigmoid of label 0 of 1")
 
 
+def test_reranker_builds_are_reproducible(
+    reranker_bundle: Path, cross_encoder_dir: Path, tmp_path: Path
+) -> None:
+    from encoderfile.compiler import compile_bundle
+
+    again = compile_bundle(reranker_recipe(cross_encoder_dir, tmp_path / "r.yaml"), tmp_path / "o")
+    for name in ("model.onnx", "tokenizer.json", "manifest.json"):
+        assert (again / name).read_bytes() == (reranker_bundle / name).read_bytes(), name
+
+
 def test_config_activation_is_the_default(tmp_path: Path, cross_encoder_dir: Path) -> None:
     """With no score.activation, config.json's sentence_transformers.activation_fn decides."""
     model_dir = tmp_path / "model"

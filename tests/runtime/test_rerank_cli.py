@@ -102,6 +102,10 @@ def test_frozen_reranker_other_commands(
     assert verify.returncode == 0 and b"golden pairs" in verify.stdout, verify.stderr
     info = json.loads(run_artifact(reranker_artifact, "info", "--json", env=artifact_env).stdout)
     assert info["kind"] == "reranker" and info["score"]["activation"] == "sigmoid"
+    bom = json.loads(run_artifact(reranker_artifact, "sbom", env=artifact_env).stdout)
+    model = next(c for c in bom["components"] if c["bom-ref"] == "model")
+    props = {p["name"]: p["value"] for p in model["properties"]}
+    assert props["encoderfile:kind"] == "reranker" and "sigmoid" in props["encoderfile:score"]
 
 
 def test_rerank_on_an_embedder_names_its_kind(tiny_bundle: Path) -> None:
