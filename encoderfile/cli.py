@@ -343,8 +343,16 @@ def sweep(
         Path, typer.Option(help="where a recipe's bundle is built and vectors are cached")
     ] = Path("build"),
     allow_unpinned: AllowUnpinned = False,
+    dense: Annotated[
+        Path | None,
+        typer.Option(help="sparse artifacts: a dense recipe or bundle to compare and fuse with"),
+    ] = None,
+    bm25: Annotated[
+        bool, typer.Option(help="sparse artifacts: a BM25 baseline (bm25s) in the same run")
+    ] = True,
 ) -> None:
-    """Retrieval quality (nDCG@10, recall@100) against width and precision, on BEIR-format data."""
+    """Retrieval quality (nDCG@10, recall@100) against width and precision, on BEIR-format data;
+    on a sparse artifact, beside BM25, a dense artifact (--dense) and their hybrid."""
     from encoderfile import retrieval
     from encoderfile import sweep as sweeping
     from encoderfile.runtime.artifact import open_bundle
@@ -366,8 +374,26 @@ def sweep(
         from encoderfile.compiler import compile_bundle
 
         bundle_dir = compile_bundle(path, out, allow_unpinned=allow_unpinned)
+    embedder = Embedder(open_bundle(bundle_dir))
+    if embedder.manifest.kind == "sparse":
+        from encoderfile import sparse_sweep
+
+        other = None
+        if dense is not None:
+            from encoderfile.compiler import compile_bundle
+
+            dense_dir = dense if dense.is_dir() else compile_bundle(dense, out)
+            other = Embedder(open_bundle(dense_dir))
+        sparse_result = sparse_sweep.run(
+            embedder, query_set, documents, judged, dense=other, bm25=bm25,
+            cache=out / "sweep-cache",
+        )  # fmt: skip
+        _print(
+            json.dumps(sparse_result, indent=2) if as_json else sparse_sweep.table(sparse_result)
+        )
+        return
     result = sweeping.run(
-        Embedder(open_bundle(bundle_dir)),
+        embedder,
         query_set,
         documents,
         judged,

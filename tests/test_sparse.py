@@ -92,3 +92,47 @@ def test_parity_with_sentence_transformers_sparse_encoder(
     assert np.abs(got.vectors - reference).max() < 1e-5
     alone = np.stack([embedder.embed([t]).vectors[0] for t in PARITY_TEXTS])
     np.testing.assert_array_equal(alone, got.vectors)  # batch-invariant
+
+
+# -- sweep on a sparse artifact -------------------------------------------------------------
+
+SWEEP_DOCS = [
+    "Cats sleep most of the day on sofas and beds.",
+    "The stock market fell sharply after the interest rate rise.",
+    "Vaccines train the immune system with a harmless antigen.",
+    "A recipe for sourdough bread needs flour, water and salt.",
+    "Volcanoes erupt when magma rises through the crust.",
+]
+SWEEP_QUERIES = ["where do cats sleep", "how do vaccines work", "why do volcanoes erupt"]
+
+
+def test_rrf_fuses_rank_lists() -> None:
+    from encoderfile.sparse_sweep import rrf
+
+    fused = rrf([np.array([[0, 1, 2]]), np.array([[1, 3, 0]])], depth=4)
+    assert fused == [[1, 0, 3, 2]]  # 1/61 + 1/62 > 1/61 + 1/63 > 1/62 > 1/63
+
+
+def test_sweep_on_a_sparse_artifact_reports_every_method(
+    splade_bundle: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from encoderfile.cli import app
+    from tests.test_sweep import write_beir
+
+    qrels = [("q0", "d0", 1), ("q1", "d2", 1), ("q2", "d4", 1)]
+    beir = write_beir(tmp_path / "beir", SWEEP_DOCS, SWEEP_QUERIES, qrels)
+    args = ["sweep", str(splade_bundle), "--queries", str(beir / "queries.jsonl")]
+    args += ["--corpus", str(beir / "corpus.jsonl"), "--qrels", str(beir / "qrels.tsv")]
+    args += ["--dense", str(tiny_bundle), "--out", str(tmp_path / "out"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: r for r in json.loads(result.stdout)["rows"]}
+    assert list(rows) == ["sparse", "bm25", "dense", "hybrid"]
+    assert rows["sparse"]["ndcg"] == 1.0  # SPLADE finds each topic's one document first
+    assert rows["sparse"]["doc_terms"] > rows["sparse"]["query_terms"] > 0
+    assert rows["sparse"]["index_bytes"] > 0 and rows["sparse"]["ms_per_query"] > 0
+    assert all(0 <= r["ndcg"] <= 1 and 0 <= r["recall"] <= 1 for r in rows.values())
