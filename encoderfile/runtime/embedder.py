@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,7 @@ from encoderfile.runtime.manifest import (
     text_columns,
 )
 from encoderfile.runtime.model_cache import ModelCache
-from encoderfile.runtime.session import open_session, shorten
+from encoderfile.runtime.session import available_cpus, open_session, shorten
 
 # One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
 # longest of them), inputs sorted by length: short texts go 16 at a time, 256-token texts 8 at a
@@ -33,6 +35,11 @@ from encoderfile.runtime.session import open_session, shorten
 # best batch of a plain ORT loop was 8-16 for MiniLM and NomicBERT (docs/benchmarks.md).
 BATCH_SIZE = 16
 BATCH_TOKENS = 2048
+# Bulk work of this many model calls or more runs them side by side, one single-threaded session
+# per CPU: no CPU waits to keep intra-op threads in step, so 2 lanes on 2 cores embed more texts
+# a second than one session on both (benchmarks/throughput.py). Fewer calls do not pay for opening
+# the lanes' sessions.
+LANES_FROM = 8
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ class Embedder:
         elif session is None:  # opened with read_model=False: the cached copy, if it checks out
             session = ModelCache(bundle).open(threads)
         self._session = session
+        self._lanes: _Lanes | None = None
         self._inputs = [i.name for i in self._session.get_inputs()]
         unknown = set(self._inputs) - set(TEXT_INPUTS)
         if unknown or not set(self.OUTPUTS) <= {o.name for o in self._session.get_outputs()}:
@@ -84,6 +92,7 @@ class Embedder:
         """This embedder running `session`, another session over the same graph."""
         twin = copy.copy(self)
         twin._session = session
+        twin._lanes = None
         return twin
 
     def prefix(self, prompt: str | None) -> str:
@@ -141,15 +150,27 @@ class Embedder:
         """Full-width vectors with no prompt at all (how the golden vectors were computed)."""
         return self._run(self._tokenizer.encode_batch(list(texts)))
 
+    def spread(self, open_session: Callable[[], ort.InferenceSession], lanes: int) -> None:
+        """Run a call of LANES_FROM model batches or more on `lanes` single-threaded sessions side
+        by side (opened by `open_session` on the first such call): bulk work, not requests."""
+        self._lanes = _Lanes(open_session, lanes) if lanes > 1 else None
+
     def _run(self, encodings: Sequence[Encoding]) -> np.ndarray:
         """[n, dimension] for one output; [n, outputs] for several outputs of shape [batch]."""
         width = self.manifest.dimension if len(self.OUTPUTS) == 1 else len(self.OUTPUTS)
         out = np.empty((len(encodings), width), dtype=np.float32)
-        for rows in _batches([len(e.ids) for e in encodings]):
-            results = self._session.run(
-                list(self.OUTPUTS), self._feed([encodings[i] for i in rows])
-            )
-            out[rows] = results[0] if len(results) == 1 else np.stack(results, axis=1)
+        groups = list(_batches([len(e.ids) for e in encodings]))
+
+        def call(session: ort.InferenceSession, rows: list[int]) -> np.ndarray:
+            results = session.run(list(self.OUTPUTS), self._feed([encodings[i] for i in rows]))
+            return results[0] if len(results) == 1 else np.stack(results, axis=1)
+
+        if self._lanes is not None and len(groups) >= LANES_FROM:
+            for rows, values in self._lanes.map(call, groups):
+                out[rows] = values
+        else:
+            for rows in groups:
+                out[rows] = call(self._session, rows)
         if not np.isfinite(out).all():
             raise ArtifactError("model.onnx produced NaN or infinite values. Rebuild the bundle.")
         return out
@@ -178,3 +199,49 @@ def _batches(lengths: Sequence[int]) -> Iterator[list[int]]:
         batch.append(i)
     if batch:
         yield batch
+
+
+def for_bulk(bundle: Bundle, threads: int | None, model: ModelCache | None = None) -> Embedder:
+    """An Embedder for many texts (embed, shards, stream): one session on `threads` CPUs (default
+    all), and for a call of LANES_FROM model batches or more, one single-threaded lane per CPU."""
+    model = model or ModelCache(bundle)
+    session = model.open(threads) if bundle.manifest.has_text else None
+    embedder = Embedder(bundle, threads, session)
+    embedder.spread(lambda: model.open(1), threads or available_cpus())
+    return embedder
+
+
+class _Lanes:
+    """Single-threaded sessions over one graph, each run by a thread of its own, taking the next
+    model batch as it finishes one; a session's rows are bitwise those of any other session."""
+
+    def __init__(self, open_session: Callable[[], ort.InferenceSession], count: int):
+        self._open, self._count = open_session, count
+        self._sessions: list[ort.InferenceSession] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def map(
+        self, call: Callable[[ort.InferenceSession, list[int]], np.ndarray], groups: list[list[int]]
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(rows, call(session, rows)) for every group, in no particular order."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._count, thread_name_prefix="encoderfile-lane")
+            self._sessions = list(self._pool.map(lambda _: self._open(), range(self._count)))
+        pending, lock, stop = iter(groups), threading.Lock(), threading.Event()
+
+        def lane(session: ort.InferenceSession) -> list[tuple[list[int], np.ndarray]]:
+            done = []
+            while not stop.is_set():
+                with lock:
+                    rows = next(pending, None)
+                if rows is None:
+                    break
+                done.append((rows, call(session, rows)))
+            return done
+
+        futures = [self._pool.submit(lane, session) for session in self._sessions]
+        try:
+            for future in as_completed(futures):  # the first to fail, at once
+                yield from future.result()
+        finally:  # an error (or Ctrl-C) in one lane: the others take no more batches
+            stop.set()

@@ -403,7 +403,7 @@ class Progress:
 def run(options: ShardOptions, embed_chunk: EmbedChunk) -> int:
     """Embed --input files into --output-dir shards; with --resume, continue a previous run."""
     from encoderfile.runtime.artifact import open_bundle, read_entry
-    from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.embedder import for_bulk
 
     out = Path(options.output_dir)
     files = expand_inputs(list(options.inputs))
@@ -454,7 +454,7 @@ def run(options: ShardOptions, embed_chunk: EmbedChunk) -> int:
             journal.create(header)
         _remove_leftovers(out)
 
-        embedder = Embedder(bundle, options.threads)
+        embedder = for_bulk(bundle, options.threads)
         embedder.prefix(options.prompt)  # unknown prompt / dimensions fail before reading input
         width = embedder.manifest.width(options.dimensions)
         total = sum(int(i["lines"]) for i in header["inputs"])

@@ -39,9 +39,9 @@ class StreamOptions:
 
 def run(options: StreamOptions) -> int:
     from encoderfile.runtime.artifact import open_bundle
-    from encoderfile.runtime.embedder import Embedder
+    from encoderfile.runtime.embedder import for_bulk
 
-    embedder = Embedder(open_bundle(options.bundle, read_model=False), options.threads)
+    embedder = for_bulk(open_bundle(options.bundle, read_model=False), options.threads)
     embedder.prefix(options.prompt)  # unknown prompt / dimensions fail before the hello
     width = embedder.manifest.width(options.dimensions)
     out = sys.stdout.buffer

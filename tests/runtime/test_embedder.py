@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,60 @@ def test_threads_set_intra_op_threads(tmp_path: Path) -> None:
 def test_empty_request_gives_an_empty_matrix(tmp_path: Path) -> None:
     result = embedder(tmp_path).embed([])
     assert result.vectors.shape == (0, 8) and result.tokens == []
+
+
+def test_bulk_lanes_run_side_by_side_and_give_the_same_bits(tmp_path: Path) -> None:
+    bundle = open_bundle(make_tiny_bundle(tmp_path / "b"))
+    one = Embedder(bundle, threads=1)
+    bulk = embedder_module.for_bulk(bundle, threads=2)
+    threads_seen: set[str] = set()
+    run = bulk._session.run
+
+    def opened() -> object:  # a lane's session that says which thread runs it
+        session = embedder_module.ModelCache(bundle).open(1)
+
+        class Watched:
+            def run(self, *args: object) -> object:
+                threads_seen.add(threading.current_thread().name)
+                time.sleep(0.002)  # the tiny model is quick: let both lanes take batches
+                return session.run(*args)
+
+        return Watched()
+
+    bulk.spread(opened, 2)
+    few = texts(BATCH_SIZE * (embedder_module.LANES_FROM - 1))  # too few calls for lanes
+    np.testing.assert_array_equal(bulk.embed(few).vectors, one.embed(few).vectors)
+    assert not threads_seen and bulk._session.run == run
+    many = texts(BATCH_SIZE * embedder_module.LANES_FROM * 3 + 5)
+    np.testing.assert_array_equal(bulk.embed(many).vectors, one.embed(many).vectors)
+    assert len(threads_seen) == 2 and all(t.startswith("encoderfile-lane") for t in threads_seen)
+
+
+def test_an_error_in_one_lane_fails_the_call_and_stops_the_others(tmp_path: Path) -> None:
+    bundle = open_bundle(make_tiny_bundle(tmp_path / "b"))
+    bulk = embedder_module.for_bulk(bundle, threads=2)
+    slow_calls: list[int] = []
+    opened: list[object] = []
+
+    class Failing:
+        def run(self, *args: object) -> object:
+            raise RuntimeError("lane failed")
+
+    class Slow:
+        session = embedder_module.ModelCache(bundle).open(1)
+
+        def run(self, *args: object) -> object:
+            slow_calls.append(1)
+            time.sleep(0.02)
+            return self.session.run(*args)
+
+    def open_lane() -> object:
+        opened.append(None)
+        return Failing() if len(opened) == 1 else Slow()
+
+    bulk.spread(open_lane, 2)
+    many = texts(BATCH_SIZE * embedder_module.LANES_FROM * 4)  # 32+ calls: 0.6 s on the slow lane
+    with pytest.raises(RuntimeError, match="lane failed"):
+        bulk.embed(many)
+    time.sleep(0.3)
+    assert len(slow_calls) <= 3, "the slow lane stops once the other has failed"
