@@ -476,6 +476,33 @@ def run_artifact(artifact: Path, source: Path, threads: int, target: Path) -> Pa
     return target
 
 
+def run_stream(artifact: Path, texts: list[str], threads: int) -> np.ndarray:
+    """`<artifact> stream` driven as encoderfile.ray's actors drive it (batches of
+    DEFAULT_BATCH_SIZE texts), start-up included."""
+    from encoderfile.ray import DEFAULT_BATCH_SIZE, ArtifactProcess
+
+    process = ArtifactProcess([str(artifact), "stream", "--threads", str(threads)])
+    try:
+        return np.concatenate(
+            [
+                process.embed(texts[i : i + DEFAULT_BATCH_SIZE])
+                for i in range(0, len(texts), DEFAULT_BATCH_SIZE)
+            ]
+        )
+    finally:
+        process.close()
+
+
+def served(artifact: Path, texts: list[str], threads: int) -> np.ndarray:
+    """The vectors `<artifact> serve` answers to single-text POST /embed requests."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(artifact), "serve", "--threads", str(threads), "--port", str(port)]
+    with started([*command, "--no-grpc"], url), httpx.Client(base_url=url, timeout=60) as client:
+        rows = [client.post("/embed", json={"input": t}).json()["embedding"] for t in texts]
+    return np.array(rows, dtype=np.float32)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     value = fn()
@@ -498,10 +525,17 @@ class BulkRow:
     embed_ex_startup: float = 0.0
     best_batch: int = 0
     cosine: dict[str, float] = field(default_factory=dict)
+    rounds: list[dict[str, float]] = field(default_factory=list)  # texts/s per system, per round
+    same_bits: dict[str, bool] = field(default_factory=dict)  # vs embed's vectors: stream, serve
 
 
 def bulk(
-    spec: ModelSpec, artifact: Path, bundle: Path, sizes: dict[str, int], threads: int
+    spec: ModelSpec,
+    artifact: Path,
+    bundle: Path,
+    sizes: dict[str, int],
+    threads: int,
+    rounds: int = 1,
 ) -> tuple[list[BulkRow], float, dict[str, str]]:
     """Rows per workload, the artifact's start-up in seconds, and systems skipped (why)."""
     short, docs = _short_pool(), _corpus()
@@ -530,6 +564,7 @@ def bulk(
             row.best_batch = min(trial, key=lambda b: trial[b])
             runners: dict[str, Callable[[], Any]] = {
                 "embed": partial(run_artifact, artifact, source, threads, target),
+                "stream": partial(run_stream, artifact, texts, threads),
                 "ort": partial(ort_loop.embed, texts, row.best_batch),
                 "st": partial(st, texts),
             }
@@ -552,6 +587,31 @@ def bulk(
             for system, vectors in outputs.items():
                 if system != "ort":
                     row.cosine[system] = min_cosine(vectors, outputs["ort"])
+            sample = random.Random(3).sample(range(len(texts)), min(64, len(texts)))
+            row.same_bits = {
+                "stream": bool(np.array_equal(outputs["stream"], outputs["embed"])),
+                "serve": bool(
+                    np.array_equal(
+                        served(artifact, [texts[i] for i in sample], threads),
+                        outputs["embed"][sample],
+                    )
+                ),
+            }
+            # Rounds of embed, stream and the ORT loop alone, in alternating order: the ratios
+            # to the ORT loop are paired within a round.
+            paced = ["embed", "stream", "ort"]
+            for r in range(rounds):
+                row.rounds.append({})
+                for system in paced if r % 2 == 0 else paced[::-1]:
+                    row.rounds[-1][system] = len(texts) / timed(runners[system])[0]
+                print(
+                    f"[{spec.key}] {name} round {r + 1}: "
+                    + ", ".join(
+                        f"{k} / ORT {row.rounds[-1][k] / row.rounds[-1]['ort']:.3f}x"
+                        for k in ("embed", "stream")
+                    ),
+                    flush=True,
+                )
             print(
                 f"[{spec.key}] {name} min cosine vs ORT loop: "
                 + ", ".join(f"{k} {v:.6f}" for k, v in row.cosine.items()),
@@ -584,6 +644,35 @@ def baseline_server(bundle: Path, port: int, threads: int) -> None:
 
     app = Starlette(routes=[Route("/embed", embed, methods=["POST"]), Route("/ready", ready)])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def baseline_grpc_server(bundle: Path, port: int, threads: int) -> None:
+    """The gRPC twin of baseline_server: Embed with batch size 1, one ORT call per request on
+    the event loop, serialised; nothing else (no health, no reflection, no metrics)."""
+    import grpc
+
+    from encoderfile.proto import embed_pb2, embed_pb2_grpc
+
+    loop = OrtLoop(bundle, threads)
+
+    class Embedder(embed_pb2_grpc.EmbedderServicer):
+        async def Embed(  # noqa: N802 - gRPC method names
+            self, request: embed_pb2.EmbedRequest, context: Any
+        ) -> embed_pb2.EmbedResponse:
+            vectors = loop.embed(list(request.inputs), 1)
+            return embed_pb2.EmbedResponse(
+                embeddings=[embed_pb2.Embedding(values=v) for v in vectors]
+            )
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        embed_pb2_grpc.add_EmbedderServicer_to_server(Embedder(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 @contextlib.contextmanager
@@ -740,6 +829,30 @@ def report(
                 f"{spec.label}, {r.workload}: embed / ORT {to_ort:.2f}x "
                 f"{verdict(to_ort >= 0.95)}; embed / torch {to_st:.2f}x {verdict(to_st >= 2)}"
             )
+        if any(r.rounds for r in rows):
+            lines += [
+                "",
+                "Bulk `embed` and `stream` (encoderfile.ray's path, batches of 256) against the "
+                "plain ORT loop at its best batch, start-up included, in rounds of the three "
+                "alone, alternating order; each round's ratio (goal ≥ 1.10x in every round). "
+                "Same bits: stream's vectors and `serve`'s (64 single-text requests) against "
+                "embed's, bitwise.",
+                "",
+                "| workload | embed / ORT per round | stream / ORT per round | same bits |",
+                "|---|---|---|---|",
+            ]
+            for r in rows:
+                per = {
+                    k: ", ".join(f"{x[k] / x['ort']:.2f}x" for x in r.rounds)
+                    for k in ("embed", "stream")
+                }
+                bits = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r.same_bits.items())
+                lines.append(f"| {r.workload} | {per['embed']} | {per['stream']} | {bits} |")
+                worst = min(min(x["embed"], x["stream"]) / x["ort"] for x in r.rounds)
+                targets.append(
+                    f"{spec.label}, {r.workload}: embed and stream / ORT, worst round "
+                    f"{worst:.2f}x {verdict(worst >= 1.10)}"
+                )
         if res.get("server"):
             srows: list[ServerRow] = res["server"]
             single = res["single_ms"]
@@ -857,10 +970,14 @@ def main() -> int:
     )
     parser.add_argument("--server-requests", type=int, help="requests per server and client count")
     parser.add_argument("--no-server", action="store_true", help="bulk only")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds of embed, stream and the ORT loop alone"
+    )
     parser.add_argument("--threads", type=int, help="threads for every system (default: cores)")
     parser.add_argument("--out-dir", type=Path, help="default docs/ (build/bench/ with --quick)")
     parser.add_argument("--note", default="", help="a line for the report, e.g. machine load")
     parser.add_argument("--baseline-server", metavar="BUNDLE", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-grpc-server", metavar="BUNDLE", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -868,6 +985,9 @@ def main() -> int:
     threads = args.threads or cores
     if args.baseline_server:
         baseline_server(Path(args.baseline_server), args.port, threads)
+        return 0
+    if args.baseline_grpc_server:
+        baseline_grpc_server(Path(args.baseline_grpc_server), args.port, threads)
         return 0
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     if unknown := [k for k in keys if k not in MODELS]:
@@ -885,7 +1005,7 @@ def main() -> int:
             or (max(40, spec.server_requests // 8) if args.quick else spec.server_requests)
         )
         artifact, bundle = ensure_artifact(spec)
-        rows, startup, skipped = bulk(spec, artifact, bundle, sizes, threads)
+        rows, startup, skipped = bulk(spec, artifact, bundle, sizes, threads, args.rounds)
         results[key] = {"bulk": rows, "startup": startup, "skipped": skipped}
         if not args.no_server:
             srows, single = serving(spec, artifact, bundle, requests, threads)

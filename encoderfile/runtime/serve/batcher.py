@@ -35,10 +35,12 @@ WORKER_NICENESS = 5
 # NomicBERT). A take weighs that against padding, see Batcher._take.
 CALL_TOKENS = 24
 
-# A lone call expected to take at most this long runs on the caller's thread (the event loop) when
-# the model is idle: waking a worker and then the loop again cost a lone client ~0.3 ms a request
-# on this VM (a tenth of a MiniLM call), while the loop, blocked this long, delays little.
-INLINE_MS = 10.0
+# A lone call of at most this many padded tokens (inputs x the longest) runs on the caller's
+# thread (the event loop) when the model is idle: waking a worker and then the loop again cost a
+# lone client ~0.3 ms a request on this VM (a tenth of a MiniLM call), more on a loaded machine.
+# A count, not a time: a loaded machine slows the call and the hand-off alike, and the batch-1
+# servers it is measured against never hand off. The loop waits for at most one such call.
+INLINE_TOKENS = 512
 
 
 def _yield_to_the_event_loop() -> None:
@@ -121,7 +123,6 @@ class Batcher:
         self._lanes_free = threading.Condition(lock)  # the other workers wait here
         self._inflight = 0
         self._running = 0  # calls on the model now
-        self._lone_ms_per_token: float | None = None  # one-text calls on `embedder`, per token
         self._first_busy = False
         self._closed = False
         self._threads = [
@@ -176,17 +177,15 @@ class Batcher:
         self, encodings: Sequence[Encoding], *, dimensions: int | None = None
     ) -> Embeddings | None:
         """The embeddings, computed on the calling thread on the all-CPU session, if the model is
-        idle and the call should take at most INLINE_MS going by its one-text calls so far; else
-        None, and the caller submits. Same session, so bitwise the same vectors."""
+        idle and the call has at most INLINE_TOKENS padded tokens; else None, and the caller
+        submits. Same session, so bitwise the same vectors."""
         n, longest = len(encodings), max(len(e.ids) for e in encodings)
         with self._cond:
-            estimate = self._lone_ms_per_token
             if (
                 self._closed
                 or self._queue
                 or self._running
-                or estimate is None
-                or estimate * n * longest > INLINE_MS
+                or n * longest > INLINE_TOKENS
                 or self._inflight + n > self._max_inflight
             ):
                 return None
@@ -303,10 +302,6 @@ class Batcher:
         seconds = time.monotonic() - started
         self._metrics.inference_seconds.observe(seconds)
         self._metrics.batch_inputs.observe(len(encodings))
-        if embedder is self._embedder and len(encodings) == 1:
-            latest = seconds * 1000 / max(1, len(encodings[0].ids))
-            known = self._lone_ms_per_token
-            self._lone_ms_per_token = latest if known is None else 0.8 * known + 0.2 * latest
         return result
 
     @staticmethod

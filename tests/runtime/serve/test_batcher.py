@@ -260,15 +260,17 @@ def test_a_short_lone_call_runs_on_the_callers_thread(
     batcher = Batcher(wide, lane=Recording(embedder), workers=2)  # type: ignore[arg-type]
     one = embedder.tokenize([TEXTS[1]])
     try:
-        assert batcher.embed_now(one) is None, "no lone call timed yet: no estimate"
-        submitted = batcher.submit(one).result(10)
-        now = batcher.embed_now(one)
+        now = batcher.embed_now(one)  # the very first call too: no timing needed
         assert now is not None
+        submitted = batcher.submit(one).result(10)
         assert np.array_equal(now.vectors, submitted.vectors)
-        assert threads == ["encoderfile-batcher-0", threading.current_thread().name]
+        assert threads == [threading.current_thread().name, "encoderfile-batcher-0"]
         assert batcher.idle
-        monkeypatch.setattr("encoderfile.runtime.serve.batcher.INLINE_MS", 0.0)
-        assert batcher.embed_now(one) is None, "longer than INLINE_MS: a worker's job"
+        tokens = len(one[0].ids)
+        monkeypatch.setattr("encoderfile.runtime.serve.batcher.INLINE_TOKENS", 2 * tokens - 1)
+        assert batcher.embed_now(one) is not None
+        two = embedder.tokenize([TEXTS[1]] * 2)
+        assert batcher.embed_now(two) is None, "over INLINE_TOKENS padded tokens: a worker's job"
     finally:
         batcher.close(10)
 
@@ -278,8 +280,6 @@ def test_no_call_on_the_callers_thread_while_the_model_is_busy(embedder: Embedde
     batcher = Batcher(gated, lane=gated, workers=2)  # type: ignore[arg-type]
     one = embedder.tokenize([TEXTS[0]])
     try:
-        gated.gate.set()
-        batcher.submit(one).result(10)  # times a lone call
         gated.gate.clear()
         gated.entered.clear()
         running = batcher.submit(one)
