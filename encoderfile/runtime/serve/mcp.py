@@ -47,6 +47,11 @@ Prompt = Annotated[
     str | None,
     Field(description="Name of one of the model's prompts (a prefix such as 'query: ')."),
 ]
+Query = Annotated[str, Field(description="What to search for.")]
+Documents = Annotated[
+    list[str], Field(description="Candidate texts, scored against the query.", min_length=1)
+]
+TopK = Annotated[int | None, Field(description="Return only the best top_k documents.", ge=1)]
 Pairs = Annotated[
     list[Annotated[list[str], Field(min_length=2, max_length=2)]],
     Field(description="Pairs of texts to compare, each [text_a, text_b].", min_length=1),
@@ -175,13 +180,9 @@ def create_server(service: Service) -> MCPServer:
         return {"scores": _cosine(vectors[0::2], vectors[1::2]).tolist()}
 
     async def rank(
-        query: Annotated[str, Field(description="What to search for.")],
-        documents: Annotated[
-            list[str], Field(description="Candidate texts, scored against the query.", min_length=1)
-        ],
-        top_k: Annotated[
-            int | None, Field(description="Return only the best top_k documents.", ge=1)
-        ] = None,
+        query: Query,
+        documents: Documents,
+        top_k: TopK = None,
         dimensions: Dimensions = None,
         query_prompt: Prompt = None,
         document_prompt: Prompt = None,
@@ -543,13 +544,9 @@ def _cross_encoder_rank(service: Service) -> Callable[..., Any]:
     POST /rerank and gRPC Rerank."""
 
     async def rank(
-        query: Annotated[str, Field(description="What to search for.")],
-        documents: Annotated[
-            list[str], Field(description="Candidate texts, scored against the query.", min_length=1)
-        ],
-        top_k: Annotated[
-            int | None, Field(description="Return only the best top_k documents.", ge=1)
-        ] = None,
+        query: Query,
+        documents: Documents,
+        top_k: TopK = None,
         raw_scores: Annotated[
             bool, Field(description="The model's raw logit instead of its activation's score.")
         ] = False,

@@ -43,22 +43,22 @@ def expected(reranker_bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     return scores, logits
 
 
-@pytest.fixture(scope="module")
-def client(reranker_bundle: Path) -> Iterator[TestClient]:
-    service = Service(open_bundle(reranker_bundle), LIMITS)
+def serving(bundle: Path) -> Iterator[TestClient]:
+    service = Service(open_bundle(bundle), LIMITS)
     service.load(threads=1)
     with TestClient(create_app(service)) as client:
         yield client
     service.close(10)
+
+
+@pytest.fixture(scope="module")
+def client(reranker_bundle: Path) -> Iterator[TestClient]:
+    yield from serving(reranker_bundle)
 
 
 @pytest.fixture(scope="module")
 def embedder_client(shared_tiny_bundle: Path) -> Iterator[TestClient]:
-    service = Service(open_bundle(shared_tiny_bundle), LIMITS)
-    service.load(threads=1)
-    with TestClient(create_app(service)) as client:
-        yield client
-    service.close(10)
+    yield from serving(shared_tiny_bundle)
 
 
 def tei_schema(name: str, value: object) -> None:
