@@ -117,3 +117,22 @@ def test_rerank_on_an_embedder_names_its_kind(tiny_bundle: Path) -> None:
     )
     assert done.returncode == 2
     assert b"tiny is an embedder artifact, and this command needs a reranker" in done.stderr
+
+
+def test_frozen_reranker_runs_air_gapped(
+    reranker_artifact: Path, artifact_env: dict[str, str], tmp_path: Path
+) -> None:
+    """No network namespace, an empty environment and HOME: rerank and verify still work."""
+    from tests.test_freeze import ENV, network_namespace
+
+    prefix = network_namespace()
+    if prefix is None:
+        pytest.skip("the kernel forbids network namespaces (unshare -n and unshare -r -n fail)")
+    home = tmp_path / "home"
+    home.mkdir()
+    bare = [*prefix, ENV, "-i", f"HOME={home}", "PATH=/usr/bin:/bin"]
+    expected = run_artifact(reranker_artifact, "rerank", QUERY, input=JSONL, env=artifact_env)
+    offline = run_artifact(reranker_artifact, "rerank", QUERY, input=JSONL, env={}, prefix=bare)
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout == expected.stdout
+    assert run_artifact(reranker_artifact, "verify", env={}, prefix=bare).returncode == 0
