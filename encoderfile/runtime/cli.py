@@ -205,6 +205,22 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     p.add_argument(
         "--input", metavar="FILE", help="JSONL queries, one object per line ('-': stdin)"
     )
+    p.add_argument(
+        "--rerank",
+        metavar="RERANKER",
+        help="re-score each query's hits with this reranker artifact (the funnel's last stage); "
+        "hits then carry the cross-encoder's score and their dense_score",
+    )
+    p.add_argument(
+        "--corpus", metavar="FILE.jsonl", help="with --rerank: {id, text} of every index row"
+    )
+    p.add_argument(
+        "--rerank-shortlist",
+        type=positive_int,
+        default=100,
+        metavar="K",
+        help="with --rerank: dense hits per query the cross-encoder re-scores (default 100)",
+    )
     p.set_defaults(run=_search, id_field=None)
 
     p = sub.add_parser(
@@ -665,6 +681,9 @@ def _search(args: argparse.Namespace) -> int:
         no_truncate=args.no_truncate,
         threads=args.threads,
         bundle=args.bundle,
+        rerank=args.rerank,
+        corpus=args.corpus,
+        rerank_shortlist=args.rerank_shortlist,
     )
     manifest = read_manifest(args.bundle)
     if manifest.kind == "reranker":

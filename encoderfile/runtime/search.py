@@ -39,6 +39,9 @@ class SearchOptions:
     no_truncate: bool = False
     threads: int | None = None
     bundle: str | None = None
+    rerank: str | None = None  # a reranker artifact (or bundle) re-scoring each query's hits
+    corpus: str | None = None  # JSONL {id, text}: the texts of the index rows, for --rerank
+    rerank_shortlist: int = 100  # hits per query the cross-encoder re-scores
 
 
 def open_index(path: str | Path) -> np.ndarray:
@@ -258,9 +261,53 @@ def command(options: SearchOptions, records: Iterable[Any]) -> int:
     check_width(embedder.manifest, options.index, width, options.dimensions)
     embedder.prefix(options.prompt)  # an unknown prompt fails before any work
     ids = read_ids(options.ids, rows) if options.ids else None
+    cross = _cross_encoder(options) if options.rerank else None
     with output(None, elsewhere="") as out:  # stdout closed or full: one error line
-        _search(options, records, embedder, index, ids, out)
+        _search(options, records, embedder, index, ids, out, cross)
     return 0
+
+
+@dataclass(frozen=True)
+class _CrossEncoder:
+    """--rerank: the reranker and the corpus texts it reads, by id."""
+
+    model: Any  # runtime.reranker.Reranker
+    texts: dict[str, str]
+
+    def rescore(self, query: str, found: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+        """The k best of a query's dense hits by the cross-encoder's score (`dense_score` kept)."""
+        from encoderfile.runtime.reranker import order
+
+        missing = next((h["id"] for h in found if str(h["id"]) not in self.texts), None)
+        if missing is not None:
+            raise RequestError(
+                f"--corpus has no text for id {missing!r}, a hit of the index. Pass the JSONL "
+                "the index was embedded from (its 'id' and 'text' fields)."
+            )
+        scores = self.model.rerank(query, [self.texts[str(h["id"])] for h in found]).scores
+        return [
+            {
+                "id": found[i]["id"],
+                "score": round(float(scores[i]), 6),
+                "dense_score": found[i]["score"],
+            }
+            for i in order(scores, k)
+        ]
+
+
+def _cross_encoder(options: SearchOptions) -> _CrossEncoder:
+    from encoderfile.runtime import records
+    from encoderfile.runtime.artifact import open_bundle
+    from encoderfile.runtime.reranker import Reranker
+
+    if not options.corpus:
+        raise RequestError(
+            "--rerank needs --corpus FILE.jsonl, the texts of the index rows ({id, text} per line)."
+        )
+    model = Reranker(open_bundle(options.rerank), options.threads)
+    read = records.ReadOptions(input=options.corpus, id_field="id")
+    texts = {str(r.id): r.text for r in records.read_records(read, 1 << 30)}
+    return _CrossEncoder(model, texts)
 
 
 def _search(
@@ -270,8 +317,10 @@ def _search(
     index: np.ndarray,
     ids: Any,
     out: Any,
+    cross: _CrossEncoder | None = None,
 ) -> None:
     width = index.shape[1]
+    k = max(options.k, options.rerank_shortlist) if cross else options.k
     for batch in _batched(records, QUERIES_PER_BATCH):
         queries = embedder.embed(
             [r.text for r in batch],
@@ -281,12 +330,17 @@ def _search(
         ).vectors
         # check_funnel lets through both of shortlist_dim and shortlist, or neither
         if options.shortlist_dim is None or options.shortlist is None:
-            found = scan(index, queries, width, options.k)
+            found = scan(index, queries, width, min(k, len(index)))
         else:
-            found = funnel(index, queries, options.shortlist_dim, options.shortlist, options.k)
+            found = funnel(index, queries, options.shortlist_dim, options.shortlist, k)
+        per_query = list(hits(*found, ids))
+        if cross is not None:
+            per_query = [
+                cross.rescore(r.text, h, options.k) for r, h in zip(batch, per_query, strict=True)
+            ]
         lines = [
             json.dumps({"query": record.text, "hits": record_hits}, ensure_ascii=False)
-            for record, record_hits in zip(batch, hits(*found, ids), strict=True)
+            for record, record_hits in zip(batch, per_query, strict=True)
         ]
         out.write(("\n".join(lines) + "\n").encode())
         out.flush()

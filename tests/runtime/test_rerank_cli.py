@@ -17,6 +17,9 @@ from encoderfile.runtime import cli, records
 from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.reranker import Reranker
 from tests.fixtures.artifacts import run_artifact
+from tests.runtime.test_cli import Run
+from tests.runtime.test_cli import run as run  # noqa: PLC0414 - the `run` fixture
+from tests.runtime.test_search import index_of
 
 QUERY = "what does a cross-encoder do?"
 DOCS = [
@@ -136,3 +139,32 @@ def test_frozen_reranker_runs_air_gapped(
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout == expected.stdout
     assert run_artifact(reranker_artifact, "verify", env={}, prefix=bare).returncode == 0
+
+
+def test_search_reranks_the_dense_shortlist(
+    run: Run, tmp_path: Path, reranker_bundle: Path
+) -> None:
+    """search --rerank: the embedder's hits re-scored by the cross-encoder, best first."""
+    texts = ["hello world", "the quick brown fox", "lazy dog", "a b c", "jumps over"]
+    index = index_of(run, tmp_path, texts)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    query = "the quick fox"
+    args = ["search", "--index", str(index), "-k", "2", "--rerank", str(reranker_bundle)]
+    done = run(*args, "--corpus", str(corpus), "--rerank-shortlist", "4", query)
+    assert done.rc == 0, done.err
+    (line,) = done.jsonl()
+    dense = run("search", "--index", str(index), "-k", "4", query).jsonl()[0]["hits"]
+    shortlist = [h["id"] for h in dense]
+    scores = (
+        Reranker(open_bundle(reranker_bundle), threads=1)
+        .rerank(query, [texts[i] for i in shortlist])
+        .scores
+    )
+    best = [shortlist[i] for i in np.argsort(-scores, kind="stable")[:2]]
+    assert [h["id"] for h in line["hits"]] == best
+    assert [h["dense_score"] for h in line["hits"]] == [
+        next(d["score"] for d in dense if d["id"] == i) for i in best
+    ]
+    missing = run(*args, query)
+    assert missing.rc == 2 and "--rerank needs --corpus" in missing.err
