@@ -350,6 +350,13 @@ def sweep(
     bm25: Annotated[
         bool, typer.Option(help="sparse artifacts: a BM25 baseline (bm25s) in the same run")
     ] = True,
+    rerank: Annotated[
+        Path | None,
+        typer.Option(help="a reranker recipe, bundle or artifact re-scoring the dense hits"),
+    ] = None,
+    rerank_depth: Annotated[
+        int, typer.Option(min=1, help="with --rerank: dense hits per query it re-scores")
+    ] = 100,
 ) -> None:
     """Retrieval quality (nDCG@10, recall@100) against width and precision, on BEIR-format data;
     on a sparse artifact, beside BM25, a dense artifact (--dense) and their hybrid."""
@@ -403,12 +410,26 @@ def sweep(
         query_prompt=query_prompt,
         doc_prompt=doc_prompt,
         cache=out / "sweep-cache",
+        reranker=_reranker(rerank, out, allow_unpinned) if rerank else None,
+        rerank_depth=rerank_depth,
     )
     _print(json.dumps(result, indent=2) if as_json else sweeping.table(result))
     if plot is not None:
         labelled = [(r["model"] if others else "", r) for r in [result, *others]]
         sweeping.plot(labelled, plot)
         _say(f"wrote {plot}")
+
+
+def _reranker(path: Path, out: Path, allow_unpinned: bool) -> Any:
+    """sweep --rerank: a reranker from a recipe (built first), a bundle or an artifact."""
+    from encoderfile.runtime.artifact import open_bundle
+    from encoderfile.runtime.reranker import Reranker
+
+    if path.suffix in (".yaml", ".yml"):
+        from encoderfile.compiler import compile_bundle
+
+        path = compile_bundle(path, out, allow_unpinned=allow_unpinned)
+    return Reranker(open_bundle(path))
 
 
 def _print(text: str) -> None:

@@ -232,3 +232,47 @@ def test_truncate_false_refuses_a_long_pair(reranker_bundle: Path) -> None:
     reranker = Reranker(open_bundle(reranker_bundle), threads=1)
     with pytest.raises(RequestError, match="pair 3 .* longer than max_length=48"):
         reranker.rerank(QUERY, DOCUMENTS, truncate=False)
+
+
+def test_sweep_reports_the_rerank_stage(
+    tiny_bundle: Path, reranker_bundle: Path, tmp_path: Path
+) -> None:
+    """sweep --rerank: the dense top-K re-scored by the cross-encoder, judged like every row
+    (random weights: the plumbing, not quality)."""
+    from typer.testing import CliRunner
+
+    from encoderfile import retrieval, sweep
+    from encoderfile.cli import app
+    from encoderfile.runtime.embedder import Embedder
+    from tests.test_sweep import TEXTS, write_beir
+
+    reranker = Reranker(open_bundle(reranker_bundle), threads=1)
+    queries = retrieval.Collection(["q0", "q1"], ["the quick fox", "hello"])
+    corpus = retrieval.Collection([f"d{i}" for i in range(len(TEXTS))], TEXTS)
+    qrels = {"q0": {"d1": 1}, "q1": {"d0": 1}}
+    result = sweep.run(
+        Embedder(open_bundle(tiny_bundle)),
+        queries,
+        corpus,
+        qrels,
+        reranker=reranker,
+        rerank_depth=4,
+    )
+    rr = result["rerank"]
+    assert rr["model"] == "tiny-reranker" and rr["depth"] == 4 and rr["pairs_per_second"] > 0
+    expected = {}
+    for qid, text in zip(queries.ids, queries.texts, strict=True):
+        vectors = Embedder(open_bundle(tiny_bundle)).embed([text, *TEXTS]).vectors
+        dense = list(np.argsort(-(vectors[1:] @ vectors[0]), kind="stable")[:4])
+        scores = reranker.rerank(text, [TEXTS[i] for i in dense]).scores
+        expected[qid] = [f"d{dense[i]}" for i in np.argsort(-scores, kind="stable")]
+    assert rr["ndcg"] == pytest.approx(retrieval.evaluate(expected, qrels, 10, 100)["ndcg@10"])
+
+    data = write_beir(tmp_path / "beir", TEXTS, ["the quick fox"], [("q0", "d1", 1)])
+    args = ["sweep", str(tiny_bundle), "--rerank", str(reranker_bundle), "--rerank-depth", "3"]
+    files = ["--queries", str(data / "queries.jsonl"), "--corpus", str(data / "corpus.jsonl")]
+    done = CliRunner().invoke(
+        app, [*args, *files, "--qrels", str(data / "qrels.tsv"), "--out", str(tmp_path / "o")]
+    )
+    assert done.exit_code == 0, done.output
+    assert "Rerank: the 3 best full-width float32 hits" in done.output
