@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -111,15 +110,9 @@ def test_frozen_reranker_other_commands(
     assert props["encoderfile:kind"] == "reranker" and "sigmoid" in props["encoderfile:score"]
 
 
-def test_rerank_on_an_embedder_names_its_kind(tiny_bundle: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "encoderfile.runtime", "--bundle", str(tiny_bundle), "rerank", "q"],
-        input=JSONL,
-        capture_output=True,
-        timeout=60,
-    )
-    assert done.returncode == 2
-    assert b"tiny is an embedder artifact, and this command needs a reranker" in done.stderr
+def test_rerank_on_an_embedder_names_its_kind(run: Run) -> None:
+    line = run("rerank", "q", stdin=JSONL).one_error_line()
+    assert "tiny is an embedder artifact, and this command needs a reranker" in line
 
 
 def test_frozen_reranker_runs_air_gapped(
