@@ -37,10 +37,11 @@ CALL_TOKENS = 24
 
 # A lone call of at most this many padded tokens (inputs x the longest) runs on the caller's
 # thread (the event loop) when the model is idle: waking a worker and then the loop again cost a
-# lone client ~0.3 ms a request on this VM (a tenth of a MiniLM call), more on a loaded machine.
-# A count, not a time: a loaded machine slows the call and the hand-off alike, and the batch-1
-# servers it is measured against never hand off. The loop waits for at most one such call.
-INLINE_TOKENS = 512
+# lone client ~0.3 ms a request on this VM (a tenth of a short MiniLM call), more on a loaded
+# machine. A count, not a time: a loaded machine slows the call and the hand-off alike. Longer
+# calls hand off, which costs them little in proportion and keeps the loop (health checks,
+# other clients) from waiting long: NomicBERT-sized models take ~0.5 s for 256 tokens.
+INLINE_TOKENS = 256
 
 
 def _yield_to_the_event_loop() -> None:
