@@ -293,6 +293,17 @@ def network_namespace() -> list[str] | None:
     return None
 
 
+def air_gapped(tmp_path: Path) -> tuple[list[str], Path]:
+    """A command prefix with no network, an empty environment and a fresh HOME (skips the test
+    where the kernel forbids network namespaces), and that HOME."""
+    prefix = network_namespace()
+    if prefix is None:
+        pytest.skip("the kernel forbids network namespaces (unshare -n and unshare -r -n fail)")
+    home = tmp_path / "home"
+    home.mkdir()
+    return [*prefix, ENV, "-i", f"HOME={home}", "PATH=/usr/bin:/bin"], home
+
+
 @pytest.mark.slow
 def test_minilm_artifact_matches_the_venv(
     minilm_artifact: Path, minilm_bundle: Path, artifact_env: dict[str, str]
@@ -328,18 +339,13 @@ def test_minilm_artifact_runs_air_gapped(
     minilm_artifact: Path, artifact_env: dict[str, str], tmp_path: Path
 ) -> None:
     """No network namespace, an empty environment and HOME: embed, info and verify still work."""
-    prefix = network_namespace()
-    if prefix is None:
-        pytest.skip("the kernel forbids network namespaces (unshare -n and unshare -r -n fail)")
-    home = tmp_path / "home"
-    home.mkdir()
-    bare = [ENV, "-i", f"HOME={home}", "PATH=/usr/bin:/bin"]
+    bare, home = air_gapped(tmp_path)
     expected = run_artifact(minilm_artifact, "embed", env=artifact_env, input=TEXTS).stdout
-    offline = run_artifact(minilm_artifact, "embed", env={}, input=TEXTS, prefix=[*prefix, *bare])
+    offline = run_artifact(minilm_artifact, "embed", env={}, input=TEXTS, prefix=bare)
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout == expected
     for args in (["info"], ["verify"]):
-        result = run_artifact(minilm_artifact, *args, env={}, prefix=[*prefix, *bare])
+        result = run_artifact(minilm_artifact, *args, env={}, prefix=bare)
         assert result.returncode == 0, (args, result.stderr)
     written = {p.relative_to(home).as_posix() for p in home.glob("*/*")}
     assert written == {".cache/encoderfile"}  # e.g. no onnxruntime telemetry files

@@ -119,14 +119,9 @@ def test_frozen_reranker_runs_air_gapped(
     reranker_artifact: Path, artifact_env: dict[str, str], tmp_path: Path
 ) -> None:
     """No network namespace, an empty environment and HOME: rerank and verify still work."""
-    from tests.test_freeze import ENV, network_namespace
+    from tests.test_freeze import air_gapped
 
-    prefix = network_namespace()
-    if prefix is None:
-        pytest.skip("the kernel forbids network namespaces (unshare -n and unshare -r -n fail)")
-    home = tmp_path / "home"
-    home.mkdir()
-    bare = [*prefix, ENV, "-i", f"HOME={home}", "PATH=/usr/bin:/bin"]
+    bare, _ = air_gapped(tmp_path)
     expected = run_artifact(reranker_artifact, "rerank", QUERY, input=JSONL, env=artifact_env)
     offline = run_artifact(reranker_artifact, "rerank", QUERY, input=JSONL, env={}, prefix=bare)
     assert offline.returncode == 0, offline.stderr
