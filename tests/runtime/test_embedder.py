@@ -158,9 +158,9 @@ def test_bulk_lanes_run_side_by_side_and_give_the_same_bits(tmp_path: Path) -> N
     one = Embedder(bundle, threads=1)
     bulk = embedder_module.for_bulk(bundle, threads=2)
     threads_seen: set[str] = set()
-    run = bulk._session.run
+    opened: list[object] = []
 
-    def opened() -> object:  # a lane's session that says which thread runs it
+    def open_lane() -> object:  # the lanes' session, saying which thread runs each call
         session = embedder_module.ModelCache(bundle).open(1)
 
         class Watched:
@@ -169,42 +169,38 @@ def test_bulk_lanes_run_side_by_side_and_give_the_same_bits(tmp_path: Path) -> N
                 time.sleep(0.002)  # the tiny model is quick: let both lanes take batches
                 return session.run(*args)
 
-        return Watched()
+        opened.append(Watched())
+        return opened[-1]
 
-    bulk.spread(opened, 2)
+    bulk.spread(open_lane, 2)
     few = texts(BATCH_SIZE * (embedder_module.LANES_FROM - 1))  # too few calls for lanes
     np.testing.assert_array_equal(bulk.embed(few).vectors, one.embed(few).vectors)
-    assert not threads_seen and bulk._session.run == run
+    assert not threads_seen and not opened
     many = texts(BATCH_SIZE * embedder_module.LANES_FROM * 3 + 5)
-    np.testing.assert_array_equal(bulk.embed(many).vectors, one.embed(many).vectors)
+    for _ in range(2):
+        np.testing.assert_array_equal(bulk.embed(many).vectors, one.embed(many).vectors)
     assert len(threads_seen) == 2 and all(t.startswith("encoderfile-lane") for t in threads_seen)
+    assert len(opened) == 1, "the lanes share one session, opened once"
 
 
 def test_an_error_in_one_lane_fails_the_call_and_stops_the_others(tmp_path: Path) -> None:
     bundle = open_bundle(make_tiny_bundle(tmp_path / "b"))
     bulk = embedder_module.for_bulk(bundle, threads=2)
-    slow_calls: list[int] = []
-    opened: list[object] = []
+    calls: list[str] = []
 
-    class Failing:
-        def run(self, *args: object) -> object:
-            raise RuntimeError("lane failed")
-
-    class Slow:
+    class FailsOnce:
         session = embedder_module.ModelCache(bundle).open(1)
 
         def run(self, *args: object) -> object:
-            slow_calls.append(1)
+            calls.append(threading.current_thread().name)
+            if len(calls) == 1:
+                raise RuntimeError("lane failed")
             time.sleep(0.02)
             return self.session.run(*args)
 
-    def open_lane() -> object:
-        opened.append(None)
-        return Failing() if len(opened) == 1 else Slow()
-
-    bulk.spread(open_lane, 2)
-    many = texts(BATCH_SIZE * embedder_module.LANES_FROM * 4)  # 32+ calls: 0.6 s on the slow lane
+    bulk.spread(FailsOnce, 2)
+    many = texts(BATCH_SIZE * embedder_module.LANES_FROM * 4)  # 64+ lane calls: over 1 s
     with pytest.raises(RuntimeError, match="lane failed"):
         bulk.embed(many)
     time.sleep(0.3)
-    assert len(slow_calls) <= 3, "the slow lane stops once the other has failed"
+    assert len(calls) <= 3, "the other lane stops once one has failed"
