@@ -75,3 +75,17 @@ def test_real_clients(sparse_server: Server, dense: np.ndarray) -> None:
     answer = asyncio.run(session())
     assert [e["indices"] for e in answer["embeddings"]] == active
     assert "cat" in answer["embeddings"][0]["tokens"]
+
+
+def test_frozen_sparse_artifact_runs_air_gapped(
+    splade_artifact: Path, artifact_env: dict[str, str], tmp_path: Path
+) -> None:
+    """No network namespace, an empty environment and HOME: embed and verify still work."""
+    from tests.test_freeze import air_gapped
+
+    bare, _ = air_gapped(tmp_path)
+    expected = run_artifact(splade_artifact, "embed", *TEXTS, env=artifact_env)
+    offline = run_artifact(splade_artifact, "embed", *TEXTS, env={}, prefix=bare)
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout == expected.stdout and b'"indices"' in offline.stdout
+    assert run_artifact(splade_artifact, "verify", env={}, prefix=bare).returncode == 0
