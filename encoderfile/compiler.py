@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from tokenizers import Tokenizer
 
 from encoderfile import (
     bundle,
@@ -67,7 +66,7 @@ def compile_bundle(
     fp32 = model
     if spec.precision != "fp32":
         stages.next("quantize", spec.precision)
-    lowered = _lower(model, spec, tokenizer, inputs, where)
+    lowered = quantize.lower(model, spec, tokenizer, inputs, where)
     if lowered is not None:
         model = lowered.model
     stages.next("splice", " → ".join(s.op for s in spec.steps))
@@ -132,17 +131,3 @@ def _compile_image(spec: recipe.Recipe, allow_unpinned: bool) -> vision.VisionBu
     assert resolved is not None and spec.image is not None
     where = f"image model {spec.image.model.graph}"
     return vision.build(load_graph(resolved.graph, where), spec, resolved, where)
-
-
-def _lower(
-    model: onnx.ModelProto, spec: recipe.Recipe, tokenizer: Tokenizer, inputs: list[str], where: str
-) -> quantize.Lowered | None:
-    """The base encoder in the recipe's precision (None for fp32), before splicing."""
-    if spec.precision == "fp16":
-        return quantize.fp16(model)
-    if spec.precision == "int8":
-        options = spec.int8 or recipe.Int8()
-        texts = options.calibration_texts or quantize.CALIBRATION_TEXTS
-        feeds = [verify.encode(tokenizer, chunk, inputs).feeds for chunk in quantize.batches(texts)]
-        return quantize.int8(model, feeds, where, options)
-    return None

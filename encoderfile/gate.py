@@ -1,9 +1,14 @@
 """The build-time gate for fp16/int8 graphs: quality against fp32 and batch invariance.
 
-Quality: every held-out text (none of them a calibration text) is embedded by the fp32 graph and
-by the lower-precision graph; the cosine of the two vectors must reach the recipe's mean and min.
-Batch invariance: each held-out text embedded alone must equal, within batch_max_abs_diff, the
-same text inside mixed padded batches (all texts together, and in reverse order in pairs).
+Quality of an embedder: every held-out text (none of them a calibration text) is embedded by the
+fp32 graph and by the lower-precision graph; the cosine of the two vectors must reach the recipe's
+mean and min.
+Quality of a reranker: each held-out query scores every held-out text as its documents, on both
+graphs. Score agreement: the largest |score - fp32 score| as a share of the range of the fp32
+scores (a scale-free figure, whatever the activation). Rank agreement: Spearman's correlation
+between the two rankings of a query's documents, at least rank_min_spearman for every query.
+Batch invariance: each held-out text (or pair) run alone must equal, within batch_max_abs_diff,
+the same input inside mixed padded batches (all together, and in reverse order in pairs).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from tokenizers import Tokenizer
 from encoderfile import verify
 from encoderfile.errors import VerifyError
 from encoderfile.recipe import Gate
-from encoderfile.runtime.manifest import TEXT_OUTPUT, GateFigures
+from encoderfile.runtime.manifest import SCORE_OUTPUT, TEXT_OUTPUT, GateFigures, ScoreGateFigures
 
 WORST_SHOWN = 5
 
@@ -74,11 +79,18 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+Inputs = list[str] | list[tuple[str, str]]  # texts, or (query, document) pairs
+
+
 def _embed(
-    sess: ort.InferenceSession, tokenizer: Tokenizer, texts: list[str], inputs: list[str]
+    sess: ort.InferenceSession,
+    tokenizer: Tokenizer,
+    texts: Inputs,
+    inputs: list[str],
+    output: str = TEXT_OUTPUT,
 ) -> np.ndarray:
     batch = verify.encode(tokenizer, texts, inputs)
-    return verify.run(sess, batch, TEXT_OUTPUT, "the lowered graph")
+    return verify.run(sess, batch, output, "the lowered graph")
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -88,16 +100,21 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def batch_max_abs_diff(
-    sess: ort.InferenceSession, tokenizer: Tokenizer, texts: list[str], inputs: list[str]
+    sess: ort.InferenceSession,
+    tokenizer: Tokenizer,
+    texts: Inputs,
+    inputs: list[str],
+    output: str = TEXT_OUTPUT,
 ) -> float:
-    """Largest |alone - batched| over the texts, in two mixed padded batch compositions."""
-    alone = np.concatenate([_embed(sess, tokenizer, [t], inputs) for t in texts])
-    together = _embed(sess, tokenizer, texts, inputs)
+    """Largest |alone - batched| over the inputs, in two mixed padded batch compositions."""
+
+    def run(chunk: Inputs) -> np.ndarray:
+        return _embed(sess, tokenizer, chunk, inputs, output)
+
+    alone = np.concatenate([run(texts[i : i + 1]) for i in range(len(texts))])
     reverse = texts[::-1]
-    pairs = np.concatenate(
-        [_embed(sess, tokenizer, reverse[i : i + 2], inputs) for i in range(0, len(texts), 2)]
-    )[::-1]
-    return float(max(np.abs(alone - together).max(), np.abs(alone - pairs).max()))
+    twos = np.concatenate([run(reverse[i : i + 2]) for i in range(0, len(texts), 2)])[::-1]
+    return float(max(np.abs(alone - run(texts)).max(), np.abs(alone - twos).max()))
 
 
 def check(
@@ -131,15 +148,119 @@ def check(
         )
     if problems:
         shown = "; ".join(f"{c:.4f} {_short(t)!r}" for t, c in worst)
-        raise VerifyError(
-            f"the {precision} graph failed the quality gate on {len(texts)} held-out texts: "
-            f"{', '.join(problems)}. Worst cosines to fp32: {shown}. Use a higher precision "
-            f"({'fp16 or ' if precision == 'int8' else ''}fp32)"
-            + (
-                ", keep int8.ffn_down false, give int8.calibration_texts closer to your data"
-                if precision == "int8"
-                else ""
-            )
-            + ", or relax the recipe's gate thresholds if this loss is acceptable."
+        raise _failed(
+            precision, f"{len(texts)} held-out texts", problems, f"Worst cosines to fp32: {shown}"
         )
     return result
+
+
+def _failed(precision: str, measured_on: str, problems: list[str], worst: str) -> VerifyError:
+    return VerifyError(
+        f"the {precision} graph failed the quality gate on {measured_on}: {', '.join(problems)}. "
+        f"{worst}. Use a higher precision ({'fp16 or ' if precision == 'int8' else ''}fp32)"
+        + (
+            ", keep int8.ffn_down false, give int8.calibration_texts closer to your data"
+            if precision == "int8"
+            else ""
+        )
+        + ", or relax the recipe's gate thresholds if this loss is acceptable."
+    )
+
+
+# kind reranker: each query ranks every HELD_OUT_TEXTS entry as its documents.
+HELD_OUT_QUERIES = [
+    "how do vaccines train the immune system?",
+    "cheap flights to Lisbon",
+    "what is the capital of Japan?",
+    "who wrote Hamlet?",
+    "why does my phone battery drain so fast?",
+    "genetic risk of breast cancer",
+]
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Ranks along the last axis, ties broken by position (scores here are continuous)."""
+    return np.argsort(np.argsort(scores, axis=-1, kind="stable"), axis=-1).astype(np.float64)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rank correlation of each row of a with the same row of b."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra -= ra.mean(-1, keepdims=True)
+    rb -= rb.mean(-1, keepdims=True)
+    return (ra * rb).sum(-1) / np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+
+
+def check_scores(
+    reference: ort.InferenceSession,
+    lowered: ort.InferenceSession,
+    tokenizer: Tokenizer,
+    inputs: list[str],
+    precision: str,
+    thresholds: Gate,
+    queries: list[str] = HELD_OUT_QUERIES,
+    documents: list[str] = HELD_OUT_TEXTS,
+) -> ScoreGateFigures:
+    """A reranker's gate: score and rank agreement with fp32, and batch invariance of pairs."""
+    pairs = [(q, d) for q in queries for d in documents]
+    shape = (len(queries), len(documents))
+    fp32 = _embed(reference, tokenizer, pairs, inputs, SCORE_OUTPUT).reshape(shape)
+    low = _embed(lowered, tokenizer, pairs, inputs, SCORE_OUTPUT).reshape(shape)
+    diff = np.abs(low - fp32)
+    spread = float(fp32.max() - fp32.min())
+    rel = float(diff.max()) / max(spread, 1e-12)
+    rho = spearman(fp32, low)
+    top1 = int((fp32.argmax(1) == low.argmax(1)).sum())
+    worst = [
+        {
+            "query": _short(queries[i // shape[1]]),
+            "document": _short(documents[i % shape[1]]),
+            "fp32": round(float(fp32.flat[i]), 6),
+            precision: round(float(low.flat[i]), 6),
+        }
+        for i in np.argsort(-diff, axis=None)[:WORST_SHOWN]
+    ]
+    batch = batch_max_abs_diff(
+        lowered, tokenizer, pairs[:: len(documents) // 4], inputs, SCORE_OUTPUT
+    )
+    figures = ScoreGateFigures(
+        held_out_pairs=len(pairs),
+        queries=len(queries),
+        score_max_abs_diff=round(float(diff.max()), 6),
+        score_range=round(spread, 6),
+        score_rel_diff=round(rel, 6),
+        spearman_mean=round(float(rho.mean()), 6),
+        spearman_min=round(float(rho.min()), 6),
+        top1_agreement=f"{top1}/{len(queries)}",
+        worst=tuple(worst),
+        batch_max_abs_diff=batch,
+        thresholds=thresholds.model_dump(),
+    )
+    problems = []
+    if not rel <= thresholds.score_rel_diff:
+        problems.append(
+            f"score diff {diff.max():.3g} is {rel:.1%} of the scores' range > "
+            f"{thresholds.score_rel_diff:.1%}"
+        )
+    if not rho.min() >= thresholds.rank_min_spearman:
+        problems.append(
+            f"rank agreement: Spearman {rho.min():.4f} for {queries[int(rho.argmin())]!r} "
+            f"< {thresholds.rank_min_spearman}"
+        )
+    if not batch <= thresholds.batch_max_abs_diff:
+        problems.append(
+            f"batch invariance: a pair's score alone vs in a padded batch differs by {batch:.3g} "
+            f"> {thresholds.batch_max_abs_diff}"
+        )
+    if problems:
+        shown = "; ".join(
+            f"{w['fp32']:.4f} -> {w[precision]:.4f} {w['query']!r} / {w['document']!r}"
+            for w in worst[:3]
+        )
+        raise _failed(
+            precision,
+            f"{len(pairs)} held-out pairs ({len(queries)} queries)",
+            problems,
+            f"Largest score changes: {shown}",
+        )
+    return figures

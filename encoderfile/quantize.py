@@ -41,9 +41,11 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from tokenizers import Tokenizer
 
+from encoderfile import verify
 from encoderfile.errors import VerifyError
-from encoderfile.recipe import Int8
+from encoderfile.recipe import Int8, Recipe
 from encoderfile.runtime.manifest import ATTENTION_MASK
 
 INT16_MAX = 32767
@@ -102,6 +104,26 @@ class Lowered:
 
     model: onnx.ModelProto
     changes: dict[str, Any] = field(default_factory=dict)
+
+
+def lower(
+    model: onnx.ModelProto, spec: Recipe, tokenizer: Tokenizer, inputs: list[str], where: str
+) -> Lowered | None:
+    """The base graph in the recipe's precision (None for fp32), before splicing. A reranker
+    calibrates on pairs: each calibration text as the query of the next one."""
+    if spec.precision == "fp16":
+        return fp16(model)
+    if spec.precision == "int8":
+        options = spec.int8 or Int8()
+        texts = options.calibration_texts or CALIBRATION_TEXTS
+        samples: list[str] | list[tuple[str, str]] = (
+            list(zip(texts, texts[1:] + texts[:1], strict=True))
+            if spec.kind == "reranker"
+            else texts
+        )
+        feeds = [verify.encode(tokenizer, chunk, inputs).feeds for chunk in batches(samples)]
+        return int8(model, feeds, where, options)
+    return None
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -348,6 +370,6 @@ def _named(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def batches(texts: list[str], size: int = CALIBRATION_BATCH) -> Iterator[list[str]]:
+def batches(texts: list[Any], size: int = CALIBRATION_BATCH) -> Iterator[list[Any]]:
     for start in range(0, len(texts), size):
         yield texts[start : start + size]

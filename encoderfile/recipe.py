@@ -203,7 +203,8 @@ def _check_steps(steps: list[Step]) -> None:
 
 
 class Gate(_Strict):
-    """Build-time quality gate for fp16/int8: held-out texts vs the fp32 graph, and batch invariance."""
+    """Build-time quality gate for fp16/int8: held-out texts (pairs for a reranker) vs the fp32
+    graph, and batch invariance. Embedders use the cosines, rerankers score and rank agreement."""
 
     mean_cosine: Annotated[float, Field(ge=0, le=1)] = Field(
         0.99, description="least mean cosine of a quantized vector to its fp32 vector"
@@ -213,6 +214,16 @@ class Gate(_Strict):
     )
     batch_max_abs_diff: Annotated[float, Field(ge=0)] = Field(
         1e-5, description="largest |alone - inside a mixed padded batch| allowed"
+    )
+    score_rel_diff: Annotated[float, Field(ge=0)] = Field(
+        0.05,
+        description="kind reranker: largest |score - fp32 score| as a share of the fp32 scores' "
+        "range over the held-out pairs",
+    )
+    rank_min_spearman: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.95,
+        description="kind reranker: least Spearman correlation of any held-out query's ranking "
+        "of its documents with the fp32 ranking",
     )
 
 
@@ -371,10 +382,6 @@ class Recipe(_Strict):
             )
         if self.dimension != 1:
             raise ValueError("a reranker gives one score per pair: leave 'dimension' out")
-        if self.precision != "fp32":
-            raise ValueError(
-                "kind: reranker is built in fp32 only by this version. Set precision: fp32"
-            )
         if self.score and self.score.activation == "softmax" and self.score.label is None:
             raise ValueError("softmax needs the positive label: set score.label")
         return self

@@ -1,5 +1,6 @@
-"""Build a reranker (kind: reranker): a cross-encoder's sequence-classification graph with its
-activation spliced in, verified on (query, document) pairs against a numpy reference."""
+"""Build a reranker (kind: reranker): a cross-encoder's sequence-classification graph, lowered to
+fp16/int8 if the recipe says so, with its activation spliced in, verified on (query, document)
+pairs against a numpy reference, and gated on score and rank agreement with fp32."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from encoderfile import bundle, progress, recipe, resolve, verify
+from encoderfile import bundle, gate, progress, quantize, recipe, resolve, verify
 from encoderfile.errors import RecipeError, SpliceError
-from encoderfile.runtime.manifest import LOGIT_OUTPUT, SCORE_OUTPUT, ScoreSettings
-from encoderfile.splice import contract, score
+from encoderfile.runtime.manifest import LOGIT_OUTPUT, SCORE_OUTPUT, Precision, ScoreSettings
+from encoderfile.splice import Spliced, contract, score
 
 # Golden pairs: short ones, a pair past any small max_length (longest-first truncation cuts the
 # document), and one whose query alone is past it (both sides are cut, the query included).
@@ -78,13 +79,18 @@ def compile_reranker(
     stages: progress.Stages,
     unpinned: list[str],
 ) -> Path:
-    """Splice the score, verify it on SAMPLE_PAIRS, write the bundle; return its path."""
+    """[Quantize,] splice the score, verify it on SAMPLE_PAIRS, [gate,] write the bundle; return
+    its path."""
     assert spec.model is not None
     where = spec.model.graph
     logits_name = contract.logits(model, spec.model.output, where)
     inputs = contract.check_inputs(model, where)
+    if spec.precision != "fp32":
+        stages.next("quantize", spec.precision)
+    lowered = quantize.lower(model, spec, tokenizer, inputs, where)
+    base = model if lowered is None else lowered.model
     batch = verify.encode(tokenizer, SAMPLE_PAIRS, inputs)
-    logits = verify.run(verify.session(resolved.graph), batch, logits_name, where)
+    logits = verify.run(verify.session(base.SerializeToString()), batch, logits_name, where)
     if logits.ndim != 2:
         raise SpliceError(
             f"{where}: output {logits_name!r} has shape {list(logits.shape)}, not [batch, labels]. "
@@ -92,15 +98,31 @@ def compile_reranker(
         )
     settings = activation(spec, resolved, int(logits.shape[1]))
     stages.next("splice", f"score ({settings.activation} of label {settings.label})")
-    spliced = score.apply(
-        model, logits_name, settings.labels, settings.activation, settings.label, where
-    )
+
+    def spliced_from(graph: onnx.ModelProto) -> Spliced:
+        return score.apply(
+            graph, logits_name, settings.labels, settings.activation, settings.label, where
+        )
+
+    spliced = spliced_from(base)
     stages.next("verify", f"{len(SAMPLE_PAIRS)} pairs against the numpy reference")
     session = verify.session(spliced.model.SerializeToString())
     feeds = verify.encode(tokenizer, SAMPLE_PAIRS, spliced.inputs).feeds
     got = session.run([SCORE_OUTPUT, LOGIT_OUTPUT], feeds)
     expected = score.reference(logits, settings.activation, settings.label)
     golden = verify.check(np.stack(got, axis=1), expected, SAMPLE_PAIRS, kind="pairs")
+    precision = Precision()
+    if lowered is not None:
+        stages.next("gate", f"{spec.precision} against fp32: score and rank agreement")
+        figures = gate.check_scores(
+            verify.session(spliced_from(model).model.SerializeToString()),
+            session,
+            tokenizer,
+            spliced.inputs,
+            spec.precision,
+            spec.gate,
+        )
+        precision = Precision(spec.precision, lowered.changes, figures)
     stages.next("bundle")
     return bundle.write(
         out_dir / spec.name,
@@ -109,6 +131,7 @@ def compile_reranker(
         spliced,
         tokenizer,
         golden,
+        precision=precision,
         pinned=not unpinned,
         score=settings,
     )

@@ -11,13 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from encoderfile import rerank, verify
-from encoderfile.errors import RecipeError, SpliceError
+from encoderfile import gate, quantize, rerank, verify
+from encoderfile.errors import RecipeError, SpliceError, VerifyError
 from encoderfile.recipe import load
 from encoderfile.runtime import golden
 from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.describe import describe, rows
-from encoderfile.runtime.manifest import LOGIT_OUTPUT, SCORE_OUTPUT
+from encoderfile.runtime.manifest import LOGIT_OUTPUT, SCORE_OUTPUT, ScoreGateFigures
 from encoderfile.runtime.reranker import Reranker, order
 from encoderfile.splice import score
 from tests.fixtures.reranker import MAX_LENGTH, reranker_recipe
@@ -50,7 +50,6 @@ def test_reranker_recipe_has_one_score_per_pair(tmp_path: Path) -> None:
     [
         ({"steps": [{"op": "pooling", "mode": "cls"}]}, "steps belong to an embedder"),
         ({"score": {"activation": "softmax"}}, "softmax needs the positive label"),
-        ({"precision": "int8"}, "fp32 only"),
         (
             {"kind": "embedder", "dimension": 8, "score": {"activation": "sigmoid"}},
             "'score' belongs",
@@ -150,6 +149,88 @@ def test_config_activation_is_the_default(tmp_path: Path, cross_encoder_dir: Pat
 
     built = compile_bundle(reranker_recipe(model_dir, tmp_path / "r.yaml"), tmp_path / "out")
     assert json.loads((built / "manifest.json").read_text())["score"]["activation"] == "identity"
+
+
+# -- fp16 / int8 and their gate (score and rank agreement) ---------------------------------
+
+
+def test_spearman_is_the_rank_correlation() -> None:
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 24)), rng.normal(size=(3, 24))
+    got = gate.spearman(a, b)
+    np.testing.assert_allclose(
+        got, [spearmanr(x, y).statistic for x, y in zip(a, b, strict=True)], atol=1e-12
+    )
+    assert gate.spearman(a, a)[0] == pytest.approx(1) and gate.spearman(a, -a)[0] == -1
+
+
+def _lowered(model_dir: Path, tmp_path: Path, precision: str, **overrides: object) -> Path:
+    from encoderfile.compiler import compile_bundle
+
+    name = f"tiny-reranker-{precision}"
+    recipe = reranker_recipe(
+        model_dir, tmp_path / f"{name}.yaml", name=name, precision=precision, **overrides
+    )
+    return compile_bundle(recipe, tmp_path / "build")
+
+
+def test_fp16_reranker_passes_the_default_gate(cross_encoder_dir: Path, tmp_path: Path) -> None:
+    built = _lowered(cross_encoder_dir, tmp_path, "fp16")
+    bundle = open_bundle(built)
+    figures = bundle.manifest.precision.gate
+    assert isinstance(figures, ScoreGateFigures) and figures.passed
+    assert figures.held_out_pairs == len(gate.HELD_OUT_QUERIES) * len(gate.HELD_OUT_TEXTS)
+    assert figures.score_rel_diff <= 0.05 and figures.spearman_min >= 0.95
+    (result,) = golden.check(bundle, threads=1)
+    assert result.ok and result.kind == "pairs"
+    line = dict(rows(describe(bundle.manifest)))["precision"]
+    assert line.startswith("fp16 (gate passed on 144 held-out pairs: score diff ")
+    # the gate's figure is what the bundle computes: re-measure it against the fp32 bundle
+    reference = Reranker(open_bundle(_lowered(cross_encoder_dir, tmp_path, "fp32")), 1)
+    lowered = Reranker(bundle, 1)
+    for query in gate.HELD_OUT_QUERIES[:2]:
+        diff = np.abs(
+            lowered.rerank(query, gate.HELD_OUT_TEXTS).scores
+            - reference.rerank(query, gate.HELD_OUT_TEXTS).scores
+        )
+        assert diff.max() <= figures.score_max_abs_diff + 1e-6
+
+
+def test_int8_reranker_gate_failure_names_the_pairs(
+    cross_encoder_dir: Path, tmp_path: Path
+) -> None:
+    """The tiny random model loses 20% of its score range in int8: the default gate stops it."""
+    with pytest.raises(VerifyError) as caught:
+        _lowered(cross_encoder_dir, tmp_path, "int8")
+    message = str(caught.value)
+    assert "the int8 graph failed the quality gate on 144 held-out pairs (6 queries)" in message
+    assert "of the scores' range > 5.0%" in message and "Largest score changes: " in message
+    assert "int8.calibration_texts" in message
+    assert not (tmp_path / "build" / "tiny-reranker-int8").exists()
+
+
+def test_int8_reranker_within_its_gate_is_exact_and_batch_invariant(
+    cross_encoder_dir: Path, tmp_path: Path
+) -> None:
+    built = _lowered(
+        cross_encoder_dir, tmp_path, "int8", gate={"score_rel_diff": 0.5, "rank_min_spearman": 0.9}
+    )
+    model = onnx.load(str(built / "model.onnx"))
+    assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    assert quantize.saturating_weights(model) == []  # 7-bit weights: no CPU saturates them
+    bundle = open_bundle(built)
+    figures = bundle.manifest.precision.gate
+    assert isinstance(figures, ScoreGateFigures)
+    assert figures.spearman_min >= 0.9 and figures.batch_max_abs_diff == 0.0
+    changes = bundle.manifest.precision.changes
+    assert changes is not None and changes["quantized"]["MatMul"] > 0
+    (result,) = golden.check(bundle, threads=1)
+    assert result.ok
+    reranker = Reranker(bundle, 1)
+    alone = [reranker.rerank(QUERY, [d]).scores[0] for d in DOCUMENTS]
+    np.testing.assert_allclose(reranker.rerank(QUERY, DOCUMENTS).scores, alone, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

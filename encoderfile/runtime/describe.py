@@ -151,6 +151,15 @@ def _precision_line(precision: dict[str, Any]) -> str:
     if not gate:
         return str(precision["mode"])
     limits = gate["thresholds"]
+    if "spearman_min" in gate:  # a reranker's
+        return (
+            f"{precision['mode']} (gate passed on {gate['held_out_pairs']} held-out pairs: "
+            f"score diff {gate['score_rel_diff']:.2%} of the range <= "
+            f"{limits.get('score_rel_diff', 0):.0%}, Spearman min {gate['spearman_min']:.4f} >= "
+            f"{limits.get('rank_min_spearman')}, top-1 {gate['top1_agreement']}; "
+            f"batch invariance max |diff| {gate['batch_max_abs_diff']:.3g} "
+            f"<= {limits.get('batch_max_abs_diff')})"
+        )
     return (
         f"{precision['mode']} (gate passed on {gate['held_out_texts']} held-out texts: "
         f"cosine to fp32 mean {gate['mean_cosine']:.4f} >= {limits.get('mean_cosine')}, "

@@ -197,10 +197,36 @@ class GateFigures:
 
 
 @dataclass(frozen=True)
+class ScoreGateFigures:
+    """A reranker's gate (fp16/int8): score and rank agreement with fp32, batch invariance."""
+
+    held_out_pairs: int
+    queries: int
+    score_max_abs_diff: float
+    score_range: float  # max - min of the fp32 scores over the held-out pairs
+    score_rel_diff: float  # score_max_abs_diff / score_range
+    spearman_mean: float
+    spearman_min: float
+    top1_agreement: str  # "k/n": queries whose best document is fp32's
+    worst: tuple[dict[str, Any], ...]  # {"query", "document", "fp32", <precision>}, worst first
+    batch_max_abs_diff: float
+    thresholds: dict[str, float]
+    passed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ScoreGateFigures:
+        fields = {**raw, "worst": tuple(dict(w) for w in raw["worst"])}
+        return cls(**{k: v for k, v in fields.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class Precision:
     mode: str = "fp32"  # fp32 | fp16 | int8
     changes: dict[str, Any] | None = None  # what the quantizer did
-    gate: GateFigures | None = None
+    gate: GateFigures | ScoreGateFigures | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in _plain(self).items() if v is not None}
@@ -213,7 +239,9 @@ class Precision:
         return cls(
             mode=str(raw.get("mode", "fp32")),
             changes=raw.get("changes"),
-            gate=GateFigures.from_dict(gate) if gate else None,
+            gate=(ScoreGateFigures if "spearman_min" in gate else GateFigures).from_dict(gate)
+            if gate
+            else None,
         )
 
 
