@@ -109,6 +109,7 @@ def write(
             token_states=spliced.token_states,
             hidden_size=spliced.hidden_size,
             added_nodes=tuple(spliced.added_nodes),
+            removed_nodes=tuple(spliced.removed_nodes),
         ),
         steps=_steps(recipe.steps, recipe.dimension, rotation),
         prompts=dict(recipe.prompts),

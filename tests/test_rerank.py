@@ -118,6 +118,9 @@ def test_reranker_bundle_contract(reranker_bundle: Path) -> None:
     assert len(manifest["golden"]["pairs"]) == len(rerank.SAMPLE_PAIRS)
     model = onnx.load(str(reranker_bundle / "model.onnx"))
     assert [o.name for o in model.graph.output] == [SCORE_OUTPUT, LOGIT_OUTPUT]
+    # torch's NaN guards after the attention softmaxes (2 layers) are dropped, verified
+    assert len(manifest["graph"]["removed_nodes"]) == 4
+    assert not any(n.op_type == "IsNaN" for n in model.graph.node)
     bundle = open_bundle(reranker_bundle)
     (result,) = golden.check(bundle, threads=1)
     assert result.ok and result.kind == "pairs" and result.count == len(rerank.SAMPLE_PAIRS)
@@ -214,9 +217,12 @@ def test_int8_reranker_gate_failure_names_the_pairs(
 def test_int8_reranker_within_its_gate_is_exact_and_batch_invariant(
     cross_encoder_dir: Path, tmp_path: Path
 ) -> None:
-    built = _lowered(
-        cross_encoder_dir, tmp_path, "int8", gate={"score_rel_diff": 0.5, "rank_min_spearman": 0.9}
-    )
+    relaxed = {"score_rel_diff": 0.5, "rank_min_spearman": 0.9}
+    built = _lowered(cross_encoder_dir, tmp_path, "int8", gate=relaxed)
+    (tmp_path / "again").mkdir()
+    again = _lowered(cross_encoder_dir, tmp_path / "again", "int8", gate=relaxed)
+    for name in ("model.onnx", "manifest.json"):  # calibration and gate are deterministic
+        assert (again / name).read_bytes() == (built / name).read_bytes(), name
     model = onnx.load(str(built / "model.onnx"))
     assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     assert quantize.saturating_weights(model) == []  # 7-bit weights: no CPU saturates them

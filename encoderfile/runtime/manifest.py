@@ -98,11 +98,14 @@ class GraphInfo:
     hidden_size: int
     added_nodes: tuple[str, ...]
     file: str | None = None  # the image graph names its file; the text graph is MODEL_FILE
+    removed_nodes: tuple[str, ...] = ()  # the model's own nodes the builder dropped (nan_guard/)
 
     def to_dict(self) -> dict[str, Any]:
         out = _plain(self)
         if self.file is None:
             del out["file"]
+        if not self.removed_nodes:
+            del out["removed_nodes"]
         return out
 
     @classmethod
@@ -114,6 +117,7 @@ class GraphInfo:
             hidden_size=int(raw["hidden_size"]),
             added_nodes=tuple(raw["added_nodes"]),
             file=raw.get("file"),
+            removed_nodes=tuple(raw.get("removed_nodes", ())),
         )
 
 

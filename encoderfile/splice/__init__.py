@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -11,7 +11,16 @@ import onnx
 from encoderfile.errors import SpliceError
 from encoderfile.recipe import Recipe, Step
 from encoderfile.runtime.manifest import ATTENTION_MASK
-from encoderfile.splice import contract, layer_norm, normalize, pooling, rotate, splade, truncate
+from encoderfile.splice import (
+    contract,
+    layer_norm,
+    nan_guard,
+    normalize,
+    pooling,
+    rotate,
+    splade,
+    truncate,
+)
 from encoderfile.splice.editor import MIN_OPSET, GraphEditor
 
 
@@ -22,6 +31,7 @@ class Spliced:
     token_states: str
     hidden_size: int
     added_nodes: list[str]
+    removed_nodes: list[str] = field(default_factory=list)  # nan_guard's
 
 
 def opset(model: onnx.ModelProto) -> int:
@@ -51,10 +61,11 @@ def apply(
 
     spliced = onnx.ModelProto()
     spliced.CopyFrom(model)
+    removed = nan_guard.drop(spliced)
     g = GraphEditor(spliced.graph, version)
     x = add_steps(g, states, recipe.steps, recipe.dimension, ATTENTION_MASK, rotation)
     inputs = contract.finish(spliced, x, recipe.dimension)
-    return Spliced(spliced, inputs, states, hidden, g.added)
+    return Spliced(spliced, inputs, states, hidden, g.added, removed)
 
 
 def check_opset(model: onnx.ModelProto, where: str) -> int:

@@ -15,7 +15,7 @@ import onnx
 
 from encoderfile.errors import SpliceError
 from encoderfile.runtime.manifest import LOGIT_OUTPUT, SCORE_OUTPUT
-from encoderfile.splice import Spliced, check_opset, contract
+from encoderfile.splice import Spliced, check_opset, contract, nan_guard
 from encoderfile.splice.editor import GraphEditor
 
 
@@ -43,12 +43,13 @@ def apply(
         )
     spliced = onnx.ModelProto()
     spliced.CopyFrom(model)
+    removed = nan_guard.drop(spliced)
     g = GraphEditor(spliced.graph, version)
     scores, logit = add(g, logits, activation, label)
     inputs = contract.finish_outputs(
         spliced, {SCORE_OUTPUT: (scores, ["batch"]), LOGIT_OUTPUT: (logit, ["batch"])}
     )
-    return Spliced(spliced, inputs, logits, labels, g.added)
+    return Spliced(spliced, inputs, logits, labels, g.added, removed)
 
 
 def reference(logits: np.ndarray, activation: str, label: int) -> np.ndarray:
