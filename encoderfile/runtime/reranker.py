@@ -10,7 +10,7 @@ with truncate=False a pair over max_length is refused instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ from tokenizers import Encoding, Tokenizer
 from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime import texts as text_rule
 from encoderfile.runtime.artifact import Bundle
-from encoderfile.runtime.embedder import Embedder, Embeddings
+from encoderfile.runtime.embedder import Embedder, Embeddings, cheapest_batches
 from encoderfile.runtime.manifest import LOGIT_OUTPUT, SCORE_OUTPUT, Manifest
 
 SCORE, LOGIT = 0, 1  # columns of a reranker's rows: [score, logit]
@@ -59,6 +59,13 @@ class Reranker(Embedder):
             strategy=str(truncation.get("strategy", "longest_first")),
             direction="left",
         )
+
+    def batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Cut where padding would cost more than another call (cheapest_batches): a shortlist
+        mixes lengths widely, one query against documents of any length. Measured on a MiniLM-L6
+        cross-encoder, one thread: 1.14-1.28x the fixed 16 / 2048 groups on SciFact shortlists,
+        the same scores bit for bit (docs/rerank.md)."""
+        return cheapest_batches(lengths)
 
     def tokenize_pairs(
         self, query: str, documents: Sequence[str], *, direction: str = "right"

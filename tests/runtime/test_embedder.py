@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -119,6 +120,40 @@ def test_model_batches_sort_by_length_within_size_and_padded_token_budget() -> N
     assert padded == sorted(padded), "inputs of similar length share a call"
     assert max(len(b) for b in batches) == BATCH_SIZE  # short texts fill whole batches
     assert max(len(b) for b in batches if lengths[b[0]] == 512) == BATCH_TOKENS // 512
+
+
+def _least_cost(lengths: list[int], size: int, tokens: int) -> int:
+    """Brute force: the least total call_cost over every cut of the sorted lengths."""
+    ascending = sorted(lengths)
+    best = None
+    for cuts in itertools.product([False, True], repeat=len(ascending) - 1):
+        groups, start = [], 0
+        for i, cut in enumerate([*cuts, True]):
+            if cut:
+                groups.append(ascending[start : i + 1])
+                start = i + 1
+        if all(len(g) <= size and (len(g) == 1 or len(g) * g[-1] <= tokens) for g in groups):
+            cost = sum(embedder_module.call_cost(len(g), g[-1]) for g in groups)
+            best = cost if best is None else min(best, cost)
+    assert best is not None
+    return best
+
+
+def test_cheapest_batches_are_the_least_cost_cut() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        lengths = [int(n) for n in rng.integers(3, 120, size=int(rng.integers(1, 11)))]
+        size, tokens = int(rng.integers(2, 6)), int(rng.integers(100, 400))
+        groups = list(embedder_module.cheapest_batches(lengths, size, tokens))
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        ordered = [lengths[i] for g in groups for i in g]
+        assert ordered == sorted(ordered)
+        cost = sum(embedder_module.call_cost(len(g), max(lengths[i] for i in g)) for g in groups)
+        assert cost == _least_cost(lengths, size, tokens)
+        for g in groups:
+            assert len(g) <= size and (len(g) == 1 or len(g) * max(lengths[i] for i in g) <= tokens)
+    # a spread costs a call where it pads: 3 short and 3 long rows go in two calls, not one
+    assert [len(g) for g in embedder_module.cheapest_batches([5, 6, 5, 90, 91, 90])] == [3, 3]
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from encoderfile.errors import NotReadyError, OverloadedError
-from encoderfile.runtime.embedder import BATCH_SIZE, BATCH_TOKENS
+from encoderfile.runtime.embedder import BATCH_SIZE, BATCH_TOKENS, call_cost
 from encoderfile.runtime.serve.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -29,11 +29,6 @@ if TYPE_CHECKING:
 # the same machine is not starved: a Python client at 64 connections got half the throughput
 # without it (benchmarks/serve_speed.py, httpx rows). The model still gets every idle cycle.
 WORKER_NICENESS = 5
-
-# A model call costs about as much as this many more padded tokens: at batch 1 most of its time
-# goes to streaming the weights (single-threaded, on 2 cores: 26 for all-MiniLM-L6-v2 and 23 for
-# NomicBERT). A take weighs that against padding, see Batcher._take.
-CALL_TOKENS = 24
 
 # A lone call of at most this many padded tokens (inputs x the longest) runs on the caller's
 # thread (the event loop) when the model is idle: waking a worker and then the loop again cost a
@@ -50,11 +45,6 @@ def _yield_to_the_event_loop() -> None:
             tid = threading.get_native_id()
             priority = os.getpriority(os.PRIO_PROCESS, tid)
             os.setpriority(os.PRIO_PROCESS, tid, priority + WORKER_NICENESS)
-
-
-def _cost(inputs: int, longest: int) -> int:
-    """A model call's cost in tokens' worth: the call itself, and every input padded to the longest."""
-    return CALL_TOKENS + inputs * longest
 
 
 @dataclasses.dataclass(eq=False)  # queued jobs are told apart by identity
@@ -228,7 +218,7 @@ class Batcher:
 
     def _take(self) -> list[_Job]:
         """The oldest job, then the queued jobs closest to it in length that lower the call's cost
-        per real token, (CALL_TOKENS + inputs x longest) / tokens, within the budget: the call
+        per real token, call_cost / tokens (CALL_TOKENS + inputs x longest), within the budget: the call
         pads little, and no request waits behind ever newer ones. (Sixteen closest regardless ran
         NomicBERT at 0.77 real tokens per padded one under 64 clients; bulk sorts to ~1.)"""
         oldest = self._queue.popleft()
@@ -236,7 +226,7 @@ class Batcher:
         size, longest, tokens = len(oldest.encodings), oldest.longest, oldest.tokens
         for job in sorted(self._queue, key=lambda j: abs(j.longest - oldest.longest)):
             grown = size + len(job.encodings), max(longest, job.longest)
-            cheaper = _cost(*grown) / (tokens + job.tokens) <= _cost(size, longest) / tokens
+            cheaper = call_cost(*grown) / (tokens + job.tokens) <= call_cost(size, longest) / tokens
             if cheaper and not self._over(*grown):
                 batch.append(job)
                 size, longest, tokens = *grown, tokens + job.tokens

@@ -14,8 +14,8 @@ import pytest
 
 from encoderfile.errors import NotReadyError, OverloadedError
 from encoderfile.runtime.artifact import open_bundle
-from encoderfile.runtime.embedder import Embedder, Embeddings
-from encoderfile.runtime.serve.batcher import CALL_TOKENS, WORKER_NICENESS, Batcher
+from encoderfile.runtime.embedder import CALL_TOKENS, Embedder, Embeddings
+from encoderfile.runtime.serve.batcher import WORKER_NICENESS, Batcher
 
 TEXTS = [
     "hello",
