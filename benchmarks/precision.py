@@ -45,6 +45,7 @@ from machine import isa_line  # noqa: E402
 from encoderfile import recipe as recipe_mod  # noqa: E402
 from encoderfile import splice  # noqa: E402
 from encoderfile.compiler import compile_bundle, load_graph  # noqa: E402
+from encoderfile.runtime.session import open_session  # noqa: E402
 
 MODELS = {
     "minilm": ("all-minilm-l6-v2.yaml", ROOT / "models/all-minilm-l6-v2", "all-MiniLM-L6-v2"),
@@ -89,15 +90,7 @@ def recipe_for(tmp: Path, shipped: str, model_dir: Path, precision: str) -> Path
 
 class Encoder:
     def __init__(self, model: Path | bytes, tokenizer: Path, threads: int = 2) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.sess = ort.InferenceSession(
-            model if isinstance(model, bytes) else str(model),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
+        self.sess = open_session(model, threads, "benchmark")  # the runtime's session options
         self.inputs = [i.name for i in self.sess.get_inputs()]
         self.tok = Tokenizer.from_file(str(tokenizer))
 

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from encoderfile.errors import VerifyError
 from encoderfile.recipe import Recipe, Step
 from encoderfile.runtime.manifest import ATTENTION_MASK, Golden, text_columns
+from encoderfile.runtime.session import DISABLED_OPTIMIZERS
 from encoderfile.splice import splade
 
 BUILD_TOLERANCE = 1e-5  # spliced graph vs numpy reference, same machine
@@ -47,12 +48,14 @@ def encode(
 
 
 def session(model: bytes | Path) -> ort.InferenceSession:
+    """A session optimised as the runtime's are, so golden vectors and gate figures are its own."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(
         model if isinstance(model, bytes) else str(model),
         options,
         providers=["CPUExecutionProvider"],
+        disabled_optimizers=DISABLED_OPTIMIZERS,
     )
 
 

@@ -39,7 +39,7 @@ from encoderfile.runtime.manifest import MODEL_FILE
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-FORMAT = 2  # bump when the layout or the session options that shape the copy change
+FORMAT = 3  # bump when the layout or the session options that shape the copy change
 DIGEST_FILE = "digest.json"
 HASH_BLOCK = 1 << 22  # large reads: hashlib releases the GIL while it hashes each one
 PIECE = 1 << 26  # each file is hashed in pieces of this size, HASHERS at a time
