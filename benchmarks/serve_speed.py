@@ -16,6 +16,10 @@ batch-1 run) are the ceilings.
 Each load runs in `--rounds` rounds, the two servers alternating (A B, B A, ...); a figure is the
 median over rounds and a ratio the median of the rounds' paired ratios. Before each measured load
 both servers must be idle, then one client warms the machine up for WARM_SECONDS, unmeasured.
+At one client a round interleaves the servers in 1 s slices, back to back (A B B A A B ...,
+`--seconds` slices each), with a slice of plain onnxruntime calls in this process: this VM's speed
+drifts by 10-20% within seconds, and what is compared must see the same drift. A second batch-1
+server joins those rounds as an A/A control: its ratio to the first is this machine's noise floor.
 CPU per request is read from /proc (the server process) and from rusage (the client: wrk and hey
 as children, the Python clients as this process). Figures from one run are comparable with each
 other; this machine has 2 cores, shared.
@@ -55,7 +59,9 @@ IDLE_SECONDS, IDLE_CPU = 0.5, 0.05  # idle: under 5% of one CPU
 # all pay that together. So each measured load follows WARM_SECONDS of one client, unmeasured
 # (one client leaves no backlog behind).
 WARM_SECONDS = 1
+SLICE_SECONDS = 1  # wrk takes whole seconds
 
+CONTROL = "batch-1 again"  # the A/A control at one client: batch-1's twin
 TOOLS = ("wrk", "hey", "python", "httpx", "grpc")
 TOOL_NAMES = {
     "wrk": "wrk",
@@ -248,22 +254,52 @@ def measured(
     return result
 
 
+def interleaved(
+    loads: dict[str, Load], slices: int, servers: dict[str, int], pids: list[int], first: str
+) -> dict[str, dict[str, float]]:
+    """One round at one client: the servers take turns in 1 s slices (first, other, other,
+    first, ...), back to back once both are idle and warm; per server the requests and CPU of its
+    slices together, its texts/s their requests over their time, p50 and p99 the slices' medians."""
+    names = [first, *(n for n in loads if n != first)]
+    wait_idle(pids)
+    loads[first](1, WARM_SECONDS)
+    parts: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for k in range(slices):
+        for name in names if k % 2 == 0 else names[::-1]:
+            server_before, client_before = cpu_seconds(servers[name]), client_cpu_seconds()
+            part = loads[name](1, SLICE_SECONDS)
+            part["server_cpu"] = cpu_seconds(servers[name]) - server_before
+            part["client_cpu"] = client_cpu_seconds() - client_before
+            parts[name].append(part)
+    merged = {}
+    for name, results in parts.items():
+        n = sum(r["requests"] for r in results)
+        merged[name] = {
+            "rate": n / sum(r["requests"] / r["rate"] for r in results),
+            "p50": statistics.median(r["p50"] for r in results),
+            "p99": statistics.median(r["p99"] for r in results),
+            "requests": n,
+            "server_cpu": sum(r["server_cpu"] for r in results) / n * 1000,
+            "client_cpu": sum(r["client_cpu"] for r in results) / n * 1000,
+        }
+    return merged
+
+
+def plain_calls_ms(loop: OrtLoop, queries: list[str], seconds: float) -> tuple[float, float]:
+    """Plain onnxruntime calls (tokenize + batch-1 run) back to back for `seconds`, median ms:
+    of hey's one query, and over the rotating queries."""
+    one, mix = [], []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        for times, text in ((one, queries[0]), (mix, queries[len(mix) % len(queries)])):
+            started_at = time.perf_counter()
+            loop.embed([text], 1)
+            times.append((time.perf_counter() - started_at) * 1000)
+    return statistics.median(one), statistics.median(mix)
+
+
 def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-
-
-def plain_call_ms(bundle: Path, queries: list[str]) -> tuple[float, float]:
-    """One plain onnxruntime call (tokenize + batch-1 run), median ms: for hey's one query, and
-    over wrk's rotating queries."""
-    loop = OrtLoop(bundle, len(os.sched_getaffinity(0)))
-    one = loop.single_latency_ms(queries[0], 200)
-    mix = []
-    for text in queries[:300]:
-        loop.embed([text], 1)
-        started_at = time.perf_counter()
-        loop.embed([text], 1)
-        mix.append((time.perf_counter() - started_at) * 1000)
-    return one, statistics.median(mix)
 
 
 def bulk_rate(bundle: Path, items: list[str]) -> float:
@@ -302,7 +338,7 @@ def main() -> int:
         raw_bodies = [json.dumps({"input": q}).encode() for q in queries]
         one = Path(tmp) / "one.json"
         one.write_text(json.dumps({"input": queries[0]}))
-        grpc_targets = {name: f"127.0.0.1:{free_port()}" for name in ("serve", "batch-1")}
+        grpc_targets = {name: f"127.0.0.1:{free_port()}" for name in ("serve", "batch-1", CONTROL)}
         servers = {
             "serve": [
                 sys.executable,
@@ -321,6 +357,7 @@ def main() -> int:
                 str(args.bundle),
             ],
         }
+        servers[CONTROL] = servers["batch-1"]
         urls = {name: f"http://127.0.0.1:{free_port()}" for name in servers}
 
         def load(tool: str, url: str) -> Load:
@@ -330,43 +367,61 @@ def main() -> int:
                 return lambda c, seconds: hey(url, c, seconds, one)
             if tool == "python":
                 return lambda c, seconds: plain_client(url, c, seconds, raw_bodies)
-            if tool == "httpx":
-                n = args.harness_requests
-                return lambda c, seconds: harness(url, c, n if seconds > WARM_SECONDS else 20)
+            if tool == "httpx":  # a number of requests: harness-requests per --seconds
+                per_second = args.harness_requests / args.seconds
+                return lambda c, seconds: harness(url, c, max(20, round(per_second * seconds)))
             name = next(k for k, v in urls.items() if v == url)
             return lambda c, seconds: grpc_load(grpc_targets[name], c, seconds, queries)
 
         rounds: dict[tuple[str, str, int], list[dict[str, float]]] = {}
-        with contextlib.ExitStack() as running:  # both up; loaded in turn, never together
+        with contextlib.ExitStack() as running:  # all up; loaded in turn, never together
             pids = {}
             for name, argv in servers.items():
                 port = urls[name].rsplit(":", 1)[1]
                 process = running.enter_context(started([*argv, "--port", port], urls[name]))
                 pids[name] = process.pid
-            grpc_baseline = subprocess.Popen(
-                [*servers["batch-1"][:2], "--baseline-grpc-server", str(args.bundle)]
-                + ["--port", grpc_targets["batch-1"].rsplit(":", 1)[1]]
-            )
-            running.callback(grpc_baseline.kill)
-            wait_grpc(grpc_targets["batch-1"])
-            grpc_pids = {"serve": pids["serve"], "batch-1": grpc_baseline.pid}
+            grpc_pids = {"serve": pids["serve"]}
+            for name in ("batch-1", CONTROL):
+                grpc_baseline = subprocess.Popen(
+                    [*servers[name][:2], "--baseline-grpc-server", str(args.bundle)]
+                    + ["--port", grpc_targets[name].rsplit(":", 1)[1]]
+                )
+                running.callback(grpc_baseline.kill)
+                wait_grpc(grpc_targets[name])
+                grpc_pids[name] = grpc_baseline.pid
+            every = [*pids.values(), *grpc_pids.values()]
+            plain_loop = OrtLoop(args.bundle, len(os.sched_getaffinity(0)))
+            plain: list[tuple[float, float]] = []
             for c in clients:
                 for tool in TOOLS:
-                    names = list(servers)
+                    names = list(servers) if c == 1 else ["serve", "batch-1"]
+                    server_pids = grpc_pids if tool == "grpc" else pids
+                    loads = {name: load(tool, urls[name]) for name in names}
                     for r in range(args.rounds):
+                        if c == 1:
+                            first = names[r % 2]
+                            slices = max(1, round(args.seconds / SLICE_SECONDS))
+                            for name, result in interleaved(
+                                loads, slices, server_pids, every, first
+                            ).items():
+                                rounds.setdefault((tool, name, c), []).append(result)
+                            plain.append(plain_calls_ms(plain_loop, queries, SLICE_SECONDS))
+                            continue
                         for name in names if r % 2 == 0 else names[::-1]:
-                            server = (grpc_pids if tool == "grpc" else pids)[name]
-                            every = [*pids.values(), grpc_baseline.pid]
                             result = measured(
-                                load(tool, urls[name]), c, args.seconds, server, every
+                                loads[name], c, args.seconds, server_pids[name], every
                             )
                             rounds.setdefault((tool, name, c), []).append(result)
+            if not plain:
+                plain.append(plain_calls_ms(plain_loop, queries, 3))
+            del plain_loop
         bulk = bulk_rate(args.bundle, queries)
-        plain_one, plain_mix = plain_call_ms(args.bundle, queries)
+        plain_one = statistics.median(one for one, _ in plain)
+        plain_mix = statistics.median(mix for _, mix in plain)
     rows = {key: median_of(values) for key, values in rounds.items()}
 
-    def per_round(tool: str, c: int) -> list[float]:
-        pairs = zip(rounds[(tool, "serve", c)], rounds[(tool, "batch-1", c)], strict=True)
+    def per_round(tool: str, c: int, ours: str = "serve") -> list[float]:
+        pairs = zip(rounds[(tool, ours, c)], rounds[(tool, "batch-1", c)], strict=True)
         return [ours["rate"] / base["rate"] for ours, base in pairs]
 
     lines = [
@@ -376,29 +431,33 @@ def main() -> int:
         f"{load_average:.1f}. Single-text POST /embed of SciFact queries; texts/s = requests/s. "
         f"Medians of {args.rounds} rounds of {args.seconds:g} s per load (the httpx harness: "
         f"{args.harness_requests} requests), servers alternating, each load once both are "
-        f"idle and after a {WARM_SECONDS} s one-client warm-up.",
+        f"idle and after a {WARM_SECONDS} s one-client warm-up; at one client a round interleaves "
+        f"the servers in {SLICE_SECONDS} s slices back to back (A B B A ...; p50 and p99: the "
+        "slices' medians) and ends with a slice of plain calls.",
         f"Bulk `embed` of the same {len(queries)} texts: **{bulk:.0f} texts/s**. "
-        f"One plain onnxruntime call (tokenize + batch-1 run), median: **{plain_one:.2f} ms** for "
-        f"hey's query, **{plain_mix:.2f} ms** over wrk's rotating queries.",
+        f"One plain onnxruntime call (tokenize + batch-1 run), median over the rounds: "
+        f"**{plain_one:.2f} ms** for hey's query, **{plain_mix:.2f} ms** over wrk's rotating "
+        "queries.",
         "CPU columns: ms of CPU per request, in the server process and in the load client.",
         "",
         "| client | clients | serve texts/s | p50 ms | p99 ms | server CPU | batch-1 texts/s "
         "| p50 ms | p99 ms | server CPU | serve / batch-1 (median) | serve / batch-1 per round "
-        "| serve / bulk | p99 / p50 | client CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| serve / bulk | p99 / p50 | client CPU | A/A: batch-1 again / batch-1 per round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     goals = []
     for tool in TOOLS:
         for c in clients:
             ours, base = rows[(tool, "serve", c)], rows[(tool, "batch-1", c)]
             ratios = per_round(tool, c)
+            control = per_round(tool, c, CONTROL) if c == 1 else []
             lines.append(
                 f"| {TOOL_NAMES[tool]} | {c} | {ours['rate']:.0f} | {ours['p50']:.2f} "
                 f"| {ours['p99']:.1f} | {ours['server_cpu']:.2f} | {base['rate']:.0f} "
                 f"| {base['p50']:.2f} | {base['p99']:.1f} | {base['server_cpu']:.2f} "
                 f"| {statistics.median(ratios):.2f}x | {', '.join(f'{x:.2f}' for x in ratios)} "
                 f"| {ours['rate'] / bulk:.2f}x | {ours['p99'] / ours['p50']:.1f} "
-                f"| {ours['client_cpu']:.2f} |"
+                f"| {ours['client_cpu']:.2f} | {', '.join(f'{x:.2f}' for x in control) or '–'} |"
             )
             if c == 1:
                 plain = plain_one if tool == "hey" else plain_mix
@@ -406,7 +465,9 @@ def main() -> int:
                     f"- {TOOL_NAMES[tool]}, 1 client: serve / batch-1 ≥ 0.97x in every round "
                     f"(worst {min(ratios):.2f}x) {'PASS' if min(ratios) >= 0.97 else 'MISS'}; "
                     f"p50 {ours['p50']:.2f} ms ≤ plain call {plain:.2f} + 0.5 ms "
-                    f"{'PASS' if ours['p50'] <= plain + 0.5 else 'MISS'}"
+                    f"{'PASS' if ours['p50'] <= plain + 0.5 else 'MISS'} (batch-1's p50 "
+                    f"{base['p50']:.2f} ms); A/A control worst {min(control):.2f}x, best "
+                    f"{max(control):.2f}x"
                 )
     lines += [
         "",

@@ -54,6 +54,15 @@ def serving(model: str, view: str, clients: int, column: int) -> list[str]:
     return [first_number(row(tables[MODELS.index(model)], f"{view} | {clients}")[column])]
 
 
+def one_client_rounds(model: str) -> list[str]:
+    """MiniLM only: the interleaved one-client rounds (serve / batch-1, median of the rounds)."""
+    if model != MODELS[0]:
+        return []
+    table = section(BENCHMARKS, "## Speed at both ends: rounds (issue 31)")
+    clients = ("wrk", "hey", "http.client", "grpc.aio (Embed)")
+    return [first_number(row(table, f"{client} | 1")[10]) for client in clients]
+
+
 def startup(model: str) -> list[str]:
     table = section(
         BENCHMARKS,
@@ -77,6 +86,8 @@ SOURCES = {
     "bulk `embed` / sentence-transformers on torch": lambda m: bulk(m, 9),
     "`serve`, 64 clients (wrk) / bulk `embed`": lambda m: serving(m, "wrk", 64, 8),
     "`serve`, 1 client (hey) / a batch-1 server": lambda m: serving(m, "hey", 1, 7),
+    "`serve`, 1 client / a batch-1 server, medians of 5 interleaved rounds: wrk, hey, "
+    "http.client, gRPC": one_client_rounds,
     "`embed hello` start-up / a minimal onnxruntime script": startup,
     "vectors against sentence-transformers (min cosine)": parity,
 }
