@@ -16,9 +16,10 @@ batch-1 run) are the ceilings.
 Each load runs in `--rounds` rounds, the two servers alternating (A B, B A, ...); a figure is the
 median over rounds and a ratio the median of the rounds' paired ratios. Before each measured load
 both servers must be idle, then one client warms the machine up for WARM_SECONDS, unmeasured.
-At one client a round interleaves the servers in 1 s slices, back to back (A B B A A B ...,
-`--seconds` slices each), with a slice of plain onnxruntime calls in this process: this VM's speed
-drifts by 10-20% within seconds, and what is compared must see the same drift. A second batch-1
+At one client a round interleaves the servers in 1 s slices, back to back (A B C C B A ...,
+`--seconds` slices each, a different server first each round), with a slice of plain onnxruntime
+calls in this process: this VM's speed drifts by 10-50% within a minute, and what is compared must
+see the same drift. A second batch-1
 server joins those rounds as an A/A control: its ratio to the first is this machine's noise floor.
 CPU per request is read from /proc (the server process) and from rusage (the client: wrk and hey
 as children, the Python clients as this process). Figures from one run are comparable with each
@@ -257,8 +258,8 @@ def measured(
 def interleaved(
     loads: dict[str, Load], slices: int, servers: dict[str, int], pids: list[int], first: str
 ) -> dict[str, dict[str, float]]:
-    """One round at one client: the servers take turns in 1 s slices (first, other, other,
-    first, ...), back to back once both are idle and warm; per server the requests and CPU of its
+    """One round at one client: the servers take turns in 1 s slices (A B C, C B A, ...; A is
+    `first`), back to back once all are idle and A is warm; per server the requests and CPU of its
     slices together, its texts/s their requests over their time, p50 and p99 the slices' medians."""
     names = [first, *(n for n in loads if n != first)]
     wait_idle(pids)
@@ -399,7 +400,7 @@ def main() -> int:
                     loads = {name: load(tool, urls[name]) for name in names}
                     for r in range(args.rounds):
                         if c == 1:
-                            first = names[r % 2]
+                            first = names[r % len(names)]
                             slices = max(1, round(args.seconds / SLICE_SECONDS))
                             for name, result in interleaved(
                                 loads, slices, server_pids, every, first
@@ -420,8 +421,9 @@ def main() -> int:
         plain_mix = statistics.median(mix for _, mix in plain)
     rows = {key: median_of(values) for key, values in rounds.items()}
 
-    def per_round(tool: str, c: int, ours: str = "serve") -> list[float]:
-        pairs = zip(rounds[(tool, ours, c)], rounds[(tool, "batch-1", c)], strict=True)
+    def per_round(tool: str, c: int, server: str = "serve") -> list[float]:
+        """`server`'s texts/s over batch-1's, round by round."""
+        pairs = zip(rounds[(tool, server, c)], rounds[(tool, "batch-1", c)], strict=True)
         return [ours["rate"] / base["rate"] for ours, base in pairs]
 
     lines = [
@@ -432,7 +434,7 @@ def main() -> int:
         f"Medians of {args.rounds} rounds of {args.seconds:g} s per load (the httpx harness: "
         f"{args.harness_requests} requests), servers alternating, each load once both are "
         f"idle and after a {WARM_SECONDS} s one-client warm-up; at one client a round interleaves "
-        f"the servers in {SLICE_SECONDS} s slices back to back (A B B A ...; p50 and p99: the "
+        f"the servers in {SLICE_SECONDS} s slices back to back (A B C C B A ...; p50 and p99: the "
         "slices' medians) and ends with a slice of plain calls.",
         f"Bulk `embed` of the same {len(queries)} texts: **{bulk:.0f} texts/s**. "
         f"One plain onnxruntime call (tokenize + batch-1 run), median over the rounds: "
