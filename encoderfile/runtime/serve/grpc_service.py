@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +20,7 @@ from encoderfile.errors import (
 )
 from encoderfile.proto import embed_pb2, embed_pb2_grpc
 from encoderfile.runtime import sparse
-from encoderfile.runtime.serve import grpc_guards
+from encoderfile.runtime.serve import grpc_guards, logs
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES
 from encoderfile.runtime.serve.kinds import kind_of
 from encoderfile.runtime.serve.metrics import error_kind
@@ -269,7 +268,7 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
         """Run one request with auth, the error table, metrics and the log line."""
         started = time.perf_counter()
         metadata = dict(context.invocation_metadata() or ())
-        request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex)[:64]
+        request_id = str(metadata.get("x-request-id") or logs.new_request_id())[:64]
         stats = {"inputs": 0, "tokens": 0}
         code = grpc.StatusCode.OK
         try:

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +37,7 @@ from encoderfile.errors import (
     UnauthorizedError,
 )
 from encoderfile.runtime import openai_tokens, sparse
-from encoderfile.runtime.serve import compat, guards, routes, tei, wire
+from encoderfile.runtime.serve import compat, guards, logs, routes, tei, wire
 from encoderfile.runtime.serve import metrics as prom
 from encoderfile.runtime.serve.image_service import BATCH_BODY_BYTES, BODY_BYTES
 from encoderfile.runtime.serve.kinds import kind_of
@@ -209,7 +208,7 @@ class _Frame:
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.fullmatch(given) else logs.new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500

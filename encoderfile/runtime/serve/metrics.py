@@ -67,7 +67,10 @@ class Histogram:
     def observe(self, value: float, **labels: str) -> None:
         key = tuple(sorted(labels.items()))
         with self._lock:
-            counts, total = self._series.setdefault(key, ([0] * (len(self._buckets) + 1), [0.0]))
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = ([0] * (len(self._buckets) + 1), [0.0])
+            counts, total = series
             counts[bisect.bisect_left(self._buckets, value)] += 1
             total[0] += value
 
