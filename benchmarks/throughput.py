@@ -661,7 +661,7 @@ def baseline_grpc_server(bundle: Path, port: int, threads: int) -> None:
         ) -> embed_pb2.EmbedResponse:
             vectors = loop.embed(list(request.inputs), 1)
             return embed_pb2.EmbedResponse(
-                embeddings=[embed_pb2.Embedding(values=v) for v in vectors]
+                embeddings=[embed_pb2.Embedding(values=v) for v in vectors.tolist()]
             )
 
     async def serve() -> None:

@@ -173,7 +173,7 @@ class EmbedderServicer(embed_pb2_grpc.EmbedderServicer):
         vectors = await asyncio.to_thread(self.service.images.embed, images, dimensions, "images")
         stats["inputs"] = len(images)
         return embed_pb2.EmbedResponse(
-            embeddings=[embed_pb2.Embedding(values=v) for v in vectors],
+            embeddings=[embed_pb2.Embedding(values=v) for v in vectors.tolist()],
             dimensions=vectors.shape[1],
             time_ms=(time.perf_counter() - started) * 1000,
         )
@@ -322,8 +322,10 @@ def _reply(
     stats["inputs"], stats["tokens"] = inputs, sum(result.tokens)
     return embed_pb2.EmbedResponse(
         embeddings=[
-            embed_pb2.Embedding(values=v, tokens=t, truncated=c)
-            for v, t, c in zip(result.vectors, result.tokens, result.truncated, strict=True)
+            embed_pb2.Embedding(values=v, tokens=t, truncated=c)  # lists: 9x faster than rows
+            for v, t, c in zip(
+                result.vectors.tolist(), result.tokens, result.truncated, strict=True
+            )
         ],
         dimensions=result.vectors.shape[1],
         total_tokens=sum(result.tokens),
