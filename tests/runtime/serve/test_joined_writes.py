@@ -84,7 +84,7 @@ def test_a_write_held_when_the_peer_went_away_is_dropped_and_the_rest_is_delegat
     loop.close()
 
 
-async def _echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def _json_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = b'{"n": 1}' * 1000
     await send(
         {
@@ -100,7 +100,7 @@ async def _echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def uvicorn_port() -> Iterator[int]:
     """A real uvicorn server on the serve protocol, in a thread."""
     config = uvicorn.Config(
-        _echo_app, host="127.0.0.1", port=0, http=timed_protocol(5), log_config=None, lifespan="off"
+        _json_app, host="127.0.0.1", port=0, http=timed_protocol(5), log_config=None, lifespan="off"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
