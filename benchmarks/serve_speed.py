@@ -1,7 +1,7 @@
 """Serving speed, three views side by side: `serve` vs a batch-1 server vs bulk `embed`.
 
     python benchmarks/serve_speed.py [--bundle build/all-minilm-l6-v2] [--seconds 5] [--rounds 3]
-        [--clients 1,8,64] [--out benchmarks/results/serve_speed.md]
+        [--clients 1,8,64] [--tools wrk,hey,python,httpx,grpc] [--out benchmarks/results/serve_speed.md]
 
 Single-text POST /embed of SciFact queries. Each server is started as users start it
 (`python -m encoderfile.runtime --bundle B serve`, and throughput.py's batch-1 baseline: one ORT
@@ -334,6 +334,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--harness-requests", type=int, default=400)
+    parser.add_argument("--tools", default=",".join(TOOLS), help="which clients load the servers")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_speed.md"
     )
@@ -342,6 +343,9 @@ def main() -> int:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install {tool}")
     clients = [int(c) for c in args.clients.split(",")]
+    tools = args.tools.split(",")
+    if unknown := set(tools) - set(TOOLS):
+        parser.error(f"unknown --tools {', '.join(sorted(unknown))}: pick from {', '.join(TOOLS)}")
     queries = texts(2000)
     load_average = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -404,7 +408,7 @@ def main() -> int:
             every = [*pids.values(), *grpc_pids.values()]
             plain_loop = OrtLoop(args.bundle, len(os.sched_getaffinity(0)))
             for c in clients:
-                for tool in TOOLS:
+                for tool in tools:
                     names = list(servers) if c == 1 else ["serve", "batch-1"]
                     server_pids = grpc_pids if tool == "grpc" else pids
                     loads = {name: load(tool, urls[name]) for name in names}
@@ -456,7 +460,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     goals = []
-    for tool in TOOLS:
+    for tool in tools:
         for c in clients:
             ours, base = rows[(tool, "serve", c)], rows[(tool, "batch-1", c)]
             ratios = per_round(tool, c)
