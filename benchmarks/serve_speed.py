@@ -339,13 +339,13 @@ def main() -> int:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_speed.md"
     )
     args = parser.parse_args()
-    for tool in ("wrk", "hey"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is missing: apt-get install {tool}")
     clients = [int(c) for c in args.clients.split(",")]
     tools = args.tools.split(",")
     if unknown := set(tools) - set(TOOLS):
         parser.error(f"unknown --tools {', '.join(sorted(unknown))}: pick from {', '.join(TOOLS)}")
+    for tool in {"wrk", "hey"} & set(tools):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install {tool}")
     queries = texts(2000)
     load_average = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
