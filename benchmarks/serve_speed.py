@@ -22,6 +22,8 @@ speed drifts by 10-50% within a minute, and what is compared must see the same d
 starts SETTLE_SECONDS after the last one ended, once the last one's onnxruntime threads stopped
 spinning. A second batch-1 server joins those rounds as an A/A control: its ratio to the first is
 this machine's noise floor.
+At one client, serve's /metrics also splits its time per request: in the model call (the
+inference histogram) and its own (the request histogram less the model call), as means.
 CPU per request is read from /proc (the server process) and from rusage (the client: wrk and hey
 as children, the Python clients as this process). Figures from one run are comparable with each
 other; this machine has 2 cores, shared.
@@ -213,6 +215,20 @@ def grpc_load(target: str, clients: int, seconds: float, queries: list[str]) -> 
 
     elapsed, latencies = asyncio.run(run())
     return {"rate": len(latencies) / elapsed, **percentiles(latencies)}
+
+
+def serve_seconds(url: str, tool: str) -> tuple[float, ...]:
+    """(seconds in single-text embed requests, their count, seconds in model calls, their count)
+    so far, from serve's /metrics at `url`: gRPC's Embed for the grpc tool, else POST /embed."""
+    import httpx
+
+    transport, route = ("grpc", "Embed") if tool == "grpc" else ("http", "/embed")
+    text = httpx.get(f"{url}/metrics").text
+    labels = re.escape(f'{{route="{route}",transport="{transport}"}}')
+    patterns = [rf"encoderfile_request_seconds_{k}{labels}" for k in ("sum", "count")]
+    patterns += [f"encoderfile_inference_seconds_{k}" for k in ("sum", "count")]
+    found = (re.search(rf"^{p} (\S+)", text, re.M) for p in patterns)
+    return tuple(float(m.group(1)) if m else 0.0 for m in found)  # 0 before the first request
 
 
 def wait_grpc(target: str, timeout: float = 120) -> None:
@@ -422,9 +438,15 @@ def main() -> int:
                         if c == 1:
                             first = names[r % len(names)]
                             slices = max(1, round(args.seconds / SLICE_SECONDS))
-                            for name, result in interleaved(
-                                loads, slices, server_pids, every, first
-                            ).items():
+                            before = serve_seconds(urls["serve"], tool)
+                            results = interleaved(loads, slices, server_pids, every, first)
+                            after = serve_seconds(urls["serve"], tool)
+                            in_requests, requests, in_model, calls = (
+                                b - a for a, b in zip(before, after, strict=True)
+                            )
+                            results["serve"]["own_ms"] = (in_requests - in_model) / requests * 1000
+                            results["serve"]["model_ms"] = in_model / calls * 1000
+                            for name, result in results.items():
                                 rounds.setdefault((tool, name, c), []).append(result)
                             continue
                         for name in names if r % 2 == 0 else names[::-1]:
@@ -486,7 +508,9 @@ def main() -> int:
                     f"(serve's worst round is {'within' if min(ratios) >= floor else 'below'} "
                     "it); serve / plain calls "
                     f"{statistics.median(per_round(tool, c, 'serve', PLAIN)):.2f}x, batch-1 / "
-                    f"plain calls {statistics.median(per_round(tool, c, 'batch-1', PLAIN)):.2f}x"
+                    f"plain calls {statistics.median(per_round(tool, c, 'batch-1', PLAIN)):.2f}x; "
+                    f"serve's own time per request {ours['own_ms']:.2f} ms and its model call "
+                    f"{ours['model_ms']:.2f} ms (means, from its /metrics)"
                 )
     lines += [
         "",
