@@ -86,11 +86,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def metric_values(url: str, series: list[str], default: float | None = None) -> list[float]:
+    """Each series' value (its name and labels as /metrics writes them) from our server at `url`;
+    one not written yet reads as `default`, or raises LookupError when there is none."""
+    text = httpx.get(f"{url}/metrics").text
+    values = []
+    for name in series:
+        found = re.search(rf"^{re.escape(name)} (\S+)", text, re.M)
+        if found is None and default is None:
+            raise LookupError(f"{url}/metrics has no {name}")
+        values.append(float(found.group(1)) if found else default)
+    return values  # type: ignore[return-value]  # a default or a found value, never None
+
+
 def batch_stats(url: str) -> tuple[float, float]:
     """(model calls, texts) so far, from /metrics."""
-    text = httpx.get(f"{url}/metrics").text
-    count = float(re.search(r"^encoderfile_batch_inputs_count (\S+)", text, re.M).group(1))
-    total = float(re.search(r"^encoderfile_batch_inputs_sum (\S+)", text, re.M).group(1))
+    count, total = metric_values(
+        url, ["encoderfile_batch_inputs_count", "encoderfile_batch_inputs_sum"]
+    )
     return count, total
 
 

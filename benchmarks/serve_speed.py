@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import isa_line  # noqa: E402
-from serve_load import free_port, run_mode, texts  # noqa: E402
+from serve_load import free_port, metric_values, run_mode, texts  # noqa: E402
 from throughput import OrtLoop, started  # noqa: E402
 
 # A server under more load than it can take (batch-1 at 64 clients) keeps computing requests whose
@@ -217,18 +217,14 @@ def grpc_load(target: str, clients: int, seconds: float, queries: list[str]) -> 
     return {"rate": len(latencies) / elapsed, **percentiles(latencies)}
 
 
-def serve_seconds(url: str, tool: str) -> tuple[float, ...]:
+def serve_seconds(url: str, tool: str) -> list[float]:
     """(seconds in single-text embed requests, their count, seconds in model calls, their count)
     so far, from serve's /metrics at `url`: gRPC's Embed for the grpc tool, else POST /embed."""
-    import httpx
-
     transport, route = ("grpc", "Embed") if tool == "grpc" else ("http", "/embed")
-    text = httpx.get(f"{url}/metrics").text
-    labels = re.escape(f'{{route="{route}",transport="{transport}"}}')
-    patterns = [rf"encoderfile_request_seconds_{k}{labels}" for k in ("sum", "count")]
-    patterns += [f"encoderfile_inference_seconds_{k}" for k in ("sum", "count")]
-    found = (re.search(rf"^{p} (\S+)", text, re.M) for p in patterns)
-    return tuple(float(m.group(1)) if m else 0.0 for m in found)  # 0 before the first request
+    labels = f'{{route="{route}",transport="{transport}"}}'
+    series = [f"encoderfile_request_seconds_{k}{labels}" for k in ("sum", "count")]
+    series += [f"encoderfile_inference_seconds_{k}" for k in ("sum", "count")]
+    return metric_values(url, series, default=0.0)  # 0 before the first request
 
 
 def wait_grpc(target: str, timeout: float = 120) -> None:

@@ -695,7 +695,7 @@ def _calls(url: str) -> tuple[float, float] | None:
     """(model calls, texts) so far from our server's /metrics, None if it does not say."""
     try:
         return batch_stats(url)
-    except (AttributeError, httpx.HTTPError):
+    except (LookupError, httpx.HTTPError):
         return None
 
 
