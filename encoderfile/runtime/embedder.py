@@ -168,7 +168,6 @@ class Embedder:
     def _run(self, encodings: Sequence[Encoding]) -> np.ndarray:
         """[n, dimension] for one output; [n, outputs] for several outputs of shape [batch]."""
         width = self.manifest.dimension if len(self.OUTPUTS) == 1 else len(self.OUTPUTS)
-        out = np.empty((len(encodings), width), dtype=np.float32)
         lengths = [len(e.ids) for e in encodings]
         groups = list(self.batches(lengths))
 
@@ -176,13 +175,17 @@ class Embedder:
             results = session.run(list(self.OUTPUTS), self._feed([encodings[i] for i in rows]))
             return results[0] if len(results) == 1 else np.stack(results, axis=1)
 
-        if self._lanes is not None and len(groups) >= LANES_FROM:
-            lane_groups = list(_batches(lengths, LANE_BATCH_SIZE, LANE_BATCH_TOKENS))
-            for rows, values in self._lanes.map(call, lane_groups):
-                out[rows] = values
+        if len(groups) == 1 and groups[0] == list(range(len(encodings))):
+            out = call(self._session, groups[0])  # one call, rows in order: nothing to copy
         else:
-            for rows in groups:
-                out[rows] = call(self._session, rows)
+            out = np.empty((len(encodings), width), dtype=np.float32)
+            if self._lanes is not None and len(groups) >= LANES_FROM:
+                lane_groups = list(_batches(lengths, LANE_BATCH_SIZE, LANE_BATCH_TOKENS))
+                for rows, values in self._lanes.map(call, lane_groups):
+                    out[rows] = values
+            else:
+                for rows in groups:
+                    out[rows] = call(self._session, rows)
         if not np.isfinite(out).all():
             raise ArtifactError("model.onnx produced NaN or infinite values. Rebuild the bundle.")
         return out

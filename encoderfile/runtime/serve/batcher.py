@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,10 @@ WORKER_NICENESS = 5
 # calls hand off, which costs them little in proportion and keeps the loop (health checks,
 # other clients) from waiting long: NomicBERT-sized models take ~0.5 s for 256 tokens.
 INLINE_TOKENS = 256
+
+
+def _now(fn: Callable[..., object], *args: object) -> None:
+    fn(*args)
 
 
 def _yield_to_the_event_loop() -> None:
@@ -165,11 +169,17 @@ class Batcher:
                     self._queue.remove(job)
 
     def embed_now(
-        self, encodings: Sequence[Encoding], *, dimensions: int | None = None
+        self,
+        encodings: Sequence[Encoding],
+        *,
+        dimensions: int | None = None,
+        later: Callable[..., object] | None = None,
     ) -> Embeddings | None:
         """The embeddings, computed on the calling thread on the all-CPU session, if the model is
         idle and the call has at most INLINE_TOKENS padded tokens; else None, and the caller
-        submits. Same session, so bitwise the same vectors."""
+        submits. Same session, so bitwise the same vectors. `later(fn, *args)` (the event loop's
+        call_soon) records the call's metrics once the caller's reply is out: ~45 us a lone
+        request, the model's weights having flushed the caches; by default they are recorded at once."""
         n, longest = len(encodings), max(len(e.ids) for e in encodings)
         with self._cond:
             if (
@@ -183,7 +193,7 @@ class Batcher:
             self._running += 1
             self._inflight += n
         try:
-            answer = self._call(encodings, dimensions, self._embedder)
+            answer = self._call(encodings, dimensions, self._embedder, later)
         finally:
             with self._cond:
                 self._running -= 1
@@ -283,17 +293,23 @@ class Batcher:
             self._answer(jobs, answer)
 
     def _call(
-        self, encodings: Sequence[Encoding], dimensions: int | None, embedder: Embedder
+        self,
+        encodings: Sequence[Encoding],
+        dimensions: int | None,
+        embedder: Embedder,
+        later: Callable[..., object] | None = None,
     ) -> Embeddings | Exception:
         started = time.monotonic()
         try:
             result = embedder.embed_encodings(encodings, dimensions=dimensions)
         except Exception as exc:  # callers validate first, so this is a bug; they re-raise it
             return exc
-        seconds = time.monotonic() - started
-        self._metrics.inference_seconds.observe(seconds)
-        self._metrics.batch_inputs.observe(len(encodings))
+        (later or _now)(self._observe, time.monotonic() - started, len(encodings))
         return result
+
+    def _observe(self, seconds: float, inputs: int) -> None:
+        self._metrics.inference_seconds.observe(seconds)
+        self._metrics.batch_inputs.observe(inputs)
 
     @staticmethod
     def _answer(jobs: list[_Job], answer: Embeddings | Exception) -> None:

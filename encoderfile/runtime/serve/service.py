@@ -281,7 +281,11 @@ class Service:
             if batcher is not None and batcher.idle:
                 await asyncio.sleep(0)  # requests read with this one get here before it decides
                 if self._embedding == 1:
-                    result = batcher.embed_now(encodings, dimensions=dimensions)  # type: ignore[arg-type]
+                    result = batcher.embed_now(
+                        encodings,  # type: ignore[arg-type]
+                        dimensions=dimensions,
+                        later=asyncio.get_running_loop().call_soon,
+                    )
                     if result is not None:
                         return result
             job = self.enqueue(encodings, dimensions)

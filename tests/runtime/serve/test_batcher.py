@@ -16,6 +16,7 @@ from encoderfile.errors import NotReadyError, OverloadedError
 from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import CALL_TOKENS, Embedder, Embeddings
 from encoderfile.runtime.serve.batcher import WORKER_NICENESS, Batcher
+from encoderfile.runtime.serve.metrics import Metrics
 
 TEXTS = [
     "hello",
@@ -271,6 +272,26 @@ def test_a_short_lone_call_runs_on_the_callers_thread(
         assert batcher.embed_now(one) is not None
         two = embedder.tokenize([TEXTS[1]] * 2)
         assert batcher.embed_now(two) is None, "over INLINE_TOKENS padded tokens: a worker's job"
+    finally:
+        batcher.close(10)
+
+
+def test_a_lone_calls_metrics_wait_for_later(embedder: Embedder) -> None:
+    """The event loop passes call_soon: the call's metrics are recorded after the reply."""
+    metrics = Metrics()
+    batcher = Batcher(embedder, metrics=metrics)
+    deferred: list[tuple[Any, ...]] = []
+    try:
+        answer = batcher.embed_now(
+            embedder.tokenize([TEXTS[0]]), later=lambda *call: deferred.append(call)
+        )
+        assert answer is not None and len(deferred) == 1
+        assert metrics.inference_seconds.count() == metrics.batch_inputs.count() == 0
+        fn, *args = deferred[0]
+        fn(*args)
+        assert metrics.inference_seconds.count() == metrics.batch_inputs.count() == 1
+        assert batcher.embed_now(embedder.tokenize([TEXTS[0]])) is not None  # no `later`: at once
+        assert metrics.inference_seconds.count() == 2
     finally:
         batcher.close(10)
 
