@@ -191,12 +191,15 @@ class Embedder:
         return out
 
     def _feed(self, batch: Sequence[Encoding]) -> dict[str, Any]:
-        length = max(len(e.ids) for e in batch)
+        rows = [text_columns(enc) for enc in batch]
+        lengths = [len(columns[INPUT_IDS]) for columns in rows]
+        length = max(lengths)
+        if min(lengths) == length:  # nothing to pad (a lone input, say): ~30 us less cold
+            return {name: np.array([c[name] for c in rows], np.int64) for name in self._inputs}
         pads = {INPUT_IDS: self._pad_id, ATTENTION_MASK: 0, TOKEN_TYPE_IDS: self._pad_type_id}
         feed = {name: np.full((len(batch), length), pads[name], np.int64) for name in self._inputs}
-        for row, enc in enumerate(batch):
-            cols = slice(length - len(enc.ids), None) if self._pad_left else slice(0, len(enc.ids))
-            columns = text_columns(enc)
+        for row, (columns, n) in enumerate(zip(rows, lengths, strict=True)):
+            cols = slice(length - n, None) if self._pad_left else slice(0, n)
             for name in feed:
                 feed[name][row, cols] = columns[name]
         return feed

@@ -23,6 +23,9 @@ def embedder(tmp_path: Path, **overrides: object) -> Embedder:
     return Embedder(open_bundle(make_tiny_bundle(tmp_path / "b", **overrides)), threads=1)
 
 
+COLUMN = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+
 def texts(n: int) -> list[str]:
     rng = np.random.default_rng(1)
     return [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) for _ in range(n)]
@@ -49,6 +52,20 @@ def test_rows_keep_input_order_and_ignore_batch_neighbours(tmp_path: Path) -> No
     np.testing.assert_allclose(together.vectors, alone, atol=1e-6)
     assert together.vectors.dtype == np.float32 and together.vectors.shape == (len(inputs), 8)
     assert together.tokens == [len(t.split()) + 2 for t in inputs]  # [CLS] … [SEP]
+
+
+def test_inputs_of_one_length_are_fed_as_they_are_and_shorter_ones_padded(tmp_path: Path) -> None:
+    e = embedder(tmp_path, token_type_ids=True, padding_side="left")
+    two, other_two, one = e.tokenize(["fox dog", "dog fox", "fox"])
+    same = e._feed([two, other_two])
+    padded = e._feed([two, one])
+    assert set(same) == set(padded) == {"input_ids", "attention_mask", "token_type_ids"}
+    for name, array in same.items():
+        assert array.dtype == padded[name].dtype == np.int64
+        assert array.tolist() == [getattr(two, COLUMN[name]), getattr(other_two, COLUMN[name])]
+        assert padded[name][0].tolist() == array[0].tolist()
+    assert padded["attention_mask"][1].tolist() == [0, 1, 1, 1]  # left padding
+    assert padded["input_ids"][1, 1:].tolist() == one.ids
 
 
 def test_prompt_is_a_prefix(tmp_path: Path) -> None:
