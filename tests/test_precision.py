@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from encoderfile.runtime import cpu
 from tests.fixtures.models import manifest, real_recipe, tiny_tokenizer
 from tests.test_cli import cli, fails_cleanly
 from tests.test_compiler import embed
+
+QUOTED_GATE_SLACK = 1e-4  # the fourth decimal quoted, give or take the build CPU's rounding
 
 MIXED = [
     "Hello!",
@@ -241,17 +244,23 @@ def test_minilm_int8_passes_the_default_gate(minilm_int8: Path, minilm_bundle: P
 
 @pytest.mark.slow  # quantizes the real MiniLM
 def test_quoted_gate_figures_are_the_shipped_recipes(minilm_int8: Path) -> None:
-    """The recipe's comment and docs/precision.md quote what building the recipe measures (on
-    any CPU: the integer arithmetic is exact, test_vectors_are_the_same_on_an_emulated_cpu)."""
-    gate_figures = manifest(minilm_int8)["precision"]["gate"]
-    quoted = f"{gate_figures['mean_cosine']:.4f} / {gate_figures['min_cosine']:.4f}"
+    """The recipe's comment and docs/precision.md quote what building the recipe measures, to
+    QUOTED_GATE_SLACK: calibration runs in fp32, so the build CPU's rounding reaches the fifth
+    decimal (mean 0.99445 on an AVX2 EPYC, 0.994445 on an AVX-512 VNNI one)."""
+    measured = manifest(minilm_int8)["precision"]["gate"]
     root = Path(__file__).parents[1]
     comment = (root / "recipes" / "all-minilm-l6-v2-int8.yaml").read_text()
-    mean, _, low = quoted.partition(" / ")
-    assert f"mean {mean} / min {low}" in comment, comment
     doc = (root / "docs" / "precision.md").read_text().splitlines()
     row = next(line for line in doc if "7-bit weights (shipped)" in line)
-    assert f"| **{quoted}** · " in row, row
+    for where, pattern in (
+        (comment, r"mean (0\.\d{4}) / min (0\.\d{4})"),
+        (row, r"\| \*\*(0\.\d{4}) / (0\.\d{4})\*\* · "),
+    ):
+        found = re.search(pattern, where)
+        assert found, where
+        quoted = {"mean_cosine": float(found[1]), "min_cosine": float(found[2])}
+        for figure, value in quoted.items():
+            assert abs(value - measured[figure]) <= QUOTED_GATE_SLACK, (figure, value, measured)
 
 
 @pytest.mark.slow  # quantizes the real MiniLM
@@ -338,6 +347,11 @@ def test_shipped_int8_graph_cannot_saturate(minilm_int8: Path) -> None:
 # (other int8 and fp32 kernels again). On an AVX2 machine Nehalem is the other ISA, on an AVX-512
 # or VNNI machine both are.
 EMULATED_CPUS = ("Haswell-noTSX", "Nehalem")
+# int8's fp32 parts (LayerNorm, softmax, the scales) round alike on CPUs with AVX2 and FMA3, so
+# its vectors are the same there; on one without, a last-bit difference that lands next to a
+# quantization step moves that activation by a step, and the vector by up to ~0.01.
+FMA_KERNELS = {"AVX2", "FMA3"}
+EMULATED_HAS_FMA_KERNELS = {"Haswell-noTSX": True, "Nehalem": False}
 
 
 def emulated(cpu_model: str) -> list[str]:
@@ -377,7 +391,12 @@ def test_vectors_are_the_same_on_an_emulated_cpu(
         )
         assert done.returncode == 0, done.stderr
         vectors[where] = np.load(out)
-    assert np.abs(vectors["native"] - vectors[cpu_model]).max() <= 1e-5
+    same_rounding = FMA_KERNELS.issubset(cpu.isa()) == EMULATED_HAS_FMA_KERNELS[cpu_model]
+    if precision != "int8" or same_rounding:
+        assert np.abs(vectors["native"] - vectors[cpu_model]).max() <= 1e-5
+    else:  # close, not the same (SciFact queries and held-out texts: cosine >= 0.998, 2026-12)
+        cosine = (vectors["native"] * vectors[cpu_model]).sum(1)
+        assert cosine.min() >= 0.995, cosine
 
 
 @pytest.mark.slow  # runs onnxruntime under CPU emulation

@@ -767,10 +767,17 @@ def _verify(args: argparse.Namespace) -> int:
         print(result.line())
     if all(r.ok for r in results):
         return 0
+    advice = (
+        "int8 rounds activations to 256 steps, so where this CPU's fp32 kernels differ from the "
+        "build's in the last bit some vectors move by a step: for the same vectors here, build "
+        "the recipe with precision fp32 or fp16, or build it on a CPU of this kind."
+        if bundle.manifest.precision.mode == "int8"
+        else "Report it with the output of 'info --json'."
+    )
     print(
         "encoderfile: this machine computes embeddings that differ from the build's (built on "
         f"{cpu.describe(bundle.manifest.build_cpu)}; this CPU {cpu.describe(cpu.isa())}). "
-        "Report it with the output of 'info --json'.",
+        + advice,
         file=sys.stderr,
     )
     return 1

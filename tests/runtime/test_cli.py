@@ -300,6 +300,13 @@ def test_verify_passes_and_fails(run: Run, tiny_bundle: Path) -> None:
     assert bad.rc == 1 and bad.out.startswith(b"FAILED: max |diff| 0.01")
     assert f"worst {manifest['golden']['texts'][0]!r}" in bad.out.decode()
     assert ("(built on x86_64 SSE41 AVX512VNNI; this CPU " + " ".join(cpu.isa()) + ")") in bad.err
+    assert "Report it with the output of 'info --json'." in bad.err
+    # an int8 bundle's vectors may differ by a quantization step: the advice says what to build
+    manifest["precision"] = {"mode": "int8"}
+    path.write_text(json.dumps(manifest))
+    int8 = run("verify")
+    assert int8.rc == 1 and "build the recipe with precision fp32 or fp16" in int8.err
+    assert len(int8.err.splitlines()) == 1
 
 
 def test_version(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
