@@ -15,10 +15,10 @@ int8   onnxruntime's quantize_static in QDQ format: per-channel 7-bit weights (i
        AVX2 and AVX-512BW (vpmaddubsw) add two products in int16 before widening, VNNI and ARM64
        ones accumulate in int32; a pair is at most 2 * 255 * 64 = 32640 <= 32767, so none
        saturates, and a vector differs across CPUs only by fp32 rounding. A last-bit fp32
-       difference next to a rounding boundary moves an activation by a step, though: CPUs with
-       AVX2 and FMA3 round alike (bitwise the same vectors), SSE-only ones do not (up to
-       ~0.01). Full 8-bit weights (up to 2 * 255 * 127 = 64770) saturated on AVX2 and moved
-       MiniLM's vectors by 0.046.
+       difference next to a rounding boundary moves an activation by a step, though, so vectors
+       are bitwise the same only on CPUs of one kind (up to ~0.01 apart across kinds). Full
+       8-bit weights (up to 2 * 255 * 127 = 64770) saturated on AVX2 and moved MiniLM's
+       vectors by 0.046.
        Only MatMuls with a weight are quantized; activation x activation MatMuls (attention)
        and the feed-forward down-projections, whose input follows GELU/SwiGLU and has outliers
        that one fixed per-tensor scale cannot hold, stay fp32. Before calibration each

@@ -246,7 +246,7 @@ def test_minilm_int8_passes_the_default_gate(minilm_int8: Path, minilm_bundle: P
 def test_quoted_gate_figures_are_the_shipped_recipes(minilm_int8: Path) -> None:
     """The recipe's comment and docs/precision.md quote what building the recipe measures, to
     QUOTED_GATE_SLACK: calibration runs in fp32, so the build CPU's rounding reaches the fifth
-    decimal (mean 0.99445 on an AVX2 EPYC, 0.994445 on an AVX-512 VNNI one)."""
+    decimal (mean 0.994452 built on emulated Haswell, 0.994445 on an AVX-512 VNNI EPYC)."""
     measured = manifest(minilm_int8)["precision"]["gate"]
     root = Path(__file__).parents[1]
     comment = (root / "recipes" / "all-minilm-l6-v2-int8.yaml").read_text()
@@ -347,11 +347,15 @@ def test_shipped_int8_graph_cannot_saturate(minilm_int8: Path) -> None:
 # (other int8 and fp32 kernels again). On an AVX2 machine Nehalem is the other ISA, on an AVX-512
 # or VNNI machine both are.
 EMULATED_CPUS = ("Haswell-noTSX", "Nehalem")
-# int8's fp32 parts (LayerNorm, softmax, the scales) round alike on CPUs with AVX2 and FMA3, so
-# its vectors are the same there; on one without, a last-bit difference that lands next to a
-# quantization step moves that activation by a step, and the vector by up to ~0.01.
-FMA_KERNELS = {"AVX2", "FMA3"}
-EMULATED_HAS_FMA_KERNELS = {"Haswell-noTSX": True, "Nehalem": False}
+# What runtime.cpu.isa() reports on each. fp32 and fp16 vectors agree everywhere; int8 ones bit
+# for bit only between CPUs of one kind: its fp32 parts (LayerNorm, softmax, scales) round by the
+# CPU's kernels, and a last-bit difference next to a quantization step moves an activation by a
+# step (docs/precision.md: up to 0.009 on 100 texts; 8-bit weights' saturation moved 0.04-0.08).
+EMULATED_ISA = {
+    "Haswell-noTSX": ("x86_64", "SSE41", "AVX", "AVX2", "FMA3"),
+    "Nehalem": ("x86_64", "SSE41"),
+}
+INT8_STEP_MOVES = 0.02
 
 
 def emulated(cpu_model: str) -> list[str]:
@@ -391,20 +395,21 @@ def test_vectors_are_the_same_on_an_emulated_cpu(
         )
         assert done.returncode == 0, done.stderr
         vectors[where] = np.load(out)
-    same_rounding = FMA_KERNELS.issubset(cpu.isa()) == EMULATED_HAS_FMA_KERNELS[cpu_model]
-    if precision != "int8" or same_rounding:
-        assert np.abs(vectors["native"] - vectors[cpu_model]).max() <= 1e-5
-    else:  # close, not the same (SciFact queries and held-out texts: cosine >= 0.998, 2026-12)
-        cosine = (vectors["native"] * vectors[cpu_model]).sum(1)
-        assert cosine.min() >= 0.995, cosine
+    moved = np.abs(vectors["native"] - vectors[cpu_model]).max()
+    same_kind = cpu.isa() == EMULATED_ISA[cpu_model]
+    assert moved <= (INT8_STEP_MOVES if precision == "int8" and not same_kind else 1e-5)
 
 
 @pytest.mark.slow  # runs onnxruntime under CPU emulation
 def test_int8_golden_vectors_verify_on_an_emulated_avx2_cpu(minilm_int8: Path) -> None:
-    """Built on this CPU; verified on AVX2 without AVX-512 or VNNI, the kernel that saturated."""
+    """Built on this CPU; verified on AVX2 without AVX-512 or VNNI, the kernel that saturated.
+    Built on another kind of CPU, a golden text may move by a step, and verify says why."""
     done = runtime(emulated("Haswell-noTSX"), minilm_int8, "verify")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.startswith("ok: max |diff|")
-    assert float(done.stdout.split("max |diff| ")[1].split()[0]) <= 1e-5
-    built_on = manifest(minilm_int8)["build_cpu"]
-    assert built_on == list(cpu.isa())
+    assert "max |diff| " in done.stdout, done.stderr
+    moved = float(done.stdout.split("max |diff| ")[1].split()[0])
+    if cpu.isa() == EMULATED_ISA["Haswell-noTSX"]:
+        assert done.returncode == 0 and moved <= 1e-5, done.stdout + done.stderr
+    else:
+        assert moved <= INT8_STEP_MOVES, done.stdout
+        assert done.returncode == 0 or "with precision fp32 or fp16" in done.stderr, done.stderr
+    assert manifest(minilm_int8)["build_cpu"] == list(cpu.isa())
