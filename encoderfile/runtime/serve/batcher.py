@@ -177,9 +177,9 @@ class Batcher:
     ) -> Embeddings | None:
         """The embeddings, computed on the calling thread on the all-CPU session, if the model is
         idle and the call has at most INLINE_TOKENS padded tokens; else None, and the caller
-        submits. Same session, so bitwise the same vectors. `later(fn, *args)` (the event loop's
-        call_soon) records the call's metrics once the caller's reply is out: ~45 us a lone
-        request, the model's weights having flushed the caches; by default they are recorded at once."""
+        submits. Same session, so bitwise the same vectors. `later(fn, *args)` (the service's
+        Backlog.add) records the call's metrics after the caller's reply; by default they are
+        recorded at once."""
         n, longest = len(encodings), max(len(e.ids) for e in encodings)
         with self._cond:
             if (

@@ -196,7 +196,8 @@ async def _on_crash(request: Request, exc: Exception) -> Response:
 
 
 class _Frame:
-    """Request id, API key, one log line and the request metrics for every request."""
+    """Request id, API key, one log line and the request metrics for every request (the last
+    two through the service's backlog, after the reply)."""
 
     def __init__(self, app: ASGIApp, service: Service, routes: frozenset[str]):
         self.app, self.service, self.routes = app, service, routes
@@ -236,9 +237,12 @@ class _Frame:
             state["error_kind"] = "internal_error"
             raise
         finally:
-            self._record(scope, path, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.service.backlog.add(self._record, scope, path, status, seconds, time.time())
 
-    def _record(self, scope: Scope, path: str, status: int, seconds: float) -> None:
+    def _record(
+        self, scope: Scope, path: str, status: int, seconds: float, finished: float
+    ) -> None:
         state, m = scope["state"], self.service.metrics
         route = path if path in self.routes else "other"
         m.requests.inc(transport="http", route=route, status=str(status))
@@ -248,7 +252,9 @@ class _Frame:
         inputs, tokens = state.get("inputs", 0), state.get("tokens", 0)
         m.inputs.inc(inputs)
         m.tokens.inc(tokens)
-        log.info(
+        logs.info_at(
+            log,
+            finished,
             "%s %s %d inputs=%d tokens=%d ms=%.1f id=%s",
             scope["method"],
             guards.printable(path),
@@ -298,6 +304,7 @@ class _Api:
         return Json({**compat.nomic_info(manifest), **self.tei.info(), **self.service.info()})
 
     async def metrics(self, request: Request) -> Response:
+        self.service.backlog.flush()
         return PlainTextResponse(self.service.metrics.render(), media_type=prom.CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:

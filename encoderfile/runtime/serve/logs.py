@@ -33,6 +33,19 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
+def info_at(
+    logger: logging.Logger, finished: float, msg: str, *args: object, extra: dict[str, object]
+) -> None:
+    """logger.info(msg, *args, extra=extra), dated `finished` (a time.time()) rather than now:
+    a request's line is written after its reply, in a batch (backlog.Backlog)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    record = logger.makeRecord(logger.name, logging.INFO, "", 0, msg, args, None, extra=extra)
+    record.created = finished
+    record.msecs = int((finished - int(finished)) * 1000) + 0.0  # as LogRecord computes it
+    logger.handle(record)
+
+
 class JsonFormatter(logging.Formatter):
     """{"time", "level", "message", and the request fields} on one line."""
 

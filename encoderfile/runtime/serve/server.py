@@ -175,6 +175,7 @@ async def _shutdown(
     stopping = [grpc_server.stop(grace)] if grpc_server is not None else []
     await asyncio.gather(*stopping, *([http_task] if http_task else []))
     await asyncio.get_running_loop().run_in_executor(None, service.close, grace)
+    service.backlog.flush()  # the last requests' metrics and log lines
 
 
 class _Uvicorn(uvicorn.Server):

@@ -32,6 +32,7 @@ from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.describe import describe
 from encoderfile.runtime.manifest import NO_PROMPT
 from encoderfile.runtime.serve import routes
+from encoderfile.runtime.serve.backlog import Backlog
 from encoderfile.runtime.serve.batcher import Batcher
 from encoderfile.runtime.serve.image_service import ImageService
 from encoderfile.runtime.serve.metrics import Metrics
@@ -92,6 +93,7 @@ class Service:
         self.manifest = bundle.manifest
         self.limits = limits
         self.metrics = metrics or Metrics()
+        self.backlog = Backlog()  # metrics and log lines, off the replies' path
         self.embedder: Embedder | None = None
         self.images = ImageService(bundle, limits.max_inputs)
         self.batcher: Batcher | None = None
@@ -284,7 +286,7 @@ class Service:
                     result = batcher.embed_now(
                         encodings,  # type: ignore[arg-type]
                         dimensions=dimensions,
-                        later=asyncio.get_running_loop().call_soon,
+                        later=self.backlog.add,
                     )
                     if result is not None:
                         return result

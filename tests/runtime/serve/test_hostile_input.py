@@ -94,6 +94,7 @@ def test_log_line_escapes_the_path(
     with caplog.at_level(logging.INFO, logger="encoderfile.serve"):
         client.get(forged)
         client.get(forged, headers={"Authorization": "Bearer wrong"})  # a 401 answer
+        service.backlog.flush()  # request lines are written in batches
     lines = [r.getMessage() for r in caplog.records if r.name == "encoderfile.serve"]
     assert len(lines) == 2
     for line in lines:
