@@ -55,7 +55,8 @@ def serving(model: str, view: str, clients: int, column: int) -> list[str]:
 
 
 def one_client_rounds(model: str) -> list[str]:
-    """MiniLM only: the interleaved one-client rounds (serve / batch-1, median of the rounds)."""
+    """MiniLM only: the latest interleaved one-client rounds (serve / batch-1, median of the
+    rounds), the section's first table."""
     if model != MODELS[0]:
         return []
     table = section(BENCHMARKS, "## Speed at both ends: rounds (issue 31)")
@@ -86,8 +87,8 @@ SOURCES = {
     "bulk `embed` / sentence-transformers on torch": lambda m: bulk(m, 9),
     "`serve`, 64 clients (wrk) / bulk `embed`": lambda m: serving(m, "wrk", 64, 8),
     "`serve`, 1 client (hey) / a batch-1 server": lambda m: serving(m, "hey", 1, 7),
-    "`serve`, 1 client / a batch-1 server, medians of 5 interleaved rounds: wrk, hey, "
-    "http.client, gRPC": one_client_rounds,
+    "`serve`, 1 client / a batch-1 server, medians of 5 interleaved rounds (AVX-512 VNNI): wrk, "
+    "hey, http.client, gRPC": one_client_rounds,
     "`embed hello` start-up / a minimal onnxruntime script": startup,
     "vectors against sentence-transformers (min cosine)": parity,
 }
