@@ -91,6 +91,7 @@ def test_log_line_escapes_the_path(
     client: TestClient, service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:
     forged = "/x%0a2026-01-01 00:00:00 INFO GET /admin 200 inputs=0"
+    service.backlog.flush()  # the lines of the requests before
     with caplog.at_level(logging.INFO, logger="encoderfile.serve"):
         client.get(forged)
         client.get(forged, headers={"Authorization": "Bearer wrong"})  # a 401 answer
