@@ -277,7 +277,7 @@ def test_a_short_lone_call_runs_on_the_callers_thread(
 
 
 def test_a_lone_calls_metrics_wait_for_later(embedder: Embedder) -> None:
-    """The event loop passes call_soon: the call's metrics are recorded after the reply."""
+    """The service passes its backlog's add: the call's metrics are recorded after the reply."""
     metrics = Metrics()
     batcher = Batcher(embedder, metrics=metrics)
     deferred: list[tuple[Any, ...]] = []
