@@ -219,21 +219,28 @@ def wait_grpc_serving(port: int, process: subprocess.Popen[bytes], timeout: floa
     raise SystemExit(f"gRPC server on port {port} did not answer in {timeout:.0f} s")
 
 
-def http_rows(
-    ours: dict[str, float], base: dict[str, float], trip: dict[str, float]
-) -> list[tuple[str, float, float | None]]:
-    return [
+Row = tuple[str, float, float | None]
+
+
+def stage_rows(
+    transport: str, ours: dict[str, float], base: dict[str, float], trip: dict[str, float]
+) -> list[Row]:
+    """The table's rows: what both transports time, around what each times of its own."""
+    app, stack = (
+        ("handler", "gRPC core and aio, loopback, client")
+        if transport == "grpc"
+        else ("app", "uvicorn, httptools, asyncio, loopback, client")
+    )
+    head: list[Row] = [
         ("client round trip", trip["serve"], trip["batch-1"]),
         (
-            "outside the app (uvicorn, httptools, asyncio, loopback, client)",
+            f"outside the {app} ({stack})",
             trip["serve"] - ours["app"],
             trip["batch-1"] - base["app"],
         ),
-        ("the app, all of it", ours["app"], base["app"]),
-        ("read the body", ours["read"], None),
-        ("parse the fields (aliases)", ours["parse"], None),
-        ("validate (msgspec)", ours["validate"], None),
-        ("tokenize + input checks", ours["tokenize"], None),
+        (f"the {app}, all of it", ours["app"], base["app"]),
+    ]
+    call: list[Row] = [
         (
             "yield to the loop, decide inline (embed_tokenized − inline)",
             ours["embed"] - ours["inline"],
@@ -241,43 +248,37 @@ def http_rows(
         ),
         ("batcher bookkeeping (inline − model)", ours["inline"] - ours["model"], None),
         ("model call: pad + onnxruntime (batch-1: + tokenize)", ours["model"], base["model"]),
-        ("JSON response", ours["response"], base["response"]),
-        ("request log line + metrics", ours["log"], None),
     ]
-
-
-def grpc_rows(
-    ours: dict[str, float], base: dict[str, float], trip: dict[str, float]
-) -> list[tuple[str, float, float | None]]:
-    return [
-        ("client round trip", trip["serve"], trip["batch-1"]),
-        (
-            "outside the handler (gRPC core and aio, loopback, client)",
-            trip["serve"] - ours["app"],
-            trip["batch-1"] - base["app"],
-        ),
-        ("the handler, all of it", ours["app"], base["app"]),
-        (
-            "metadata, request id, API key, message check (handler − work)",
-            ours["app"] - ours["work"],
-            None,
-        ),
-        ("kind, dimensions, input checks + tokenize", ours["tokenize"], None),
-        (
-            "yield to the loop, decide inline (embed_tokenized − inline)",
-            ours["embed"] - ours["inline"],
-            None,
-        ),
-        ("batcher bookkeeping (inline − model)", ours["inline"] - ours["model"], None),
-        ("model call: pad + onnxruntime (batch-1: + tokenize)", ours["model"], base["model"]),
-        (
-            "protobuf reply (batch-1: handler − model)",
-            ours["response"],
-            base["app"] - base["model"],
-        ),
-        ("after the reply: request log line + metrics", ours["log"], None),
-        ("after the reply: model call metrics", ours["observe"], None),
-    ]
+    if transport == "grpc":
+        before: list[Row] = [
+            (
+                "metadata, request id, API key, message check (handler − work)",
+                ours["app"] - ours["work"],
+                None,
+            ),
+            ("kind, dimensions, input checks + tokenize", ours["tokenize"], None),
+        ]
+        after: list[Row] = [
+            (
+                "protobuf reply (batch-1: handler − model)",
+                ours["response"],
+                base["app"] - base["model"],
+            ),
+            ("after the reply: request log line + metrics", ours["log"], None),
+            ("after the reply: model call metrics", ours["observe"], None),
+        ]
+    else:
+        before = [
+            ("read the body", ours["read"], None),
+            ("parse the fields (aliases)", ours["parse"], None),
+            ("validate (msgspec)", ours["validate"], None),
+            ("tokenize + input checks", ours["tokenize"], None),
+        ]
+        after = [
+            ("JSON response", ours["response"], base["response"]),
+            ("request log line + metrics", ours["log"], None),
+        ]
+    return head + before + call + after
 
 
 def main() -> int:
@@ -338,7 +339,7 @@ def main() -> int:
         name: [t / os.sysconf("SC_CLK_TCK") / len(trips[name]) * 1e6 for t in ticks[name]]
         for name in servers
     }
-    rows = (grpc_rows if grpc else http_rows)(spans["serve"], spans["batch-1"], trip)
+    rows = stage_rows(args.transport, spans["serve"], spans["batch-1"], trip)
     rows += [
         ("CPU: the event loop's thread (mean)", cpu["serve"][0], cpu["batch-1"][0]),
         ("CPU: the process, all threads (mean)", cpu["serve"][1], cpu["batch-1"][1]),
