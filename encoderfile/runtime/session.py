@@ -36,11 +36,10 @@ def open_session(
     options.intra_op_num_threads = threads or available_cpus()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only; warnings would pollute stderr
-    # The intra-op threads spin between a call's parallel sections but stop when it returns: left
-    # spinning (onnxruntime's default, ~60 ms) they held a core that the event loop, the gRPC
-    # threads and a client on the same machine needed next (one gRPC client: 2.5% more requests
-    # a second, a quarter less CPU in the pool thread; the call itself no slower).
-    options.add_session_config_entry("session.force_spinning_stop", "1")
+    # The intra-op threads keep onnxruntime's default spin (~50 ms after a call). Stopping it when
+    # a call returns (session.force_spinning_stop, or spin_duration_us 500-2000) gave a lone
+    # back-to-back client 2-8% more, but at one request every 20-300 ms p50 went from 7-8 to
+    # 12-13 ms (docs/benchmarks.md, issue 31).
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # Weight pre-packing stays on everywhere: without it MLAS sums in another order, and the CLI

@@ -195,13 +195,9 @@ def test_default_threads_follow_affinity_and_cgroup_quota(
     assert available_cpus(tmp_path) == (cpus if expected is None else min(cpus, expected))
 
 
-def test_threads_set_intra_op_threads_which_stop_spinning_when_a_call_returns(
-    tmp_path: Path,
-) -> None:
+def test_threads_set_intra_op_threads(tmp_path: Path) -> None:
     e = Embedder(open_bundle(make_tiny_bundle(tmp_path / "b")), threads=2)
-    options = e._session.get_session_options()
-    assert options.intra_op_num_threads == 2
-    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert e._session.get_session_options().intra_op_num_threads == 2
 
 
 def test_empty_request_gives_an_empty_matrix(tmp_path: Path) -> None:
