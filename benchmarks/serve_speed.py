@@ -24,9 +24,9 @@ spinning. A second batch-1 server joins those rounds as an A/A control: its rati
 this machine's noise floor.
 At one client, serve's /metrics also splits its time per request: in the model call (the
 inference histogram) and its own (the request histogram less the model call), as means.
-CPU per request is read from /proc (the server process) and from rusage (the client: wrk and hey
-as children, the Python clients as this process). Figures from one run are comparable with each
-other; this machine has 2 cores, shared.
+CPU per request is read from /proc (the server process, and at one client each of its threads)
+and from rusage (the client: wrk and hey as children, the Python clients as this process). Figures
+from one run are comparable with each other; this machine has 2 cores, shared.
 """
 
 from __future__ import annotations
@@ -240,6 +240,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU so far of a process's live threads, summed by thread name (the first
+    thread is "main"; onnxruntime's pool threads inherit the process's name)."""
+    seconds: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = "main" if tid == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        seconds[name] = seconds.get(name, 0.0) + ticks / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
 def client_cpu_seconds() -> float:
     """CPU of this process (the Python clients) and its finished children (wrk, hey)."""
     own, children = (
@@ -281,7 +297,7 @@ def interleaved(
     """One round at one client: the loads take turns in 1 s slices (A B C, C B A, ...; A is
     `first`), SETTLE_SECONDS apart, once all servers are idle and A is warm; per load the
     requests and CPU of its slices together, its texts/s their requests over their time, p50 and
-    p99 the slices' medians."""
+    p99 the slices' medians, and its server's CPU ms a request by thread name ("thread:NAME")."""
     names = [first, *(n for n in loads if n != first)]
     wait_idle(pids)
     loads[first](1, WARM_SECONDS)
@@ -290,9 +306,12 @@ def interleaved(
         for name in names if k % 2 == 0 else names[::-1]:
             time.sleep(SETTLE_SECONDS)
             server_before, client_before = cpu_seconds(servers[name]), client_cpu_seconds()
+            threads_before = thread_cpu_seconds(servers[name])
             part = loads[name](1, SLICE_SECONDS)
             part["server_cpu"] = cpu_seconds(servers[name]) - server_before
             part["client_cpu"] = client_cpu_seconds() - client_before
+            for thread, spent in thread_cpu_seconds(servers[name]).items():
+                part[f"thread:{thread}"] = spent - threads_before.get(thread, 0.0)
             parts[name].append(part)
     merged = {}
     for name, results in parts.items():
@@ -305,6 +324,8 @@ def interleaved(
             "server_cpu": sum(r["server_cpu"] for r in results) / n * 1000,
             "client_cpu": sum(r["client_cpu"] for r in results) / n * 1000,
         }
+        for thread in {k for r in results for k in r if k.startswith("thread:")}:
+            merged[name][thread] = sum(r.get(thread, 0.0) for r in results) / n * 1000
     return merged
 
 
@@ -323,7 +344,18 @@ def plain_calls(
 
 
 def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    """Each figure's median over the rounds (a thread missing from a round spent nothing)."""
+    keys = {k: None for r in rounds for k in r}  # in order
+    return {k: statistics.median(r.get(k, 0.0) for r in rounds) for k in keys}
+
+
+def by_thread(row: dict[str, float]) -> str:
+    """A server's CPU ms a request by thread, the busiest first."""
+    threads = sorted(
+        ((k.removeprefix("thread:"), v) for k, v in row.items() if k.startswith("thread:")),
+        key=lambda item: -item[1],
+    )
+    return ", ".join(f"{name} {ms:.2f}" for name, ms in threads if ms >= 0.01)
 
 
 def bulk_rate(bundle: Path, items: list[str]) -> float:
@@ -506,7 +538,8 @@ def main() -> int:
                     f"{statistics.median(per_round(tool, c, 'serve', PLAIN)):.2f}x, batch-1 / "
                     f"plain calls {statistics.median(per_round(tool, c, 'batch-1', PLAIN)):.2f}x; "
                     f"serve's own time per request {ours['own_ms']:.2f} ms and its model call "
-                    f"{ours['model_ms']:.2f} ms (means, from its /metrics)"
+                    f"{ours['model_ms']:.2f} ms (means, from its /metrics); server CPU ms a "
+                    f"request by thread, serve: {by_thread(ours)}; batch-1: {by_thread(base)}"
                 )
     lines += [
         "",
