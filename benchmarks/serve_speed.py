@@ -236,7 +236,12 @@ def wait_grpc(target: str, timeout: float = 120) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_seconds(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _stat_seconds(stat: str) -> float:
+    """User + system CPU in a /proc stat line (of a process or of one of its threads)."""
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -250,9 +255,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
         except OSError:
             continue  # the thread ended
         name = "main" if tid == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12])
-        seconds[name] = seconds.get(name, 0.0) + ticks / os.sysconf("SC_CLK_TCK")
+        seconds[name] = seconds.get(name, 0.0) + _stat_seconds(stat)
     return seconds
 
 
