@@ -67,6 +67,18 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 5) -> str:
+        """The log once `text` is in it `count` times: the server writes a request's line up to
+        0.1 s after its reply (serve/backlog.py)."""
+        deadline = time.monotonic() + timeout
+        while (log := self.log()).count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{text!r} not {count} times in the log in {timeout} s:\n{log}"
+                )
+            time.sleep(0.02)
+        return log
+
 
 def runtime_command(bundle: Path) -> list[str]:
     return [sys.executable, "-m", "encoderfile.runtime", "--threads", "1", "--bundle", str(bundle)]

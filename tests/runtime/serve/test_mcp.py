@@ -239,6 +239,7 @@ def test_http_tools_match_embed(mcp_server: Server, shared_tiny_bundle: Path) ->
 
 def test_http_mcp_requires_the_api_key(mcp_server: Server) -> None:
     hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    refused = mcp_server.log().count("POST /mcp 401")
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         answer = httpx.post(f"{mcp_server.url}/mcp", json=hello, headers=headers)
         assert answer.status_code == 401
@@ -248,10 +249,11 @@ def test_http_mcp_requires_the_api_key(mcp_server: Server) -> None:
         async with http_client(mcp_server, key=None) as client:
             await client.list_tools()
 
-    before = mcp_server.log().count("POST /mcp 401")
+    refused += 2
+    mcp_server.wait_for_log("POST /mcp 401", refused)
     with pytest.raises(BaseExceptionGroup):  # the SDK's client gives up on the 401
         asyncio.run(without_key())
-    assert mcp_server.log().count("POST /mcp 401") > before
+    mcp_server.wait_for_log("POST /mcp 401", refused + 1)
     assert httpx.get(f"{mcp_server.url}/health").status_code == 200  # open routes stay open
 
 

@@ -217,10 +217,7 @@ def test_sigterm_finishes_work_in_flight_then_exits_0(shared_tiny_bundle: Path, 
 
 def test_startup_line_and_request_log(tiny_server: Server) -> None:
     httpx.post(f"{tiny_server.url}/embed", json={"input": "hello"}, headers={"X-Request-Id": "r-1"})
-    deadline = time.monotonic() + 5
-    while "id=r-1" not in tiny_server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = tiny_server.log()
+    log = tiny_server.wait_for_log("id=r-1")
     assert "serving tiny dimension=8 dimensions=8,4" in log and "cold_start_ms=" in log
     assert "POST /embed 200 inputs=1 tokens=3 ms=" in log and "id=r-1" in log
 
