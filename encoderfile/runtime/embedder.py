@@ -27,7 +27,7 @@ from encoderfile.runtime.manifest import (
     text_columns,
 )
 from encoderfile.runtime.model_cache import ModelCache
-from encoderfile.runtime.session import available_cpus, open_session, shorten
+from encoderfile.runtime.session import all_finite, available_cpus, open_session, shorten
 
 # One model call takes at most BATCH_SIZE inputs and BATCH_TOKENS padded tokens (inputs x the
 # longest of them), inputs sorted by length: short texts go 16 at a time, 256-token texts 8 at a
@@ -188,7 +188,7 @@ class Embedder:
             else:
                 for rows in groups:
                     out[rows] = call(self._session, rows)
-        if not np.isfinite(out).all():
+        if not all_finite(out):
             raise ArtifactError("model.onnx produced NaN or infinite values. Rebuild the bundle.")
         return out
 

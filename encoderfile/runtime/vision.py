@@ -10,7 +10,7 @@ from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime import image as pictures
 from encoderfile.runtime.artifact import Bundle
 from encoderfile.runtime.manifest import IMAGE_INPUT, IMAGE_OUTPUT
-from encoderfile.runtime.session import open_session, shorten
+from encoderfile.runtime.session import all_finite, open_session, shorten
 
 BATCH_SIZE = 16
 
@@ -44,6 +44,6 @@ class ImageEmbedder:
             (out[start : start + len(batch)],) = self._session.run(
                 [IMAGE_OUTPUT], {IMAGE_INPUT: batch}
             )
-        if not np.isfinite(out).all():
+        if not all_finite(out):
             raise ArtifactError("vision.onnx produced NaN or infinite values. Rebuild the bundle.")
         return shorten(out, width, self.normalized)

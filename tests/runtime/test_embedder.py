@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoderfile.errors import RequestError
+from encoderfile.errors import ArtifactError, RequestError
 from encoderfile.runtime import embedder as embedder_module
 from encoderfile.runtime.artifact import open_bundle
 from encoderfile.runtime.embedder import BATCH_SIZE, BATCH_TOKENS, Embedder
-from encoderfile.runtime.session import available_cpus
+from encoderfile.runtime.session import all_finite, available_cpus
 from tests.fixtures.tiny_bundle import WORDS, make_tiny_bundle
 
 
@@ -203,6 +203,29 @@ def test_threads_set_intra_op_threads(tmp_path: Path) -> None:
 def test_empty_request_gives_an_empty_matrix(tmp_path: Path) -> None:
     result = embedder(tmp_path).embed([])
     assert result.vectors.shape == (0, 8) and result.tokens == []
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_graph_answering_nan_or_infinity_is_an_artifact_error(tmp_path: Path, bad: float) -> None:
+    e = embedder(tmp_path, normalized=False)
+    session = e._session
+
+    class Broken:  # the bundle's graph, with one value of its answer spoiled
+        def run(self, *args: object) -> list[np.ndarray]:
+            (out,) = session.run(*args)
+            out[-1, 3] = bad
+            return [out]
+
+    e._session = Broken()  # type: ignore[assignment]
+    with pytest.raises(ArtifactError, match="NaN or infinite values. Rebuild the bundle"):
+        e.embed(["one text", "another text"])
+
+
+def test_huge_finite_values_are_finite() -> None:
+    values = np.full((2, 8), 1e30, np.float32)  # the quick sum of squares overflows here
+    assert all_finite(values)
+    values[1, 5] = np.inf
+    assert not all_finite(values)
 
 
 def test_bulk_lanes_run_side_by_side_and_give_the_same_bits(tmp_path: Path) -> None:
