@@ -4,9 +4,11 @@ frozen artifact: the CLI's vectors bitwise, workers that import no encoderfile, 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,8 +28,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A 2-CPU Ray head on loopback; its workers extract artifacts under the returned cache."""
+    """A 2-CPU Ray head on loopback; its workers extract artifacts under the returned cache. The
+    copies of artifacts shipped to the node this module adds are removed when it ends."""
     cache = tmp_path_factory.mktemp("ray-xdg-cache")
+    shipped = Path(tempfile.gettempdir()) / "encoderfile-ray"
+    shipped_before = set(shipped.iterdir()) if shipped.is_dir() else set()
     for attempt in range(3):  # Ray gives its raylet 30 s to register: a loaded machine may miss it
         try:
             ray.init(
@@ -44,6 +49,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 raise
     yield cache
     ray.shutdown()
+    if shipped.is_dir():
+        for copy in set(shipped.iterdir()) - shipped_before:
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
