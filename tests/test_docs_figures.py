@@ -64,6 +64,14 @@ def one_client_rounds(model: str) -> list[str]:
     return [first_number(row(table, f"{client} | 1")[10]) for client in clients]
 
 
+def bulk_rounds(model: str) -> list[str]:
+    """MiniLM only: the latest bulk rounds' worst ratio per workload, the section's table of them."""
+    if model != MODELS[0]:
+        return []
+    table = section(BENCHMARKS, "## Speed at both ends: rounds (issue 31)")
+    return [first_number(row(table, workload)[4]) for workload in ("short", "SciFact", "mixed")]
+
+
 def startup(model: str) -> list[str]:
     table = section(
         BENCHMARKS,
@@ -89,6 +97,8 @@ SOURCES = {
     "`serve`, 1 client (hey) / a batch-1 server": lambda m: serving(m, "hey", 1, 7),
     "`serve`, 1 client / a batch-1 server, medians of 5 interleaved rounds (AVX-512 VNNI): wrk, "
     "hey, http.client, gRPC": one_client_rounds,
+    "bulk `embed` and `stream` / plain onnxruntime loop, worst of 5 interleaved rounds "
+    "(AVX-512 VNNI): short, SciFact, mixed": bulk_rounds,
     "`embed hello` start-up / a minimal onnxruntime script": startup,
     "vectors against sentence-transformers (min cosine)": parity,
 }
