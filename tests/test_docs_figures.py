@@ -55,8 +55,8 @@ def serving(model: str, view: str, clients: int, column: int) -> list[str]:
 
 
 def one_client_rounds(model: str) -> list[str]:
-    """MiniLM only: the latest interleaved one-client rounds (serve / batch-1, median of the
-    rounds), the section's first table."""
+    """MiniLM only: the latest full run of interleaved one-client rounds (serve / batch-1, median
+    of the rounds), the section's first table with a row per client."""
     if model != MODELS[0]:
         return []
     table = section(BENCHMARKS, "## Speed at both ends: rounds (issue 31)")
@@ -65,7 +65,8 @@ def one_client_rounds(model: str) -> list[str]:
 
 
 def bulk_rounds(model: str) -> list[str]:
-    """MiniLM only: the latest bulk rounds' worst ratio per workload, the section's table of them."""
+    """MiniLM only: the latest bulk rounds' worst ratio per workload, the section's first table
+    with a row per workload."""
     if model != MODELS[0]:
         return []
     table = section(BENCHMARKS, "## Speed at both ends: rounds (issue 31)")
