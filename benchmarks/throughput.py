@@ -627,18 +627,25 @@ def bulk(
 # ----------------------------------------------------------------------------------- servers
 
 
-def baseline_server(bundle: Path, port: int, threads: int) -> None:
-    """Batch size 1, requests serialized: the ORT call runs on the event loop, one at a time."""
+def baseline_server(bundle: Path, port: int, threads: int, echo: bool = False) -> None:
+    """Batch size 1, requests serialized: the ORT call runs on the event loop, one at a time.
+
+    echo=True: the transport floor. The same server parses each request's JSON and answers one
+    answer's bytes, computed once at start (the same size as a real answer), with no model call
+    and no serialising: what the client and the HTTP stack alone cost a request."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 
     loop = OrtLoop(bundle, threads)
+    fixed = json.dumps({"embedding": loop.embed(["echo"], 1)[0].tolist()}).encode()
 
-    async def embed(request: Request) -> JSONResponse:
+    async def embed(request: Request) -> Response:
         body = await request.json()
+        if echo:
+            return Response(fixed, media_type="application/json")
         vector = loop.embed([body["input"]], 1)[0]
         return JSONResponse({"embedding": vector.tolist()})
 
@@ -649,19 +656,25 @@ def baseline_server(bundle: Path, port: int, threads: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def baseline_grpc_server(bundle: Path, port: int, threads: int) -> None:
+def baseline_grpc_server(bundle: Path, port: int, threads: int, echo: bool = False) -> None:
     """The gRPC twin of baseline_server: Embed with batch size 1, one ORT call per request on
-    the event loop, serialised; nothing else (no health, no reflection, no metrics)."""
+    the event loop, serialised; nothing else (no health, no reflection, no metrics). echo=True:
+    every request gets one answer computed at start, with no model call (the transport floor)."""
     import grpc
 
     from encoderfile.proto import embed_pb2, embed_pb2_grpc
 
     loop = OrtLoop(bundle, threads)
+    fixed = embed_pb2.EmbedResponse(
+        embeddings=[embed_pb2.Embedding(values=loop.embed(["echo"], 1)[0].tolist())]
+    )
 
     class Embedder(embed_pb2_grpc.EmbedderServicer):
         async def Embed(  # noqa: N802 - gRPC method names
             self, request: embed_pb2.EmbedRequest, context: Any
         ) -> embed_pb2.EmbedResponse:
+            if echo:
+                return fixed
             vectors = loop.embed(list(request.inputs), 1)
             return embed_pb2.EmbedResponse(
                 embeddings=[embed_pb2.Embedding(values=v) for v in vectors.tolist()]
@@ -986,15 +999,16 @@ def main() -> int:
     parser.add_argument("--baseline-server", metavar="BUNDLE", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-grpc-server", metavar="BUNDLE", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     cores, cores_note = usable_cores()
     threads = args.threads or cores
     if args.baseline_server:
-        baseline_server(Path(args.baseline_server), args.port, threads)
+        baseline_server(Path(args.baseline_server), args.port, threads, args.echo)
         return 0
     if args.baseline_grpc_server:
-        baseline_grpc_server(Path(args.baseline_grpc_server), args.port, threads)
+        baseline_grpc_server(Path(args.baseline_grpc_server), args.port, threads, args.echo)
         return 0
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     if unknown := [k for k in keys if k not in MODELS]:
