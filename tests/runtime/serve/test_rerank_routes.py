@@ -150,6 +150,11 @@ def test_embedding_routes_on_a_reranker_name_its_kind(client: TestClient) -> Non
     assert doc["paths"]["/rerank"]["post"]["tags"] == ["rerank"]
     info = client.get("/info").json()
     assert info["kind"] == "reranker" and info["score"]["activation"] == "sigmoid"
+    for path, body in [  # requests of its own: the test may run alone
+        ("/rerank", {"query": QUERY, "texts": DOCS}),
+        ("/v1/rerank", {"model": "tiny-reranker", "query": QUERY, "documents": DOCS}),
+    ]:
+        assert client.post(path, json=body).status_code == 200, path
     metrics = client.get("/metrics").text
     assert 'route="/rerank"' in metrics and 'route="/v1/rerank"' in metrics
 
