@@ -640,6 +640,7 @@ def baseline_server(bundle: Path, port: int, threads: int, echo: bool = False) -
     from starlette.routing import Route
 
     loop = OrtLoop(bundle, threads)
+    # the echo answer, made in either mode: its model call is also the warm-up
     fixed = json.dumps({"embedding": loop.embed(["echo"], 1)[0].tolist()}).encode()
 
     async def embed(request: Request) -> Response:
@@ -665,6 +666,7 @@ def baseline_grpc_server(bundle: Path, port: int, threads: int, echo: bool = Fal
     from encoderfile.proto import embed_pb2, embed_pb2_grpc
 
     loop = OrtLoop(bundle, threads)
+    # the echo answer, made in either mode: its model call is also the warm-up
     fixed = embed_pb2.EmbedResponse(
         embeddings=[embed_pb2.Embedding(values=loop.embed(["echo"], 1)[0].tolist())]
     )
