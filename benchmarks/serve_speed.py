@@ -1,7 +1,7 @@
 """Serving speed, three views side by side: `serve` vs a batch-1 server vs bulk `embed`.
 
     python benchmarks/serve_speed.py [--bundle build/all-minilm-l6-v2] [--seconds 5] [--rounds 3]
-        [--clients 1,8,64] [--tools wrk,hey,python,httpx,grpc] [--out benchmarks/results/serve_speed.md]
+        [--clients 1,8,64] [--tools wrk,hey,python,httpx,grpc,grpcstub] [--out benchmarks/results/serve_speed.md]
 
 Single-text POST /embed of SciFact queries. Each server is started as users start it
 (`python -m encoderfile.runtime --bundle B serve`, and throughput.py's batch-1 baseline: one ORT
@@ -9,7 +9,8 @@ call per request, serialised); both stay up and are loaded in turn by wrk (compi
 rotating the queries), hey (compiled, one body), a plain Python client (http.client, one kept-alive
 connection per client, one request at a time: what a script writer uses) and the httpx harness of
 serve_load.py (Python: it shares the cores with the server). gRPC `Embed` gets the same
-single-text load from a grpc.aio client, against `serve`'s gRPC port and against throughput.py's
+single-text load from a grpc.aio client and from blocking stubs (one channel per client thread,
+one call at a time: what a script writer uses), against `serve`'s gRPC port and against throughput.py's
 batch-1 gRPC server. Bulk `embed` of the same texts and one plain onnxruntime call (tokenize +
 batch-1 run) are the ceilings.
 
@@ -77,13 +78,15 @@ PLAIN = "plain calls"  # onnxruntime in this process: tokenize + batch-1 run, ba
 
 CONTROL = "batch-1 again"  # the A/A control at one client: batch-1's twin
 ECHO = "echo"  # at one client: batch-1 answering without a model call (the transport floor)
-TOOLS = ("wrk", "hey", "python", "httpx", "grpc")
+TOOLS = ("wrk", "hey", "python", "httpx", "grpc", "grpcstub")
+GRPC_TOOLS = ("grpc", "grpcstub")
 TOOL_NAMES = {
     "wrk": "wrk",
     "hey": "hey",
     "python": "http.client",
     "httpx": "httpx",
     "grpc": "grpc.aio (Embed)",
+    "grpcstub": "grpc blocking stub (Embed)",
 }
 
 Load = Callable[[int, float], dict[str, float]]  # (clients, seconds) -> rate, p50, p99, requests
@@ -145,17 +148,32 @@ def hey(url: str, clients: int, seconds: float, body: Path) -> dict[str, float]:
     return {"rate": rate, "p50": ms("50"), "p99": ms("99"), "requests": requests}
 
 
+def in_threads(
+    clients: int, seconds: float, client: Callable[[int, float, list[float]], None]
+) -> dict[str, float]:
+    """`client(i, stop, latencies)` on `clients` threads until time.perf_counter() passes `stop`,
+    each appending its requests' latencies in ms: texts/s, p50, p99 and requests."""
+    import threading
+
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    threads = [threading.Thread(target=client, args=(i, stop, latencies)) for i in range(clients)]
+    started_at = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"rate": len(latencies) / (time.perf_counter() - started_at), **percentiles(latencies)}
+
+
 def plain_client(url: str, clients: int, seconds: float, bodies: list[bytes]) -> dict[str, float]:
     """`clients` threads, each with one kept-alive http.client connection sending one request at
     a time for `seconds`, rotating the bodies."""
     import http.client
-    import threading
 
     host, port = url.removeprefix("http://").rsplit(":", 1)
-    latencies: list[float] = []
-    stop = time.perf_counter() + seconds
 
-    def client(i: int) -> None:
+    def client(i: int, stop: float, latencies: list[float]) -> None:
         connection = http.client.HTTPConnection(host, int(port), timeout=60)
         n = i * 7919
         while time.perf_counter() < stop:
@@ -171,13 +189,29 @@ def plain_client(url: str, clients: int, seconds: float, bodies: list[bytes]) ->
             latencies.append((time.perf_counter() - sent) * 1000)
         connection.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started_at = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return {"rate": len(latencies) / (time.perf_counter() - started_at), **percentiles(latencies)}
+    return in_threads(clients, seconds, client)
+
+
+def grpc_stub_load(
+    target: str, clients: int, seconds: float, queries: list[str]
+) -> dict[str, float]:
+    """`clients` threads, each with a blocking Embedder stub on its own channel making one
+    single-text Embed call at a time for `seconds`, rotating the queries."""
+    import grpc
+
+    from encoderfile.proto import embed_pb2, embed_pb2_grpc
+
+    def client(i: int, stop: float, latencies: list[float]) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = embed_pb2_grpc.EmbedderStub(channel)
+            n = i * 7919
+            while time.perf_counter() < stop:
+                n += 1
+                sent = time.perf_counter()
+                stub.Embed(embed_pb2.EmbedRequest(inputs=[queries[n % len(queries)]]), timeout=60)
+                latencies.append((time.perf_counter() - sent) * 1000)
+
+    return in_threads(clients, seconds, client)
 
 
 def harness(url: str, clients: int, n: int) -> dict[str, float]:
@@ -223,8 +257,8 @@ def grpc_load(target: str, clients: int, seconds: float, queries: list[str]) -> 
 
 def serve_seconds(url: str, tool: str) -> list[float]:
     """(seconds in single-text embed requests, their count, seconds in model calls, their count)
-    so far, from serve's /metrics at `url`: gRPC's Embed for the grpc tool, else POST /embed."""
-    transport, route = ("grpc", "Embed") if tool == "grpc" else ("http", "/embed")
+    so far, from serve's /metrics at `url`: gRPC's Embed for the gRPC tools, else POST /embed."""
+    transport, route = ("grpc", "Embed") if tool in GRPC_TOOLS else ("http", "/embed")
     labels = f'{{route="{route}",transport="{transport}"}}'
     series = [f"encoderfile_request_seconds_{k}{labels}" for k in ("sum", "count")]
     series += [f"encoderfile_inference_seconds_{k}" for k in ("sum", "count")]
@@ -445,8 +479,10 @@ def main() -> int:
             if tool == "httpx":  # a number of requests: harness-requests per --seconds
                 per_second = args.harness_requests / args.seconds
                 return lambda c, seconds: harness(url, c, max(20, round(per_second * seconds)))
-            name = next(k for k, v in urls.items() if v == url)
-            return lambda c, seconds: grpc_load(grpc_targets[name], c, seconds, queries)
+            target = grpc_targets[next(k for k, v in urls.items() if v == url)]
+            if tool == "grpcstub":
+                return lambda c, seconds: grpc_stub_load(target, c, seconds, queries)
+            return lambda c, seconds: grpc_load(target, c, seconds, queries)
 
         rounds: dict[tuple[str, str, int], list[dict[str, float]]] = {}
         with contextlib.ExitStack() as running:  # all up; loaded in turn, never together
@@ -469,7 +505,7 @@ def main() -> int:
             for c in clients:
                 for tool in tools:
                     names = list(servers) if c == 1 else ["serve", "batch-1"]
-                    server_pids = grpc_pids if tool == "grpc" else pids
+                    server_pids = grpc_pids if tool in GRPC_TOOLS else pids
                     loads = {name: load(tool, urls[name]) for name in names}
                     if c == 1:  # hey sends one query; the others rotate them
                         loads[PLAIN] = functools.partial(
