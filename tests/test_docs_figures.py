@@ -60,7 +60,7 @@ def one_client_rounds(model: str) -> list[str]:
     if model != MODELS[0]:
         return []
     table = section(BENCHMARKS, "## Speed at both ends: rounds (issue 31)")
-    clients = ("wrk", "hey", "http.client", "grpc.aio (Embed)")
+    clients = ("wrk", "hey", "http.client", "grpc.aio (Embed)", "grpc blocking stub (Embed)")
     return [first_number(row(table, f"{client} | 1")[10]) for client in clients]
 
 
@@ -97,7 +97,7 @@ SOURCES = {
     "`serve`, 64 clients (wrk) / bulk `embed`": lambda m: serving(m, "wrk", 64, 8),
     "`serve`, 1 client (hey) / a batch-1 server": lambda m: serving(m, "hey", 1, 7),
     "`serve`, 1 client / a batch-1 server, medians of 5 interleaved rounds (AVX-512 VNNI): wrk, "
-    "hey, http.client, gRPC": one_client_rounds,
+    "hey, http.client, gRPC (grpc.aio), gRPC (blocking stubs)": one_client_rounds,
     "bulk `embed` and `stream` / plain onnxruntime loop, worst of 5 interleaved rounds "
     "(AVX-512 VNNI): short, SciFact, mixed": bulk_rounds,
     "`embed hello` start-up / a minimal onnxruntime script": startup,
