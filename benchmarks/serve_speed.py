@@ -10,8 +10,8 @@ rotating the queries), hey (compiled, one body), a plain Python client (http.cli
 connection per client, one request at a time: what a script writer uses) and the httpx harness of
 serve_load.py (Python: it shares the cores with the server). gRPC `Embed` gets the same
 single-text load from a grpc.aio client and from blocking stubs (one channel per client thread,
-one call at a time: what a script writer uses), against `serve`'s gRPC port and against throughput.py's
-batch-1 gRPC server. Bulk `embed` of the same texts and one plain onnxruntime call (tokenize +
+one call at a time: what a script writer uses), against `serve`'s gRPC port and against
+throughput.py's batch-1 gRPC server. Bulk `embed` of the same texts and one plain onnxruntime call (tokenize +
 batch-1 run) are the ceilings.
 
 Each load runs in `--rounds` rounds, the two servers alternating (A B, B A, ...); a figure is the
